@@ -1,0 +1,1 @@
+//! The shardq client library: Publisher and Subscriber for applications.

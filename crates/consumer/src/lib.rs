@@ -1,0 +1,1 @@
+//! A consumer node: holds subscriptions, sequences owned topics and fans messages out.

@@ -1,0 +1,2 @@
+//! shardq-demo.
+fn main() {}

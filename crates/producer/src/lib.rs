@@ -1,0 +1,1 @@
+//! A producer node: authenticates publishers and routes each topic to its owner consumer.

@@ -1,0 +1,874 @@
+//! The shardq/1 frames: JSON objects in WebSocket text messages, tagged by
+//! `"type"`. Decoding is bounded, typed and never panics; payloads stay raw JSON.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Write as _;
+
+use serde::de::Deserializer;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::topic::{Topic, TopicError, TopicFilter};
+
+/// The protocol version a `hello` announces.
+pub const PROTOCOL_VERSION: &str = "shardq/1";
+
+/// A place in a topic's sequence: the epoch (made when a node created the
+/// topic's state) and the offset of a message within it (the first is 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Random non-zero id of the topic's current sequence, below 2^53.
+    pub epoch: u64,
+    /// Offset of a message in the epoch; 0 means "before the first message".
+    pub offset: u64,
+}
+
+/// One topic's position as reported in a `subscribe` ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPosition {
+    /// The topic.
+    pub topic: Topic,
+    /// Its current epoch.
+    pub epoch: u64,
+    /// The offset of the last message sequenced before the subscription went
+    /// live: every message with a greater offset will be delivered.
+    pub offset: u64,
+}
+
+/// Server → client, first frame of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hello {
+    /// Always [`PROTOCOL_VERSION`].
+    pub version: String,
+    /// The id of the node (e.g. `consumer-0`).
+    pub node: String,
+    /// The server's 32-byte nonce, lowercase hex.
+    pub nonce: String,
+}
+
+/// Client → server: the client's nonce and its proof of the psk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Auth {
+    /// The client's 32-byte nonce, lowercase hex.
+    pub nonce: String,
+    /// Lowercase hex HMAC-SHA256 client proof.
+    pub proof: String,
+    /// Optional name of the connecting node or application, for logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// Server → client: the handshake succeeded; the server's proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Welcome {
+    /// Lowercase hex HMAC-SHA256 server proof.
+    pub proof: String,
+}
+
+/// Client → server: start receiving a topic (or every event of a queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subscribe {
+    /// Client-chosen id, echoed by the answer.
+    pub id: u64,
+    /// `queue/event` or `queue/*`.
+    pub topic: TopicFilter,
+    /// Resume after this position (exact topics only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<Position>,
+}
+
+/// Client → server: stop receiving a topic (or every event of a queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unsubscribe {
+    /// Client-chosen id, echoed by the answer.
+    pub id: u64,
+    /// `queue/event` or `queue/*`.
+    pub topic: TopicFilter,
+}
+
+/// Client → server: publish one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Publish {
+    /// Client-chosen id, echoed by the answer.
+    pub id: u64,
+    /// The topic.
+    pub topic: Topic,
+    /// Any JSON value, kept as raw text.
+    pub payload: Box<RawValue>,
+}
+
+/// Server → client: the request with this id succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    /// The id of the request.
+    pub id: u64,
+    /// `publish`: the epoch the message was sequenced in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// `publish`: the offset the message was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// `subscribe`: the topics now live and where each starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<TopicPosition>>,
+    /// `subscribe` with `since`: whether every message after `since` was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+impl Ack {
+    /// The ack of a `publish`.
+    pub fn published(id: u64, at: Position) -> Ack {
+        Ack {
+            id,
+            epoch: Some(at.epoch),
+            offset: Some(at.offset),
+            ..Ack::default()
+        }
+    }
+
+    /// The ack of a `subscribe`.
+    pub fn subscribed(id: u64, topics: Vec<TopicPosition>, recovered: Option<bool>) -> Ack {
+        Ack {
+            id,
+            topics: Some(topics),
+            recovered,
+            ..Ack::default()
+        }
+    }
+
+    /// The ack of an `unsubscribe`.
+    pub fn unsubscribed(id: u64) -> Ack {
+        Ack {
+            id,
+            ..Ack::default()
+        }
+    }
+
+    /// The position of an acked publish, when both fields are present.
+    pub fn position(&self) -> Option<Position> {
+        Some(Position {
+            epoch: self.epoch?,
+            offset: self.offset?,
+        })
+    }
+}
+
+/// Server → client: a request failed, or (without `id`) the connection did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorFrame {
+    /// The id of the failed request; absent for connection-level errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Server → client: one delivered message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// The topic it was published to.
+    pub topic: Topic,
+    /// The epoch it was sequenced in.
+    pub epoch: u64,
+    /// Its offset in the epoch.
+    pub offset: u64,
+    /// The published JSON value, byte for byte.
+    pub payload: Box<RawValue>,
+}
+
+impl PartialEq for Publish {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.topic == other.topic
+            && self.payload.get() == other.payload.get()
+    }
+}
+
+impl Eq for Publish {}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.topic == other.topic
+            && self.position() == other.position()
+            && self.payload.get() == other.payload.get()
+    }
+}
+
+impl Eq for Message {}
+
+impl Message {
+    /// Its `(epoch, offset)`.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset: self.offset,
+        }
+    }
+}
+
+/// Every shardq/1 frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Frame {
+    /// Server → client, handshake step 1.
+    Hello(Hello),
+    /// Client → server, handshake step 2.
+    Auth(Auth),
+    /// Server → client, handshake step 3.
+    Welcome(Welcome),
+    /// Client → server.
+    Subscribe(Subscribe),
+    /// Client → server.
+    Unsubscribe(Unsubscribe),
+    /// Client → server.
+    Publish(Publish),
+    /// Server → client.
+    Ack(Ack),
+    /// Server → client.
+    Error(ErrorFrame),
+    /// Server → client.
+    Message(Message),
+}
+
+impl Frame {
+    /// The `"type"` of the frame.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Auth(_) => "auth",
+            Frame::Welcome(_) => "welcome",
+            Frame::Subscribe(_) => "subscribe",
+            Frame::Unsubscribe(_) => "unsubscribe",
+            Frame::Publish(_) => "publish",
+            Frame::Ack(_) => "ack",
+            Frame::Error(_) => "error",
+            Frame::Message(_) => "message",
+        }
+    }
+
+    /// An `error` frame.
+    pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Frame {
+        Frame::Error(ErrorFrame {
+            id,
+            code,
+            message: message.into(),
+        })
+    }
+
+    /// Encodes the frame as compact JSON.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and
+        // raw payloads are valid JSON by construction.
+        serde_json::to_string(self).unwrap_or_else(|_| unreachable!("frames always serialize"))
+    }
+
+    /// Decodes one frame of at most `limit` bytes.
+    pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, DecodeError> {
+        decode(bytes, limit)
+    }
+}
+
+/// Appends the JSON of a `message` frame to `out`, byte-identical to
+/// `Frame::Message(..).encode()` but without building a `Frame`.
+pub fn encode_message_into(out: &mut Vec<u8>, topic: &Topic, at: Position, payload: &RawValue) {
+    // Topics never need escaping (see `Topic`), so they are written verbatim.
+    out.extend_from_slice(b"{\"type\":\"message\",\"topic\":\"");
+    out.extend_from_slice(topic.as_str().as_bytes());
+    let _ = write!(
+        out,
+        "\",\"epoch\":{},\"offset\":{},\"payload\":",
+        at.epoch, at.offset
+    );
+    out.extend_from_slice(payload.get().as_bytes());
+    out.push(b'}');
+}
+
+/// Machine-readable error codes (the `code` of an `error` frame).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Not JSON, not an object, unknown `type`, or a field missing or of the wrong type.
+    BadFrame,
+    /// The frame is larger than the connection's limit.
+    FrameTooLarge,
+    /// The topic is not `queue/event` with valid names.
+    BadTopic,
+    /// The queue is not declared (and `open_topics` is off).
+    UnknownQueue,
+    /// The event is not declared for its queue (and `open_topics` is off).
+    UnknownEvent,
+    /// The frame is not allowed on this endpoint.
+    NotAuthorized,
+    /// The psk proof did not verify.
+    AuthFailed,
+    /// The peer speaks another protocol version.
+    UnsupportedVersion,
+    /// The node that owns the topic could not be reached in time.
+    Unavailable,
+    /// The connection already holds the maximum number of subscriptions.
+    TooManySubscriptions,
+    /// The connection is already subscribed to the topic.
+    AlreadySubscribed,
+    /// The connection is not subscribed to the topic.
+    NotSubscribed,
+    /// The node is shutting down and did not process the request.
+    ShuttingDown,
+    /// A fault inside the node.
+    Internal,
+    /// A code this version does not know (kept verbatim).
+    Other(String),
+}
+
+impl ErrorCode {
+    /// Every code this version defines.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::BadFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::BadTopic,
+        ErrorCode::UnknownQueue,
+        ErrorCode::UnknownEvent,
+        ErrorCode::NotAuthorized,
+        ErrorCode::AuthFailed,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::Unavailable,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::AlreadySubscribed,
+        ErrorCode::NotSubscribed,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::BadTopic => "bad_topic",
+            ErrorCode::UnknownQueue => "unknown_queue",
+            ErrorCode::UnknownEvent => "unknown_event",
+            ErrorCode::NotAuthorized => "not_authorized",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// Parses a wire code; unknown codes become [`ErrorCode::Other`].
+    pub fn parse(code: &str) -> ErrorCode {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|known| known.as_str() == code)
+            .unwrap_or_else(|| ErrorCode::Other(code.to_owned()))
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes used by shardq nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1000: normal closure.
+    Normal,
+    /// 1001: the node is shutting down.
+    GoingAway,
+    /// 1009: a frame exceeded the size limit.
+    FrameTooLarge,
+    /// 4001: the psk proof did not verify.
+    AuthFailed,
+    /// 4002: the handshake did not finish in time.
+    HandshakeTimeout,
+    /// 4003: a frame that is not valid at this point (before or during the handshake).
+    ProtocolError,
+    /// 4004: a legacy subscriber's topic is malformed or not allowed.
+    TopicRefused,
+    /// 4008: the subscriber fell too far behind and was disconnected.
+    SlowConsumer,
+    /// 4009: the peer stopped answering pings.
+    PingTimeout,
+}
+
+impl CloseCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::FrameTooLarge => 1009,
+            CloseCode::AuthFailed => 4001,
+            CloseCode::HandshakeTimeout => 4002,
+            CloseCode::ProtocolError => 4003,
+            CloseCode::TopicRefused => 4004,
+            CloseCode::SlowConsumer => 4008,
+            CloseCode::PingTimeout => 4009,
+        }
+    }
+
+    /// The short reason sent with the close frame.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::GoingAway => "going away",
+            CloseCode::FrameTooLarge => "frame too large",
+            CloseCode::AuthFailed => "auth failed",
+            CloseCode::HandshakeTimeout => "handshake timeout",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::TopicRefused => "topic refused",
+            CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::PingTimeout => "ping timeout",
+        }
+    }
+
+    /// The close code with this number, if shardq defines it.
+    pub fn from_code(code: u16) -> Option<CloseCode> {
+        [
+            CloseCode::Normal,
+            CloseCode::GoingAway,
+            CloseCode::FrameTooLarge,
+            CloseCode::AuthFailed,
+            CloseCode::HandshakeTimeout,
+            CloseCode::ProtocolError,
+            CloseCode::TopicRefused,
+            CloseCode::SlowConsumer,
+            CloseCode::PingTimeout,
+        ]
+        .into_iter()
+        .find(|known| known.code() == code)
+    }
+}
+
+/// Why bytes could not be decoded into a [`Frame`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame is larger than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
+    /// Not JSON, not an object, a duplicate field, or a field of the wrong type.
+    #[error("malformed frame: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The `"type"` is not one this version knows.
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    /// A field the frame type requires is absent.
+    #[error("{kind} frame without {field:?}")]
+    MissingField {
+        /// The frame type.
+        kind: &'static str,
+        /// The missing field.
+        field: &'static str,
+        /// The frame's id, when it had one.
+        id: Option<u64>,
+    },
+    /// The topic is malformed.
+    #[error("{error}")]
+    BadTopic {
+        /// The frame's id, when it had one.
+        id: Option<u64>,
+        /// What is wrong with the topic.
+        #[source]
+        error: TopicError,
+    },
+    /// A field is present but its value is not allowed.
+    #[error("{kind} frame: {reason}")]
+    BadValue {
+        /// The frame type.
+        kind: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+        /// The frame's id, when it had one.
+        id: Option<u64>,
+    },
+}
+
+impl DecodeError {
+    /// The id of the request the frame carried, when it could be read, so the
+    /// answer can name it.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            DecodeError::MissingField { id, .. }
+            | DecodeError::BadTopic { id, .. }
+            | DecodeError::BadValue { id, .. } => *id,
+            DecodeError::TooLarge { .. } | DecodeError::Json(_) | DecodeError::UnknownType(_) => {
+                None
+            }
+        }
+    }
+
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::BadTopic { error, .. } => error.code(),
+            _ => ErrorCode::BadFrame,
+        }
+    }
+
+    /// The `error` frame answering this failure.
+    pub fn to_frame(&self) -> Frame {
+        Frame::error(self.id(), self.code(), self.to_string())
+    }
+}
+
+/// Deserializes a present field as `Some`, even when its value is `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Every field any frame has, all optional: the first pass of decoding.
+/// (serde's internally tagged enums buffer their input, which raw payloads do
+/// not survive, so the tag is dispatched by hand.)
+#[derive(Deserialize)]
+struct WireFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    version: Option<String>,
+    node: Option<String>,
+    nonce: Option<String>,
+    proof: Option<String>,
+    id: Option<u64>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    since: Option<Position>,
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Box<RawValue>>,
+    epoch: Option<u64>,
+    offset: Option<u64>,
+    recovered: Option<bool>,
+    topics: Option<Vec<TopicPosition>>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// Decodes one frame of at most `limit` bytes. Unknown fields are ignored, so
+/// newer peers may add fields; unknown types are errors.
+pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    let wire: WireFrame<'_> = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
+    wire.into_frame()
+}
+
+impl WireFrame<'_> {
+    fn into_frame(self) -> Result<Frame, DecodeError> {
+        let id = self.id;
+        macro_rules! need {
+            ($kind:literal, $field:ident) => {
+                match self.$field {
+                    Some(value) => value,
+                    None => {
+                        return Err(DecodeError::MissingField {
+                            kind: $kind,
+                            field: stringify!($field),
+                            id,
+                        })
+                    }
+                }
+            };
+        }
+        let topic_filter = |topic: &str| {
+            TopicFilter::parse(topic).map_err(|error| DecodeError::BadTopic { id, error })
+        };
+        let exact_topic =
+            |topic: &str| Topic::parse(topic).map_err(|error| DecodeError::BadTopic { id, error });
+        let frame = match &*self.kind {
+            "hello" => Frame::Hello(Hello {
+                version: need!("hello", version),
+                node: need!("hello", node),
+                nonce: need!("hello", nonce),
+            }),
+            "auth" => Frame::Auth(Auth {
+                nonce: need!("auth", nonce),
+                proof: need!("auth", proof),
+                node: self.node,
+            }),
+            "welcome" => Frame::Welcome(Welcome {
+                proof: need!("welcome", proof),
+            }),
+            "subscribe" => {
+                let id = need!("subscribe", id);
+                let topic = topic_filter(&need!("subscribe", topic))?;
+                if self.since.is_some() && !matches!(topic, TopicFilter::Exact(_)) {
+                    return Err(DecodeError::BadValue {
+                        kind: "subscribe",
+                        reason: "since needs an exact topic, not queue/*",
+                        id: Some(id),
+                    });
+                }
+                Frame::Subscribe(Subscribe {
+                    id,
+                    topic,
+                    since: self.since,
+                })
+            }
+            "unsubscribe" => Frame::Unsubscribe(Unsubscribe {
+                id: need!("unsubscribe", id),
+                topic: topic_filter(&need!("unsubscribe", topic))?,
+            }),
+            "publish" => Frame::Publish(Publish {
+                id: need!("publish", id),
+                topic: exact_topic(&need!("publish", topic))?,
+                payload: need!("publish", payload),
+            }),
+            "ack" => Frame::Ack(Ack {
+                id: need!("ack", id),
+                epoch: self.epoch,
+                offset: self.offset,
+                topics: self.topics,
+                recovered: self.recovered,
+            }),
+            "error" => Frame::Error(ErrorFrame {
+                id,
+                code: ErrorCode::parse(&need!("error", code)),
+                message: self.message.unwrap_or_default(),
+            }),
+            "message" => Frame::Message(Message {
+                topic: exact_topic(&need!("message", topic))?,
+                epoch: need!("message", epoch),
+                offset: need!("message", offset),
+                payload: need!("message", payload),
+            }),
+            other => return Err(DecodeError::UnknownType(other.chars().take(40).collect())),
+        };
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 1 << 20;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    fn round_trip(frame: &Frame) -> Frame {
+        let text = frame.encode();
+        decode(text.as_bytes(), LIMIT).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let topic = Topic::parse("database/create").unwrap();
+        let frames = [
+            Frame::Hello(Hello {
+                version: PROTOCOL_VERSION.into(),
+                node: "consumer-0".into(),
+                nonce: "00".repeat(32),
+            }),
+            Frame::Auth(Auth {
+                nonce: "11".repeat(32),
+                proof: "22".repeat(32),
+                node: Some("producer-1".into()),
+            }),
+            Frame::Welcome(Welcome {
+                proof: "33".repeat(32),
+            }),
+            Frame::Subscribe(Subscribe {
+                id: 1,
+                topic: TopicFilter::Exact(topic.clone()),
+                since: Some(Position {
+                    epoch: 77,
+                    offset: 9,
+                }),
+            }),
+            Frame::Subscribe(Subscribe {
+                id: 2,
+                topic: TopicFilter::AllEvents("files".into()),
+                since: None,
+            }),
+            Frame::Unsubscribe(Unsubscribe {
+                id: 3,
+                topic: TopicFilter::Exact(topic.clone()),
+            }),
+            Frame::Publish(Publish {
+                id: 4,
+                topic: topic.clone(),
+                payload: raw(r#"{"id":99,"name":"John"}"#),
+            }),
+            Frame::Ack(Ack::published(
+                4,
+                Position {
+                    epoch: 77,
+                    offset: 10,
+                },
+            )),
+            Frame::Ack(Ack::subscribed(
+                1,
+                vec![TopicPosition {
+                    topic: topic.clone(),
+                    epoch: 77,
+                    offset: 9,
+                }],
+                Some(true),
+            )),
+            Frame::Ack(Ack::unsubscribed(3)),
+            Frame::error(Some(5), ErrorCode::UnknownEvent, "no such event"),
+            Frame::error(None, ErrorCode::AuthFailed, "authentication failed"),
+            Frame::Message(Message {
+                topic,
+                epoch: 77,
+                offset: 10,
+                payload: raw("null"),
+            }),
+        ];
+        for frame in &frames {
+            let again = round_trip(frame);
+            assert_eq!(again.encode(), frame.encode());
+        }
+    }
+
+    #[test]
+    fn type_comes_first_and_payload_is_verbatim() {
+        let frame = Frame::Publish(Publish {
+            id: 7,
+            topic: Topic::parse("files/save").unwrap(),
+            payload: raw(r#"{"path" : "/tmp/x", "n":[1, 2.50]}"#),
+        });
+        assert_eq!(
+            frame.encode(),
+            r#"{"type":"publish","id":7,"topic":"files/save","payload":{"path" : "/tmp/x", "n":[1, 2.50]}}"#
+        );
+    }
+
+    #[test]
+    fn fast_message_encoding_matches_serde() {
+        let topic = Topic::parse("database/update").unwrap();
+        let payload = raw(r#"{"id":77}"#);
+        let at = Position {
+            epoch: 9_007_199_254_740_991,
+            offset: 12,
+        };
+        let mut fast = Vec::new();
+        encode_message_into(&mut fast, &topic, at, &payload);
+        let slow = Frame::Message(Message {
+            topic,
+            epoch: at.epoch,
+            offset: at.offset,
+            payload,
+        })
+        .encode();
+        assert_eq!(String::from_utf8(fast).unwrap(), slow);
+    }
+
+    #[test]
+    fn null_payload_is_present() {
+        let frame = decode(
+            br#"{"type":"publish","id":1,"topic":"a/b","payload":null}"#,
+            LIMIT,
+        )
+        .unwrap();
+        let Frame::Publish(publish) = frame else {
+            panic!("not a publish")
+        };
+        assert_eq!(publish.payload.get(), "null");
+    }
+
+    #[test]
+    fn errors_carry_the_request_id_and_code() {
+        let cases: [(&str, Option<u64>, ErrorCode); 9] = [
+            ("not json", None, ErrorCode::BadFrame),
+            ("[1,2]", None, ErrorCode::BadFrame),
+            (r#"{"type":"nope"}"#, None, ErrorCode::BadFrame),
+            (r#"{"id":1}"#, None, ErrorCode::BadFrame),
+            (
+                r#"{"type":"publish","id":3,"topic":"a/b"}"#,
+                Some(3),
+                ErrorCode::BadFrame,
+            ),
+            (
+                r#"{"type":"publish","id":4,"topic":"a b/c","payload":1}"#,
+                Some(4),
+                ErrorCode::BadTopic,
+            ),
+            (
+                r#"{"type":"subscribe","id":5,"topic":"a/*","since":{"epoch":1,"offset":2}}"#,
+                Some(5),
+                ErrorCode::BadFrame,
+            ),
+            (
+                r#"{"type":"publish","id":6,"id":7,"topic":"a/b","payload":1}"#,
+                None,
+                ErrorCode::BadFrame,
+            ),
+            (
+                r#"{"type":"publish","id":-1,"topic":"a/b","payload":1}"#,
+                None,
+                ErrorCode::BadFrame,
+            ),
+        ];
+        for (input, id, code) in cases {
+            let err = decode(input.as_bytes(), LIMIT).unwrap_err();
+            assert_eq!(err.id(), id, "{input}");
+            assert_eq!(err.code(), code, "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn enforces_the_size_limit_before_parsing() {
+        let err = decode(&[b' '; 65], 64).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { len: 65, limit: 64 }));
+        assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let frame = decode(
+            br#"{"type":"unsubscribe","id":1,"topic":"a/b","future":{"x":1}}"#,
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(frame.kind(), "unsubscribe");
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), code);
+        }
+        assert_eq!(
+            ErrorCode::parse("brand_new"),
+            ErrorCode::Other("brand_new".into())
+        );
+    }
+
+    #[test]
+    fn close_codes_round_trip() {
+        for code in [1000, 1001, 1009, 4001, 4002, 4003, 4004, 4008, 4009] {
+            assert_eq!(CloseCode::from_code(code).unwrap().code(), code);
+        }
+        assert_eq!(CloseCode::from_code(4999), None);
+    }
+}

@@ -1,0 +1,33 @@
+//! The shardq/1 protocol, sans-IO: everything a node or client must agree on,
+//! as plain values and state machines, with no sockets and no runtime.
+//!
+//! # Layout
+//!
+//! - [`frame`]: the JSON frames, their bounded decoder, error and close codes.
+//! - [`handshake`]: the mutual psk handshake (`ServerHandshake`, `ClientHandshake`).
+//! - [`topic`]: `queue/event` topics, `queue/*` filters, and `QueueConfig`.
+//! - [`routing`]: which consumer owns a topic (rendezvous hashing over ids).
+//! - [`legacy`]: the origin system's dialect and its handshake.
+//! - [`config`]: the cluster file shared by every node.
+//!
+//! `docs/PROTOCOL.md` in the repository is the normative description; the
+//! test vectors there are asserted by this crate's tests.
+
+pub mod config;
+pub mod frame;
+pub mod handshake;
+pub mod legacy;
+pub mod routing;
+pub mod topic;
+
+pub use config::{ClusterConfig, ConfigError, Limits, NodeEntry};
+pub use frame::{
+    Ack, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Message, PROTOCOL_VERSION, Position,
+    Publish, Subscribe, TopicPosition, Unsubscribe,
+};
+pub use handshake::{ClientHandshake, ClientStep, HandshakeError, Nonce, Psk, ServerHandshake};
+pub use routing::Router;
+pub use topic::{QueueConfig, Topic, TopicError, TopicFilter};
+
+/// Raw JSON, as payloads are carried (re-exported from `serde_json`).
+pub use serde_json::value::RawValue;

@@ -1,0 +1,1 @@
+//! The in-process cluster harness shared by the scenario tests.
