@@ -1,1 +1,260 @@
-//! The in-process cluster harness shared by the scenario tests.
+//! The in-process cluster harness shared by the scenario tests: start real
+//! consumers (and producers) on 127.0.0.1 port 0, talk to them over real
+//! WebSockets with raw shardq/1 or legacy clients, stop and restart nodes.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shardq_protocol::{ClusterConfig, Limits, NodeEntry, Psk, QueueConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use raw::{LegacyClient, RawClient};
+
+/// How long a test waits for anything before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The seeds' queues: `database` {create, read, update, delete, error} and
+/// `files` {save, error}.
+pub fn seed_queues() -> QueueConfig {
+    let mut queues = QueueConfig::new();
+    queues
+        .declare("database", ["create", "read", "update", "delete", "error"])
+        .unwrap()
+        .declare("files", ["save", "error"])
+        .unwrap();
+    queues
+}
+
+/// A node running in this process.
+pub struct Node {
+    /// Its id.
+    pub id: String,
+    /// Its WebSocket address.
+    pub addr: SocketAddr,
+    /// Its admin HTTP address.
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// `ws://127.0.0.1:port` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Whether it is running.
+    pub fn is_running(&self) -> bool {
+        self.task.is_some()
+    }
+}
+
+/// A cluster of in-process nodes.
+pub struct Cluster {
+    /// The cluster file every node was given.
+    pub config: ClusterConfig,
+    /// The psk every node was given.
+    pub psk: Psk,
+    /// The consumers, in config order.
+    pub consumers: Vec<Node>,
+}
+
+/// How to build a [`Cluster`].
+pub struct ClusterBuilder {
+    consumers: usize,
+    queues: QueueConfig,
+    limits: Limits,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            consumers: 1,
+            queues: seed_queues(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// How many consumers.
+    pub fn consumers(mut self, n: usize) -> Self {
+        self.consumers = n;
+        self
+    }
+
+    /// The queue configuration.
+    pub fn queues(mut self, queues: QueueConfig) -> Self {
+        self.queues = queues;
+        self
+    }
+
+    /// Changes the limits.
+    pub fn limits(mut self, change: impl FnOnce(&mut Limits)) -> Self {
+        change(&mut self.limits);
+        self
+    }
+
+    /// Binds every node on port 0, writes the cluster file with the real
+    /// ports, and starts them.
+    pub async fn start(self) -> Cluster {
+        let mut listeners = Vec::new();
+        let mut entries = Vec::new();
+        for i in 0..self.consumers {
+            let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            entries.push(NodeEntry {
+                id: format!("consumer-{i}"),
+                url: format!("ws://{}", ws.local_addr().unwrap()),
+                admin: Some(format!("http://{}", admin.local_addr().unwrap())),
+                listen: None,
+            });
+            listeners.push((ws, admin));
+        }
+        let config = ClusterConfig {
+            consumers: entries,
+            producers: Vec::new(),
+            queues: self.queues,
+            limits: self.limits,
+            psk_file: None,
+        };
+        // The file must survive its own round trip, as nodes would read it.
+        let config = ClusterConfig::parse(&config.to_toml()).unwrap();
+        let psk = Psk::generate();
+        let mut cluster = Cluster {
+            config,
+            psk,
+            consumers: Vec::new(),
+        };
+        for (i, (ws, admin)) in listeners.into_iter().enumerate() {
+            let node = cluster.spawn_consumer(i, ws, admin);
+            cluster.consumers.push(node);
+        }
+        cluster
+    }
+}
+
+impl Cluster {
+    /// A builder with one consumer and the seeds' queues.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    fn spawn_consumer(&self, index: usize, ws: TcpListener, admin: TcpListener) -> Node {
+        let id = self.config.consumers[index].id.clone();
+        let (addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel();
+        let config = shardq_consumer::ConsumerConfig {
+            id: id.clone(),
+            cluster: self.config.clone(),
+            psk: self.psk.clone(),
+        };
+        let task = tokio::spawn(shardq_consumer::run(ws, Some(admin), config, async move {
+            let _ = stopped.await;
+        }));
+        Node {
+            id,
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops consumer `index` and waits until it has shut down.
+    pub async fn stop_consumer(&mut self, index: usize) {
+        let node = &mut self.consumers[index];
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = node.task.take() {
+            tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+        }
+    }
+
+    /// Starts consumer `index` again on its old ports.
+    pub async fn restart_consumer(&mut self, index: usize) {
+        let (addr, admin) = (self.consumers[index].addr, self.consumers[index].admin);
+        let ws = bind_again(addr).await;
+        let admin = bind_again(admin).await;
+        self.consumers[index] = self.spawn_consumer(index, ws, admin);
+    }
+
+    /// A shardq/1 client on consumer `index`'s `/v1/subscribe`.
+    pub async fn subscriber(&self, index: usize) -> RawClient {
+        RawClient::connect(&self.consumers[index].url("/v1/subscribe"), &self.psk)
+            .await
+            .unwrap()
+    }
+
+    /// A shardq/1 client on consumer `index`'s `/v1/cluster` (as a producer).
+    pub async fn cluster_client(&self, index: usize) -> RawClient {
+        RawClient::connect(&self.consumers[index].url("/v1/cluster"), &self.psk)
+            .await
+            .unwrap()
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for index in 0..self.consumers.len() {
+            self.stop_consumer(index).await;
+        }
+    }
+}
+
+/// Binds an address that was just released (retrying while the OS frees it).
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("cannot bind {addr} again: {error}"),
+        }
+    }
+}
+
+/// `GET http://addr/path` over a plain socket: the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a metric line `name value` (or `name{labels} value`) in a
+/// Prometheus text body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.starts_with(name)
+                && matches!(line.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}

@@ -1,1 +1,9 @@
-//! The shardq client library: Publisher and Subscriber for applications.
+//! The shardq client library.
+//!
+//! # Layout
+//!
+//! - [`connection`]: open an authenticated shardq/1 connection.
+
+pub mod connection;
+
+pub use shardq_protocol as protocol;

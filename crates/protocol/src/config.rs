@@ -33,10 +33,16 @@ use crate::topic::{QueueConfig, TopicError};
 /// Why a cluster file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Not valid TOML, an unknown key, or a value of the wrong type (the
-    /// message names the line and column).
-    #[error("{0}")]
-    Toml(#[from] toml::de::Error),
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("line {line}, column {column}: {message}")]
+    Syntax {
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What is wrong, on one line.
+        message: String,
+    },
     /// No `[[consumers]]` entry.
     #[error("the cluster file declares no [[consumers]]")]
     NoConsumers,
@@ -228,7 +234,7 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// Parses and validates a cluster file.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
-        let file: ClusterFile = toml::from_str(text)?;
+        let file: ClusterFile = toml::from_str(text).map_err(|error| syntax_error(text, &error))?;
         let mut queues = QueueConfig::new();
         queues.set_open_topics(file.open_topics);
         for (queue, events) in &file.queues {
@@ -300,6 +306,18 @@ impl ClusterConfig {
             .collect();
         entries.sort();
         format!("{:016x}", xxh3_64(entries.join("\n").as_bytes()))
+    }
+}
+
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let at = error.span().map_or(0, |span| span.start).min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+    ConfigError::Syntax {
+        line,
+        column,
+        message: error.message().trim().replace('\n', "; "),
     }
 }
 
@@ -414,7 +432,8 @@ max_frame_bytes = 65536
     fn parse_errors_name_the_line() {
         let broken = SAMPLE.replace("max_frame_bytes = 65536", "max_frame_bytes = \"big\"");
         let message = ClusterConfig::parse(&broken).unwrap_err().to_string();
-        assert!(message.contains("line 23"), "{message}");
+        assert!(message.starts_with("line 23, column 19: "), "{message}");
+        assert!(!message.contains('\n'), "{message}");
         let typo = SAMPLE.replace("max_frame_bytes", "max_frame_byte");
         let message = ClusterConfig::parse(&typo).unwrap_err().to_string();
         assert!(message.contains("max_frame_byte"), "{message}");

@@ -1,6 +1,8 @@
 //! No input makes the decoders panic: 100,000 mutated frames plus random
 //! bytes and strings, through both the shardq/1 and the legacy decoder.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use shardq_protocol::frame::decode;
 use shardq_protocol::legacy::LegacyFrame;

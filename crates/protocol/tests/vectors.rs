@@ -1,6 +1,8 @@
 //! The test vectors of docs/PROTOCOL.md, computed independently (Python's
 //! hmac, hashlib and xxhash) and asserted here byte for byte.
 
+#![allow(clippy::unwrap_used)]
+
 use shardq_protocol::handshake::{client_proof, server_proof};
 use shardq_protocol::routing::{node_seed, weight};
 use shardq_protocol::{

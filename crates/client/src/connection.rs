@@ -1,0 +1,195 @@
+//! An authenticated shardq/1 WebSocket connection, as clients and nodes open
+//! them: connect, run the client side of the handshake, hand back the socket.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use shardq_protocol::{
+    ClientHandshake, ClientStep, CloseCode, ErrorCode, Frame, HandshakeError, Nonce, Psk,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The socket type of a client connection.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Largest frame a client accepts from a node.
+pub const MAX_INCOMING_FRAME: usize = 16 << 20;
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect or the WebSocket upgrade failed.
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: Box<tungstenite::Error>,
+    },
+    /// The handshake failed (wrong psk on either side, another version…).
+    #[error("{url}: {source}")]
+    Handshake {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: HandshakeError,
+    },
+    /// The node closed the connection during the handshake.
+    #[error("{url} closed the connection during the handshake{}", close_reason(*.code))]
+    Closed {
+        /// The URL.
+        url: String,
+        /// The close code, if one was sent.
+        code: Option<u16>,
+    },
+    /// The node sent something that is not a shardq/1 frame.
+    #[error("{url} is not a shardq/1 node: {reason}")]
+    NotShardq {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("{url}: no handshake within {0:?}", timeout)]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The time allowed.
+        timeout: Duration,
+    },
+}
+
+fn close_reason(code: Option<u16>) -> String {
+    match code.and_then(CloseCode::from_code) {
+        Some(code) => format!(" ({} {})", code.code(), code.reason()),
+        None => code.map(|c| format!(" (code {c})")).unwrap_or_default(),
+    }
+}
+
+impl ConnectError {
+    /// Whether the failure was authentication (a wrong psk on either side).
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            ConnectError::Handshake { source, .. } => source.code() == ErrorCode::AuthFailed,
+            ConnectError::Closed { code, .. } => *code == Some(CloseCode::AuthFailed.code()),
+            _ => false,
+        }
+    }
+}
+
+/// An authenticated connection.
+pub struct Connection {
+    /// The socket, after the handshake.
+    pub socket: WsStream,
+    /// The node's id from its `hello`.
+    pub server: String,
+}
+
+/// The WebSocket settings of client connections.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_INCOMING_FRAME))
+        .max_frame_size(Some(MAX_INCOMING_FRAME))
+}
+
+/// Connects to `url` (e.g. `ws://host:7100/v1/subscribe`) and authenticates
+/// with `psk`, within `timeout`. `name` appears in the node's logs.
+pub async fn connect(
+    url: &str,
+    psk: &Psk,
+    name: Option<&str>,
+    timeout: Duration,
+) -> Result<Connection, ConnectError> {
+    tokio::time::timeout(timeout, connect_inner(url, psk, name))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Timeout {
+                url: url.to_owned(),
+                timeout,
+            })
+        })
+}
+
+async fn connect_inner(
+    url: &str,
+    psk: &Psk,
+    name: Option<&str>,
+) -> Result<Connection, ConnectError> {
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+            .await
+            .map_err(|source| ConnectError::Unreachable {
+                url: url.to_owned(),
+                source: Box::new(source),
+            })?;
+    let mut handshake = ClientHandshake::new(psk.clone(), Nonce::random(), name.map(str::to_owned));
+    loop {
+        let text = match socket.next().await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                return Err(ConnectError::Closed {
+                    url: url.to_owned(),
+                    code: frame.map(|f| u16::from(f.code)),
+                });
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Binary(_))) => {
+                return Err(ConnectError::NotShardq {
+                    url: url.to_owned(),
+                    reason: "binary message".into(),
+                });
+            }
+            Some(Err(_)) | None => {
+                return Err(ConnectError::Closed {
+                    url: url.to_owned(),
+                    code: None,
+                });
+            }
+        };
+        let frame = Frame::decode(text.as_bytes(), MAX_INCOMING_FRAME).map_err(|error| {
+            ConnectError::NotShardq {
+                url: url.to_owned(),
+                reason: error.to_string(),
+            }
+        })?;
+        let step = handshake
+            .receive(frame)
+            .map_err(|source| ConnectError::Handshake {
+                url: url.to_owned(),
+                source,
+            });
+        match step {
+            Ok(ClientStep::Send(frame)) => {
+                socket
+                    .send(Message::text(frame.encode()))
+                    .await
+                    .map_err(|source| ConnectError::Unreachable {
+                        url: url.to_owned(),
+                        source: Box::new(source),
+                    })?;
+            }
+            Ok(ClientStep::Established { server }) => return Ok(Connection { socket, server }),
+            Err(error) => {
+                if matches!(&error, ConnectError::Handshake { source, .. } if source.code() == ErrorCode::AuthFailed)
+                {
+                    // The server does not know our psk: say so and hang up.
+                    let _ = socket
+                        .close(Some(tungstenite::protocol::CloseFrame {
+                            code: CloseCode::AuthFailed.code().into(),
+                            reason: CloseCode::AuthFailed.reason().into(),
+                        }))
+                        .await;
+                }
+                return Err(error);
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The consumer's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label of per-endpoint metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    /// `subscribe`, `cluster`, `legacy_producer` or `legacy_subscribe`.
+    pub endpoint: &'static str,
+}
+
+/// Every metric a consumer exports (all prefixed `shardq_consumer_`).
+pub struct ConsumerMetrics {
+    /// Open connections by endpoint.
+    pub connections: Family<EndpointLabel, Gauge>,
+    /// Live subscriptions (connection × topic).
+    pub subscriptions: Gauge,
+    /// Topics with state on this node.
+    pub topics: Gauge,
+    /// Messages sequenced.
+    pub messages_in: Counter,
+    /// Messages written to subscribers (one per subscriber per message).
+    pub messages_out: Counter,
+    /// Bytes of message frames queued for subscribers.
+    pub bytes_out: Counter,
+    /// Subscribers disconnected for falling behind.
+    pub slow_consumers: Counter,
+    /// Handshakes refused for a wrong proof.
+    pub auth_failures: Counter,
+    /// Legacy messages dropped (topic malformed or not allowed; the dialect has no acks).
+    pub legacy_dropped: Counter,
+    /// Bytes of history retained (overhead included).
+    pub history_bytes: Gauge,
+    /// Messages of history retained.
+    pub history_messages: Gauge,
+}
+
+impl ConsumerMetrics {
+    /// The metrics and the registry that exports them.
+    pub fn new() -> (ConsumerMetrics, Registry) {
+        let metrics = ConsumerMetrics {
+            connections: Family::default(),
+            subscriptions: Gauge::default(),
+            topics: Gauge::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            bytes_out: Counter::default(),
+            slow_consumers: Counter::default(),
+            auth_failures: Counter::default(),
+            legacy_dropped: Counter::default(),
+            history_bytes: Gauge::default(),
+            history_messages: Gauge::default(),
+        };
+        let mut registry = Registry::with_prefix("shardq_consumer");
+        registry.register(
+            "connections",
+            "Open connections by endpoint",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Live subscriptions",
+            metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "topics",
+            "Topics with state on this node",
+            metrics.topics.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "Messages sequenced",
+            metrics.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages queued to subscribers (one per subscriber per message)",
+            metrics.messages_out.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Bytes of message frames queued to subscribers",
+            metrics.bytes_out.clone(),
+        );
+        registry.register(
+            "slow_consumer_disconnects",
+            "Subscribers disconnected for falling behind",
+            metrics.slow_consumers.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Handshakes refused for a wrong proof",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "legacy_dropped",
+            "Legacy messages dropped because their topic was refused",
+            metrics.legacy_dropped.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes of history retained",
+            metrics.history_bytes.clone(),
+        );
+        registry.register(
+            "history_messages",
+            "Messages of history retained",
+            metrics.history_messages.clone(),
+        );
+        (metrics, registry)
+    }
+}

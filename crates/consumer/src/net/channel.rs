@@ -1,0 +1,107 @@
+//! An authenticated connection's event loop helper: the next text message,
+//! with keepalive pings, the stop signal and the outbox closing folded in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardq_protocol::{CloseCode, Frame};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{Incoming, Reader};
+use super::outbox::{Outbox, PushError};
+use super::ws;
+
+/// How an authenticated connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The peer closed or the socket broke.
+    Peer,
+    /// The node closed it with this code.
+    Closed(CloseCode),
+}
+
+/// Reader, outbox and keepalive of one authenticated connection.
+pub struct Channel {
+    reader: Reader,
+    outbox: Arc<Outbox>,
+    ping: Interval,
+    missed_pongs: u32,
+    max_missed_pongs: u32,
+    stop: CancellationToken,
+}
+
+impl Channel {
+    /// Wraps an authenticated connection.
+    pub fn new(
+        reader: Reader,
+        outbox: Arc<Outbox>,
+        ping_interval: Duration,
+        max_missed_pongs: u32,
+        stop: CancellationToken,
+    ) -> Channel {
+        let mut ping = interval_at(Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Channel {
+            reader,
+            outbox,
+            ping,
+            missed_pongs: 0,
+            max_missed_pongs,
+            stop,
+        }
+    }
+
+    /// The connection's outbox.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The next text message, or how the connection ended (the close is
+    /// already arranged).
+    pub async fn next_text(&mut self) -> Result<Utf8Bytes, Ended> {
+        loop {
+            tokio::select! {
+                incoming = self.reader.next() => match incoming {
+                    Incoming::Text(text) => return Ok(text),
+                    Incoming::Pong => self.missed_pongs = 0,
+                    Incoming::PeerClosed => {
+                        self.outbox.finish();
+                        return Err(Ended::Peer);
+                    }
+                    Incoming::Closed => {
+                        self.outbox.finish();
+                        return Err(Ended::Peer);
+                    }
+                    Incoming::Violation(code, why) => {
+                        tracing::debug!(%why, "closing connection");
+                        return Err(self.close(code));
+                    }
+                },
+                _ = self.ping.tick() => {
+                    if self.missed_pongs >= self.max_missed_pongs {
+                        return Err(self.close(CloseCode::PingTimeout));
+                    }
+                    self.missed_pongs += 1;
+                    let _ = self.outbox.push_unbounded(ws::ping_frame());
+                }
+                () = self.outbox.closed() => {
+                    return Err(Ended::Closed(self.outbox.close_code().unwrap_or(CloseCode::Normal)));
+                }
+                () = self.stop.cancelled() => return Err(self.close(CloseCode::GoingAway)),
+            }
+        }
+    }
+
+    /// Queues a frame (bounded by the outbox limit).
+    pub fn send(&self, frame: &Frame) -> Result<(), PushError> {
+        self.outbox.push(ws::text_frame(frame.encode().as_bytes()))
+    }
+
+    /// Closes with `code` after what is queued.
+    pub fn close(&self, code: CloseCode) -> Ended {
+        self.outbox.close(code);
+        Ended::Closed(code)
+    }
+}

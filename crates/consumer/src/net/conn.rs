@@ -1,0 +1,287 @@
+//! One server-side WebSocket connection: the HTTP upgrade, the writer task
+//! that owns the socket's write half, and a reader that turns the read half
+//! into text messages and keepalive events.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use shardq_protocol::CloseCode;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::time::{Instant, timeout_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_util::task::TaskTracker;
+
+use super::outbox::{Drained, Outbox};
+use super::ws::{self, BUDGET_EXCEEDED, ServerIo};
+
+/// Most bytes an HTTP upgrade request may take.
+const UPGRADE_REQUEST_BUDGET: usize = 8 << 10;
+/// Most bytes coalesced into one write.
+const MAX_WRITE: usize = 256 << 10;
+/// How long a closing connection may take to send its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Largest frame before authentication.
+    pub preauth_frame_bytes: usize,
+    /// Largest frame after authentication.
+    pub max_frame_bytes: usize,
+    /// Outbox bound (the slow-consumer threshold).
+    pub outbox_bytes: usize,
+}
+
+/// Why an incoming connection did not become a WebSocket.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The upgrade did not finish before the deadline.
+    #[error("upgrade timed out")]
+    Timeout,
+    /// Not a valid WebSocket upgrade, or a path this node does not serve.
+    #[error("upgrade refused: {0}")]
+    Refused(#[source] tungstenite::Error),
+    /// The socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// An upgraded connection.
+pub struct Connection {
+    /// The request path (without the query string).
+    pub path: String,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The read side, as WebSocket messages.
+    pub reader: Reader,
+    /// The write side: queue complete frames here.
+    pub outbox: Arc<Outbox>,
+}
+
+/// Upgrades an accepted socket to a WebSocket if `serves(path)`, otherwise
+/// answers 404. The writer task is spawned on `tasks` first (it also sends
+/// the upgrade response).
+pub async fn upgrade(
+    stream: TcpStream,
+    limits: &ConnLimits,
+    deadline: Instant,
+    serves: impl Fn(&str) -> bool,
+    tasks: &TaskTracker,
+) -> Result<Connection, UpgradeError> {
+    stream.set_nodelay(true)?;
+    let peer = stream.peer_addr()?;
+    let (read, write) = stream.into_split();
+    let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
+    tasks.spawn(run_writer(write, outbox.clone()));
+    let io = ServerIo::new(read, outbox.clone(), UPGRADE_REQUEST_BUDGET);
+
+    let mut path = None;
+    // tungstenite's refusal type is an HTTP response: large, but built once.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| {
+        let requested = request.uri().path();
+        if serves(requested) {
+            path = Some(requested.to_owned());
+            Ok(response)
+        } else {
+            let mut refusal = ErrorResponse::new(Some(format!("no endpoint at {requested}\n")));
+            *refusal.status_mut() = StatusCode::NOT_FOUND;
+            Err(refusal)
+        }
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let upgraded = timeout_at(
+        deadline,
+        tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(config)),
+    )
+    .await;
+    let mut socket = match upgraded {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => {
+            outbox.finish();
+            return Err(UpgradeError::Refused(error));
+        }
+        Err(_) => {
+            outbox.finish();
+            return Err(UpgradeError::Timeout);
+        }
+    };
+    // Frame header (at most 14 bytes from a client) plus the pre-auth limit.
+    socket.get_mut().set_budget(limits.preauth_frame_bytes + 14);
+    Ok(Connection {
+        path: path.unwrap_or_default(),
+        peer,
+        reader: Reader {
+            socket,
+            preauth_limit: Some(limits.preauth_frame_bytes),
+        },
+        outbox,
+    })
+}
+
+/// What the reader yields.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A text message.
+    Text(Utf8Bytes),
+    /// A pong (the peer is alive).
+    Pong,
+    /// The peer sent a close frame (tungstenite already answered it): finish
+    /// the outbox without another close frame.
+    PeerClosed,
+    /// The connection broke.
+    Closed,
+    /// The peer violated a limit or the WebSocket protocol: close with this code.
+    Violation(CloseCode, &'static str),
+}
+
+/// The read side of a connection.
+pub struct Reader {
+    socket: WebSocketStream<ServerIo>,
+    preauth_limit: Option<usize>,
+}
+
+impl Reader {
+    /// The next message. Cancel-safe.
+    pub async fn next(&mut self) -> Incoming {
+        loop {
+            let Some(item) = self.socket.next().await else {
+                return Incoming::Closed;
+            };
+            return match item {
+                Ok(Message::Text(text)) => {
+                    if self.preauth_limit.is_some_and(|limit| text.len() > limit) {
+                        Incoming::Violation(CloseCode::FrameTooLarge, "frame too large")
+                    } else {
+                        Incoming::Text(text)
+                    }
+                }
+                Ok(Message::Binary(_)) => Incoming::Violation(
+                    CloseCode::ProtocolError,
+                    "binary messages are not accepted",
+                ),
+                Ok(Message::Pong(_)) => Incoming::Pong,
+                // Pings are answered by tungstenite through the outbox.
+                Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => continue,
+                Ok(Message::Close(_)) => Incoming::PeerClosed,
+                Err(tungstenite::Error::Capacity(_)) => {
+                    Incoming::Violation(CloseCode::FrameTooLarge, "frame too large")
+                }
+                Err(tungstenite::Error::Io(error)) if error.kind() == BUDGET_EXCEEDED => {
+                    Incoming::Violation(CloseCode::FrameTooLarge, "frame too large")
+                }
+                Err(tungstenite::Error::Protocol(_)) | Err(tungstenite::Error::Utf8(_)) => {
+                    Incoming::Violation(CloseCode::ProtocolError, "websocket protocol violation")
+                }
+                Err(_) => Incoming::Closed,
+            };
+        }
+    }
+
+    /// The peer authenticated: lift the pre-auth limits.
+    pub fn authenticated(&mut self) {
+        self.preauth_limit = None;
+        self.socket.get_mut().lift_budget();
+    }
+}
+
+/// The writer task: drains the outbox into the socket, coalescing each
+/// batch into as few writes as possible, until the outbox closes.
+async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>) {
+    let mut spare = VecDeque::new();
+    loop {
+        match outbox.drain(spare).await {
+            Drained::Frames { mut frames, bytes } => {
+                let written = write_batch(&mut socket, &frames, &outbox).await;
+                outbox.written(bytes);
+                match written {
+                    Ok(true) => {}
+                    // Aborted as a slow consumer mid-write: drop the socket.
+                    Ok(false) => return,
+                    Err(_) => {
+                        outbox.finish();
+                        return;
+                    }
+                }
+                frames.clear();
+                if frames.capacity() > 1024 {
+                    frames = VecDeque::new();
+                }
+                spare = frames;
+            }
+            Drained::Close(frame) => {
+                let deadline = Instant::now() + CLOSE_GRACE;
+                let _ = timeout_at(deadline, socket.write_all(&frame)).await;
+                let _ = timeout_at(deadline, socket.shutdown()).await;
+                return;
+            }
+            Drained::Finish => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, socket.shutdown()).await;
+                return;
+            }
+            Drained::Abort => return,
+        }
+    }
+}
+
+/// Writes frames in order. `Ok(false)` when the outbox was aborted while a
+/// write was blocked (the peer stopped reading).
+async fn write_batch(
+    socket: &mut OwnedWriteHalf,
+    frames: &VecDeque<Bytes>,
+    outbox: &Outbox,
+) -> io::Result<bool> {
+    let mut index = 0;
+    while index < frames.len() {
+        let chunk: Bytes = if frames.len() - index == 1 {
+            index += 1;
+            frames[index - 1].clone()
+        } else {
+            let mut buffer = Vec::with_capacity(
+                MAX_WRITE.min(frames.iter().skip(index).map(Bytes::len).sum::<usize>()),
+            );
+            while index < frames.len()
+                && (buffer.is_empty() || buffer.len() + frames[index].len() <= MAX_WRITE)
+            {
+                buffer.extend_from_slice(&frames[index]);
+                index += 1;
+            }
+            Bytes::from(buffer)
+        };
+        let write = socket.write_all(&chunk);
+        tokio::pin!(write);
+        let mut closed_seen = false;
+        loop {
+            tokio::select! {
+                result = &mut write => { result?; break; }
+                () = outbox.closed(), if !closed_seen => {
+                    closed_seen = true;
+                    if outbox.aborted() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Sends `ws::text_frame(text)` through the outbox (bounded).
+pub fn send_text(outbox: &Outbox, text: &str) -> Result<(), super::outbox::PushError> {
+    outbox.push(ws::text_frame(text.as_bytes()))
+}

@@ -1,0 +1,293 @@
+//! The outbound queue of one connection: complete WebSocket frames waiting
+//! for the connection's writer task, bounded in bytes.
+//!
+//! Pushing never waits. A push that would take the queued bytes over the
+//! bound fails, and the outbox is then closed as a slow consumer: the writer
+//! stops, the connection's reader learns it through [`Outbox::closed`], and
+//! everyone else pushing to it carries on unaffected.
+//!
+//! Locking: the mutex guards only the queue and counters, and is never held
+//! across an `.await` (the writer swaps the whole queue out under it).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use shardq_protocol::CloseCode;
+use tokio::sync::Notify;
+
+use super::ws;
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The outbox is closed (the connection is ending).
+    Closed,
+    /// The push would exceed the byte bound: the outbox is now closed as a slow consumer.
+    Overflow,
+}
+
+/// What the writer takes out of the outbox.
+pub(crate) enum Drained {
+    /// Frames to write, in order; `bytes` is their total length.
+    Frames {
+        frames: VecDeque<Bytes>,
+        bytes: usize,
+    },
+    /// Write this close frame (after the frames already taken), then stop.
+    Close(Bytes),
+    /// Shut the socket down without a close frame (the upgrade failed).
+    Finish,
+    /// Stop at once: the peer is too slow to be sent even a close frame.
+    Abort,
+}
+
+/// How the outbox ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// With a close frame carrying this code.
+    Close(CloseCode),
+    /// Without a close frame (no WebSocket was established).
+    Silent,
+}
+
+struct State {
+    frames: VecDeque<Bytes>,
+    /// Bytes queued plus bytes taken by the writer and not yet written.
+    pending_bytes: usize,
+    /// Set once: how the writer ends after the queue drains.
+    closing: Option<Ending>,
+    /// The close is urgent: drop what is queued (slow consumer).
+    abort_queue: bool,
+}
+
+/// A bounded, non-blocking queue of encoded frames for one connection.
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer (one waiter; a stored permit covers a missed wakeup).
+    ready: Notify,
+    /// Wakes everyone waiting for the outbox to close.
+    closed_notify: Notify,
+    closed: AtomicBool,
+    limit: usize,
+}
+
+impl Outbox {
+    /// An empty outbox that holds at most `limit` bytes.
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                pending_bytes: 0,
+                closing: None,
+                abort_queue: false,
+            }),
+            ready: Notify::new(),
+            closed_notify: Notify::new(),
+            closed: AtomicBool::new(false),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-push; the
+        // queue itself is still consistent (every update is a single step).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues one complete WebSocket frame. Never waits.
+    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_inner(frame, true)
+    }
+
+    /// Queues a frame the node itself must send (control frames, handshake
+    /// bytes, answers): counted, but never refused for size.
+    pub fn push_unbounded(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_inner(frame, false)
+    }
+
+    fn push_inner(&self, frame: Bytes, bounded: bool) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return Err(PushError::Closed);
+        }
+        let len = frame.len();
+        if bounded && state.pending_bytes + len > self.limit {
+            state.closing = Some(Ending::Close(CloseCode::SlowConsumer));
+            state.abort_queue = true;
+            state.frames.clear();
+            drop(state);
+            self.mark_closed();
+            return Err(PushError::Overflow);
+        }
+        let was_empty = state.frames.is_empty();
+        state.pending_bytes += len;
+        state.frames.push_back(frame);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks the writer to send what is queued, then a close frame with this
+    /// code, then stop. Later pushes are refused. Idempotent.
+    pub fn close(&self, code: CloseCode) {
+        self.end(Ending::Close(code));
+    }
+
+    /// Asks the writer to send what is queued and shut the socket down
+    /// without a close frame (for a failed upgrade, e.g. an HTTP 404).
+    pub fn finish(&self) {
+        self.end(Ending::Silent);
+    }
+
+    fn end(&self, ending: Ending) {
+        let mut state = self.lock();
+        if state.closing.is_none() {
+            state.closing = Some(ending);
+        }
+        drop(state);
+        self.mark_closed();
+    }
+
+    fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+        self.closed_notify.notify_waiters();
+    }
+
+    /// Whether the outbox was closed (by [`close`](Self::close) or an overflow).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The close code, once closed.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self.lock().closing {
+            Some(Ending::Close(code)) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Completes once the outbox is closed.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Bytes queued or being written.
+    pub fn pending_bytes(&self) -> usize {
+        self.lock().pending_bytes
+    }
+
+    /// Waits for frames (or the close) and takes them all.
+    pub(crate) async fn drain(&self, spare: VecDeque<Bytes>) -> Drained {
+        let mut spare = Some(spare);
+        loop {
+            {
+                let mut state = self.lock();
+                if state.abort_queue {
+                    return Drained::Abort;
+                }
+                if !state.frames.is_empty() {
+                    let frames =
+                        std::mem::replace(&mut state.frames, spare.take().unwrap_or_default());
+                    let bytes = frames.iter().map(Bytes::len).sum();
+                    return Drained::Frames { frames, bytes };
+                }
+                match state.closing {
+                    Some(Ending::Close(code)) => return Drained::Close(ws::close_frame(code)),
+                    Some(Ending::Silent) => return Drained::Finish,
+                    None => {}
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// The writer finished writing `bytes` taken by [`drain`](Self::drain).
+    pub(crate) fn written(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
+    }
+
+    /// Whether an overflow asked for the queue to be dropped.
+    pub(crate) fn aborted(&self) -> bool {
+        self.lock().abort_queue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize) -> Bytes {
+        Bytes::from(vec![b'x'; len])
+    }
+
+    #[tokio::test]
+    async fn drains_in_order_and_accounts_bytes() {
+        let outbox = Outbox::new(100);
+        outbox.push(frame(10)).unwrap();
+        outbox.push(frame(20)).unwrap();
+        assert_eq!(outbox.pending_bytes(), 30);
+        let Drained::Frames { frames, bytes } = outbox.drain(VecDeque::new()).await else {
+            panic!("no frames")
+        };
+        assert_eq!(bytes, 30);
+        assert_eq!(frames.iter().map(Bytes::len).collect::<Vec<_>>(), [10, 20]);
+        // Taken but not yet written still counts against the bound.
+        assert_eq!(outbox.pending_bytes(), 30);
+        outbox.written(30);
+        assert_eq!(outbox.pending_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_as_slow_consumer() {
+        let outbox = Outbox::new(25);
+        outbox.push(frame(20)).unwrap();
+        assert_eq!(outbox.push(frame(10)), Err(PushError::Overflow));
+        assert!(outbox.is_closed());
+        assert_eq!(outbox.close_code(), Some(CloseCode::SlowConsumer));
+        assert_eq!(outbox.push(frame(1)), Err(PushError::Closed));
+        assert!(matches!(
+            outbox.drain(VecDeque::new()).await,
+            Drained::Abort
+        ));
+        outbox.closed().await;
+    }
+
+    #[tokio::test]
+    async fn close_sends_queued_frames_first() {
+        let outbox = Outbox::new(100);
+        outbox.push(frame(5)).unwrap();
+        outbox.close(CloseCode::GoingAway);
+        outbox.close(CloseCode::Normal);
+        assert!(matches!(
+            outbox.drain(VecDeque::new()).await,
+            Drained::Frames { bytes: 5, .. }
+        ));
+        let Drained::Close(close) = outbox.drain(VecDeque::new()).await else {
+            panic!("no close")
+        };
+        assert_eq!(&close[..4], &[0x88, 12, 0x03, 0xe9]);
+    }
+
+    #[tokio::test]
+    async fn unbounded_pushes_ignore_the_limit() {
+        let outbox = Outbox::new(4);
+        outbox.push_unbounded(frame(10)).unwrap();
+        assert!(!outbox.is_closed());
+    }
+}

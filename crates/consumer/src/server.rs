@@ -1,0 +1,241 @@
+//! The consumer's accept loop, its shared state, and the dispatch of each
+//! connection to its endpoint.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::metrics::{ConsumerMetrics, EndpointLabel};
+use crate::net::admin;
+use crate::net::conn::{self, ConnLimits, UpgradeError};
+use crate::topics::{TableLimits, TopicTable};
+use crate::{legacy_session, session};
+
+/// How long shutdown waits for connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything a consumer needs to run.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// This consumer's id (a `[[consumers]]` entry).
+    pub id: String,
+    /// The cluster file.
+    pub cluster: ClusterConfig,
+    /// The pre-shared key.
+    pub psk: Psk,
+}
+
+/// The endpoints a consumer serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `/v1/subscribe`: clients.
+    Subscribe,
+    /// `/v1/cluster`: producers and peer consumers.
+    Cluster,
+    /// `/producer`: origin producers.
+    LegacyProducer,
+    /// `/subscribe/{topic}`: origin subscribers (the raw, still
+    /// percent-encoded topic).
+    LegacySubscribe(String),
+}
+
+impl Endpoint {
+    pub(crate) fn parse(path: &str) -> Option<Endpoint> {
+        match path {
+            "/v1/subscribe" => Some(Endpoint::Subscribe),
+            "/v1/cluster" => Some(Endpoint::Cluster),
+            "/producer" => Some(Endpoint::LegacyProducer),
+            _ => path
+                .strip_prefix("/subscribe/")
+                .filter(|topic| !topic.is_empty())
+                .map(|topic| Endpoint::LegacySubscribe(topic.to_owned())),
+        }
+    }
+
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Endpoint::Subscribe => "subscribe",
+            Endpoint::Cluster => "cluster",
+            Endpoint::LegacyProducer => "legacy_producer",
+            Endpoint::LegacySubscribe(_) => "legacy_subscribe",
+        }
+    }
+}
+
+/// State shared by every connection of one consumer.
+pub(crate) struct Shared {
+    pub id: String,
+    pub psk: Psk,
+    pub queues: QueueConfig,
+    pub limits: Limits,
+    pub topics: TopicTable,
+    pub metrics: Arc<ConsumerMetrics>,
+    pub stop: CancellationToken,
+    pub tasks: TaskTracker,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            preauth_frame_bytes: self.limits.max_preauth_frame_bytes,
+            max_frame_bytes: self.limits.max_frame_bytes,
+            outbox_bytes: self.limits.subscriber_buffer_bytes,
+        }
+    }
+}
+
+/// Runs a consumer on `listener` (WebSocket) and `admin` (HTTP) until
+/// `shutdown` completes; then closes every connection with "going away" and
+/// returns within [`SHUTDOWN_GRACE`].
+pub async fn run(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: ConsumerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (metrics, registry) = ConsumerMetrics::new();
+    let metrics = Arc::new(metrics);
+    let limits = config.cluster.limits.clone();
+    let shared = Arc::new(Shared {
+        topics: TopicTable::new(
+            TableLimits {
+                history_per_topic: limits.history_messages_per_topic,
+                history_bytes: limits.history_bytes_per_node,
+            },
+            metrics.clone(),
+        ),
+        id: config.id,
+        psk: config.psk,
+        queues: config.cluster.queues.clone(),
+        limits,
+        metrics,
+        stop: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        next_conn: AtomicU64::new(1),
+    });
+    if let Some(admin) = admin {
+        let router = admin::base_routes(Arc::new(registry));
+        shared
+            .tasks
+            .spawn(admin::serve(admin, router, shared.stop.clone()));
+    }
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(node = %shared.id, %addr, "consumer listening");
+    }
+    tokio::select! {
+        () = shutdown => {}
+        () = accept_loop(&listener, &shared) => {}
+    }
+    tracing::info!(node = %shared.id, "consumer shutting down");
+    drop(listener);
+    shared.stop.cancel();
+    shared.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within the grace period");
+    }
+}
+
+async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared_for_task = shared.clone();
+                shared.tasks.spawn(serve(shared_for_task, stream));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::error!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let deadline = Instant::now() + shared.limits.handshake_timeout();
+    let connection = match conn::upgrade(
+        stream,
+        &shared.conn_limits(),
+        deadline,
+        |path| Endpoint::parse(path).is_some(),
+        &shared.tasks,
+    )
+    .await
+    {
+        Ok(connection) => connection,
+        Err(UpgradeError::Refused(error)) => {
+            tracing::debug!(%error, "upgrade refused");
+            return;
+        }
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let Some(endpoint) = Endpoint::parse(&connection.path) else {
+        return;
+    };
+    let id = shared.next_conn_id();
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        peer = %connection.peer,
+        endpoint = endpoint.label(),
+        client = tracing::field::Empty,
+    );
+    let gauge = shared
+        .metrics
+        .connections
+        .get_or_create_owned(&EndpointLabel {
+            endpoint: endpoint.label(),
+        });
+    gauge.inc();
+    match endpoint {
+        Endpoint::Subscribe | Endpoint::Cluster => {
+            session::run(shared.clone(), id, connection, endpoint, deadline)
+                .instrument(span)
+                .await
+        }
+        Endpoint::LegacyProducer | Endpoint::LegacySubscribe(_) => {
+            legacy_session::run(shared.clone(), id, connection, endpoint, deadline)
+                .instrument(span)
+                .await
+        }
+    }
+    gauge.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(Endpoint::parse("/v1/subscribe"), Some(Endpoint::Subscribe));
+        assert_eq!(Endpoint::parse("/v1/cluster"), Some(Endpoint::Cluster));
+        assert_eq!(Endpoint::parse("/producer"), Some(Endpoint::LegacyProducer));
+        assert_eq!(
+            Endpoint::parse("/subscribe/database%2Fcreate"),
+            Some(Endpoint::LegacySubscribe("database%2Fcreate".into()))
+        );
+        assert_eq!(Endpoint::parse("/subscribe/"), None);
+        assert_eq!(Endpoint::parse("/v1/publish"), None);
+        assert_eq!(Endpoint::parse("/"), None);
+    }
+}

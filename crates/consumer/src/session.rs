@@ -1,0 +1,253 @@
+//! One shardq/1 connection on `/v1/subscribe` or `/v1/cluster`: the
+//! handshake, then subscribe / unsubscribe / publish frames, each answered.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use shardq_protocol::{
+    Ack, CloseCode, ErrorCode, Frame, HandshakeError, Nonce, Publish, ServerHandshake, Subscribe,
+    Topic, TopicFilter, Unsubscribe,
+};
+use tokio::time::{Instant, timeout_at};
+
+use crate::net::channel::{Channel, Ended};
+use crate::net::conn::{Connection, Incoming, Reader};
+use crate::net::outbox::Outbox;
+use crate::net::ws;
+use crate::server::{Endpoint, Shared};
+use crate::topics::Subscriber;
+
+/// Runs the handshake and, if it succeeds, the connection.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    id: u64,
+    connection: Connection,
+    endpoint: Endpoint,
+    deadline: Instant,
+) {
+    let Connection {
+        mut reader, outbox, ..
+    } = connection;
+    match handshake(&shared, &mut reader, &outbox, deadline).await {
+        Ok(client) => {
+            tracing::Span::current().record("client", client.as_deref().unwrap_or("-"));
+            tracing::debug!("authenticated");
+        }
+        Err(()) => return,
+    }
+    reader.authenticated();
+    let channel = Channel::new(
+        reader,
+        outbox.clone(),
+        shared.limits.ping_interval(),
+        shared.limits.max_missed_pongs,
+        shared.stop.clone(),
+    );
+    let mut session = Session {
+        subscriber: Subscriber {
+            conn: id,
+            outbox,
+            legacy_name: None,
+        },
+        shared,
+        endpoint,
+        subscriptions: BTreeSet::new(),
+    };
+    let ended = session.serve(channel).await;
+    tracing::debug!(?ended, "connection ended");
+    session.unsubscribe_all();
+}
+
+/// The server side of the handshake, under the deadline. On failure the
+/// error and close are queued and `Err(())` returned.
+pub(crate) async fn handshake(
+    shared: &Shared,
+    reader: &mut Reader,
+    outbox: &Outbox,
+    deadline: Instant,
+) -> Result<Option<String>, ()> {
+    let server = ServerHandshake::new(shared.psk.clone(), shared.id.clone(), Nonce::random());
+    let _ = outbox.push_unbounded(ws::text_frame(server.hello().encode().as_bytes()));
+    let text = match timeout_at(deadline, reader.next()).await {
+        Err(_) => {
+            tracing::debug!("handshake timed out");
+            outbox.close(CloseCode::HandshakeTimeout);
+            return Err(());
+        }
+        Ok(Incoming::Text(text)) => text,
+        Ok(Incoming::Violation(code, why)) => {
+            tracing::debug!(%why, "handshake refused");
+            outbox.close(code);
+            return Err(());
+        }
+        Ok(Incoming::PeerClosed) | Ok(Incoming::Closed) | Ok(Incoming::Pong) => {
+            outbox.finish();
+            return Err(());
+        }
+    };
+    let refuse = |error: HandshakeError| {
+        if error.code() == ErrorCode::AuthFailed {
+            shared.metrics.auth_failures.inc();
+            tracing::info!("authentication failed");
+        } else {
+            tracing::debug!(%error, "handshake failed");
+        }
+        let _ = outbox.push_unbounded(ws::text_frame(error.to_frame().encode().as_bytes()));
+        outbox.close(error.close_code());
+        Err(())
+    };
+    let frame = match Frame::decode(text.as_bytes(), shared.limits.max_preauth_frame_bytes) {
+        Ok(frame) => frame,
+        Err(error) => {
+            let _ = outbox.push_unbounded(ws::text_frame(error.to_frame().encode().as_bytes()));
+            outbox.close(CloseCode::ProtocolError);
+            return Err(());
+        }
+    };
+    match server.receive(frame) {
+        Ok(accepted) => {
+            let _ = outbox.push_unbounded(ws::text_frame(accepted.welcome.encode().as_bytes()));
+            Ok(accepted.peer_node)
+        }
+        Err(error) => refuse(error),
+    }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    subscriber: Subscriber,
+    subscriptions: BTreeSet<Topic>,
+}
+
+impl Session {
+    async fn serve(&mut self, mut channel: Channel) -> Ended {
+        loop {
+            let text = match channel.next_text().await {
+                Ok(text) => text,
+                Err(ended) => return ended,
+            };
+            let answer = match Frame::decode(text.as_bytes(), self.shared.limits.max_frame_bytes) {
+                Ok(Frame::Publish(publish)) if self.endpoint == Endpoint::Cluster => {
+                    self.publish(publish)
+                }
+                Ok(Frame::Subscribe(subscribe)) => self.subscribe(subscribe),
+                Ok(Frame::Unsubscribe(unsubscribe)) => self.unsubscribe(unsubscribe),
+                Ok(Frame::Publish(publish)) => Some(Frame::error(
+                    Some(publish.id),
+                    ErrorCode::NotAuthorized,
+                    "publish goes to a producer's /v1/publish, not /v1/subscribe",
+                )),
+                Ok(other) => Some(Frame::error(
+                    request_id(&other),
+                    ErrorCode::BadFrame,
+                    format!("a client does not send {} frames", other.kind()),
+                )),
+                Err(error) => Some(error.to_frame()),
+            };
+            if let Some(answer) = answer {
+                if channel.send(&answer).is_err() {
+                    return Ended::Closed(
+                        channel.outbox().close_code().unwrap_or(CloseCode::Normal),
+                    );
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, publish: Publish) -> Option<Frame> {
+        if let Err(error) = self.shared.queues.check(&publish.topic) {
+            return Some(Frame::error(
+                Some(publish.id),
+                error.code(),
+                error.to_string(),
+            ));
+        }
+        let at = self.shared.topics.publish(&publish.topic, &publish.payload);
+        Some(Frame::Ack(Ack::published(publish.id, at)))
+    }
+
+    fn subscribe(&mut self, subscribe: Subscribe) -> Option<Frame> {
+        let id = subscribe.id;
+        let topics = match self.shared.queues.expand(&subscribe.topic) {
+            Ok(topics) => topics,
+            Err(error) => return Some(Frame::error(Some(id), error.code(), error.to_string())),
+        };
+        let new: Vec<Topic> = topics
+            .into_iter()
+            .filter(|topic| !self.subscriptions.contains(topic))
+            .collect();
+        if new.is_empty() {
+            return Some(Frame::error(
+                Some(id),
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {}", subscribe.topic),
+            ));
+        }
+        let cap = self.shared.limits.max_subscriptions_per_connection;
+        if self.subscriptions.len() + new.len() > cap {
+            return Some(Frame::error(
+                Some(id),
+                ErrorCode::TooManySubscriptions,
+                format!("a connection may hold at most {cap} subscriptions"),
+            ));
+        }
+        // The table queues the ack itself, ahead of any message.
+        match self
+            .shared
+            .topics
+            .subscribe(&new, &self.subscriber, subscribe.since, Some(id))
+        {
+            Ok(_) => self.subscriptions.extend(new),
+            Err(_) => {
+                // The outbox overflowed while queueing the replay: the
+                // subscription was not made and the connection is closing.
+            }
+        }
+        None
+    }
+
+    fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<Frame> {
+        let id = unsubscribe.id;
+        // An exact topic needs no check: it is either held or not.
+        let topics = match &unsubscribe.topic {
+            TopicFilter::Exact(topic) => vec![topic.clone()],
+            wildcard => match self.shared.queues.expand(wildcard) {
+                Ok(topics) => topics,
+                Err(error) => {
+                    return Some(Frame::error(Some(id), error.code(), error.to_string()));
+                }
+            },
+        };
+        let held: Vec<Topic> = topics
+            .into_iter()
+            .filter(|topic| self.subscriptions.contains(topic))
+            .collect();
+        if held.is_empty() {
+            return Some(Frame::error(
+                Some(id),
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {}", unsubscribe.topic),
+            ));
+        }
+        for topic in held {
+            self.shared.topics.unsubscribe(&topic, self.subscriber.conn);
+            self.subscriptions.remove(&topic);
+        }
+        Some(Frame::Ack(Ack::unsubscribed(id)))
+    }
+
+    fn unsubscribe_all(&mut self) {
+        for topic in std::mem::take(&mut self.subscriptions) {
+            self.shared.topics.unsubscribe(&topic, self.subscriber.conn);
+        }
+    }
+}
+
+fn request_id(frame: &Frame) -> Option<u64> {
+    match frame {
+        Frame::Ack(ack) => Some(ack.id),
+        Frame::Error(error) => error.id,
+        _ => None,
+    }
+}

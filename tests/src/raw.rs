@@ -1,0 +1,214 @@
+//! Raw protocol clients for tests: frames in, frames out, nothing hidden.
+
+use futures_util::{SinkExt, StreamExt};
+use shardq::connection::{self, ConnectError, WsStream};
+use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
+use shardq_protocol::{Frame, Psk, RawValue};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::PATIENCE;
+
+/// What came instead of the expected frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A frame.
+    Frame(String),
+    /// A close frame with this code (or none).
+    Close(Option<u16>),
+    /// The socket ended without a close frame.
+    Eof,
+}
+
+async fn next_text(socket: &mut WsStream) -> Received {
+    loop {
+        match tokio::time::timeout(PATIENCE, socket.next()).await {
+            Err(_) => panic!("nothing received within {PATIENCE:?}"),
+            Ok(Some(Ok(Message::Text(text)))) => return Received::Frame(text.to_string()),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return Received::Close(frame.map(|f| u16::from(f.code)));
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => return Received::Eof,
+        }
+    }
+}
+
+/// A shardq/1 client that exposes every frame.
+pub struct RawClient {
+    /// The socket.
+    pub socket: WsStream,
+    /// The node's id.
+    pub server: String,
+}
+
+impl RawClient {
+    /// Connects and authenticates.
+    pub async fn connect(url: &str, psk: &Psk) -> Result<RawClient, ConnectError> {
+        let connection = connection::connect(url, psk, Some("test"), PATIENCE).await?;
+        Ok(RawClient {
+            socket: connection.socket,
+            server: connection.server,
+        })
+    }
+
+    /// Sends a frame.
+    pub async fn send(&mut self, frame: &Frame) {
+        self.send_text(&frame.encode()).await;
+    }
+
+    /// Sends a text message as is.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next frame, decoded; panics on a close.
+    pub async fn recv(&mut self) -> Frame {
+        match next_text(&mut self.socket).await {
+            Received::Frame(text) => Frame::decode(text.as_bytes(), usize::MAX)
+                .unwrap_or_else(|e| panic!("undecodable frame {text}: {e}")),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame as text, or the close.
+    pub async fn recv_raw(&mut self) -> Received {
+        next_text(&mut self.socket).await
+    }
+
+    /// Reads until the connection closes; the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match next_text(&mut self.socket).await {
+                Received::Frame(_) => continue,
+                Received::Close(code) => return code,
+                Received::Eof => return None,
+            }
+        }
+    }
+
+    /// Sends `publish` and returns the answer.
+    pub async fn publish(&mut self, id: u64, topic: &str, payload: &str) -> Frame {
+        self.send_text(&format!(
+            r#"{{"type":"publish","id":{id},"topic":"{topic}","payload":{payload}}}"#
+        ))
+        .await;
+        self.recv().await
+    }
+
+    /// Sends `subscribe` and returns the answer.
+    pub async fn subscribe(&mut self, id: u64, topic: &str) -> Frame {
+        self.send_text(&format!(
+            r#"{{"type":"subscribe","id":{id},"topic":"{topic}"}}"#
+        ))
+        .await;
+        self.recv().await
+    }
+}
+
+/// The answer is an ack; panics with the frame otherwise.
+pub fn expect_ack(frame: Frame) -> shardq_protocol::Ack {
+    match frame {
+        Frame::Ack(ack) => ack,
+        other => panic!("expected an ack, got {}", other.encode()),
+    }
+}
+
+/// The frame is a message; panics otherwise.
+pub fn expect_message(frame: Frame) -> shardq_protocol::Message {
+    match frame {
+        Frame::Message(message) => message,
+        other => panic!("expected a message, got {}", other.encode()),
+    }
+}
+
+/// The frame is an error with this code; panics otherwise.
+pub fn expect_error(frame: Frame, code: &str) -> shardq_protocol::ErrorFrame {
+    match frame {
+        Frame::Error(error) if error.code.as_str() == code => error,
+        other => panic!("expected error {code}, got {}", other.encode()),
+    }
+}
+
+/// A client of the origin system's dialect that behaves as the origin
+/// `queue-protocol` library does: challenge on open, answer at once.
+pub struct LegacyClient {
+    /// The socket.
+    pub socket: WsStream,
+}
+
+/// Why a legacy connection failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LegacyFailure {
+    /// The node's answer did not verify (the origin library's "error" event).
+    BadAnswer,
+    /// The connection closed first.
+    Closed(Option<u16>),
+}
+
+impl LegacyClient {
+    /// Connects to `url` and completes the legacy handshake.
+    pub async fn connect(url: &str, psk: &Psk) -> Result<LegacyClient, LegacyFailure> {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut handshake = LegacyHandshake::new(
+            psk.clone(),
+            legacy::random_challenge(),
+            AnswerPolicy::Immediately,
+        );
+        socket
+            .send(Message::text(handshake.challenge().encode()))
+            .await
+            .unwrap();
+        while !handshake.is_established() {
+            let text = match next_text(&mut socket).await {
+                Received::Frame(text) => text,
+                Received::Close(code) => return Err(LegacyFailure::Closed(code)),
+                Received::Eof => return Err(LegacyFailure::Closed(None)),
+            };
+            let frame = LegacyFrame::decode(text.as_bytes(), usize::MAX).unwrap();
+            let step = handshake
+                .receive(&frame)
+                .map_err(|_| LegacyFailure::BadAnswer)?;
+            if let Some(answer) = step.send {
+                socket.send(Message::text(answer.encode())).await.unwrap();
+            }
+        }
+        Ok(LegacyClient { socket })
+    }
+
+    /// Sends `{"t":"m","d":data,"s":topic}` with a string `data`.
+    pub async fn send_message(&mut self, topic: &str, data: &str) {
+        let data = RawValue::from_string(serde_json::to_string(data).unwrap()).unwrap();
+        let frame = LegacyFrame::Message {
+            topic: topic.to_owned(),
+            data,
+        };
+        self.socket
+            .send(Message::text(frame.encode()))
+            .await
+            .unwrap();
+    }
+
+    /// The next message: `(topic, data)`.
+    pub async fn recv_message(&mut self) -> (String, String) {
+        match next_text(&mut self.socket).await {
+            Received::Frame(text) => match LegacyFrame::decode(text.as_bytes(), usize::MAX) {
+                Ok(LegacyFrame::Message { topic, data }) => {
+                    (topic, serde_json::from_str(data.get()).unwrap())
+                }
+                other => panic!("expected a legacy message, got {other:?}"),
+            },
+            other => panic!("expected a legacy message, got {other:?}"),
+        }
+    }
+
+    /// Reads until the connection closes; the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match next_text(&mut self.socket).await {
+                Received::Frame(_) => continue,
+                Received::Close(code) => return code,
+                Received::Eof => return None,
+            }
+        }
+    }
+}
