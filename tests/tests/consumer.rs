@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures_util::SinkExt;
 use shardq_protocol::{Frame, Position, Psk, QueueConfig};
 use shardq_tests::raw::{LegacyFailure, expect_ack, expect_error, expect_message};
@@ -207,7 +210,7 @@ async fn oversize_frames_close_with_1009() {
     cluster.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_cut_while_a_fast_one_gets_everything() {
     const MESSAGES: u64 = 20_000;
     let cluster = Cluster::builder()
@@ -222,15 +225,20 @@ async fn a_stalled_subscriber_is_cut_while_a_fast_one_gets_everything() {
 
     let mut producer = cluster.cluster_client(0).await;
     let payload = format!("\"{}\"", "p".repeat(1000));
+    // The publisher stays at most 64 messages ahead of the fast subscriber,
+    // so only a subscriber that does not read at all can fall behind.
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = received.clone();
     let publisher = tokio::spawn(async move {
         for id in 1..=MESSAGES {
+            while id > progress.load(Ordering::Acquire) + 64 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
             producer
                 .send_text(&format!(
                     r#"{{"type":"publish","id":{id},"topic":"files/save","payload":{payload}}}"#
                 ))
                 .await;
-        }
-        for _ in 1..=MESSAGES {
             expect_ack(producer.recv().await);
         }
         producer
@@ -241,6 +249,7 @@ async fn a_stalled_subscriber_is_cut_while_a_fast_one_gets_everything() {
             message.offset, offset,
             "fast subscriber lost or reordered a message"
         );
+        received.store(offset, Ordering::Release);
     }
     publisher.await.unwrap();
     let (_, body) = http_get(cluster.consumers[0].admin, "/metrics").await;

@@ -60,6 +60,15 @@ impl Endpoint {
         }
     }
 
+    /// Read buffer for the endpoint's connections: publishing links read
+    /// bulk; subscribers send little and are many.
+    pub(crate) fn read_buffer(&self) -> usize {
+        match self {
+            Endpoint::Cluster | Endpoint::LegacyProducer => 64 << 10,
+            Endpoint::Subscribe | Endpoint::LegacySubscribe(_) => 1 << 10,
+        }
+    }
+
     pub(crate) fn label(&self) -> &'static str {
         match self {
             Endpoint::Subscribe => "subscribe",
@@ -169,13 +178,15 @@ async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
-    let connection = match conn::upgrade(
+    // Boxed: the upgrade's state is large and only needed for a moment, so
+    // it must not stay part of every connection's long-lived future.
+    let connection = match Box::pin(conn::upgrade(
         stream,
         &shared.conn_limits(),
         deadline,
-        |path| Endpoint::parse(path).is_some(),
+        |path| Endpoint::parse(path).map(|endpoint| endpoint.read_buffer()),
         &shared.tasks,
-    )
+    ))
     .await
     {
         Ok(connection) => connection,
@@ -206,16 +217,30 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             endpoint: endpoint.label(),
         });
     gauge.inc();
+    // Each dialect's future is boxed, so a connection holds only its own
+    // dialect's state, not the largest of the two.
     match endpoint {
         Endpoint::Subscribe | Endpoint::Cluster => {
-            session::run(shared.clone(), id, connection, endpoint, deadline)
-                .instrument(span)
-                .await
+            Box::pin(session::run(
+                shared.clone(),
+                id,
+                connection,
+                endpoint,
+                deadline,
+            ))
+            .instrument(span)
+            .await
         }
         Endpoint::LegacyProducer | Endpoint::LegacySubscribe(_) => {
-            legacy_session::run(shared.clone(), id, connection, endpoint, deadline)
-                .instrument(span)
-                .await
+            Box::pin(legacy_session::run(
+                shared.clone(),
+                id,
+                connection,
+                endpoint,
+                deadline,
+            ))
+            .instrument(span)
+            .await
         }
     }
     gauge.dec();

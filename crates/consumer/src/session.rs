@@ -4,18 +4,23 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use shardq_protocol::{
-    Ack, CloseCode, ErrorCode, Frame, HandshakeError, Nonce, Publish, ServerHandshake, Subscribe,
-    Topic, TopicFilter, Unsubscribe,
+    Ack, CloseCode, ErrorCode, Frame, HandshakeError, Nonce, Position, Publish, RawValue,
+    ServerHandshake, Subscribe, Topic, TopicFilter, Unsubscribe,
 };
 use tokio::time::{Instant, timeout_at};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::net::channel::{Channel, Ended};
 use crate::net::conn::{Connection, Incoming, Reader};
-use crate::net::outbox::Outbox;
+use crate::net::outbox::{FrameBatch, Outbox};
 use crate::net::ws;
 use crate::server::{Endpoint, Shared};
 use crate::topics::Subscriber;
+
+/// Most frames read and handled as one burst.
+const BURST: usize = 64;
 
 /// Runs the handshake and, if it succeeds, the connection.
 pub(crate) async fn run(
@@ -28,7 +33,8 @@ pub(crate) async fn run(
     let Connection {
         mut reader, outbox, ..
     } = connection;
-    match handshake(&shared, &mut reader, &outbox, deadline).await {
+    // Boxed for the same reason as the upgrade: short-lived, large state.
+    match Box::pin(handshake(&shared, &mut reader, &outbox, deadline)).await {
         Ok(client) => {
             tracing::Span::current().record("client", client.as_deref().unwrap_or("-"));
             tracing::debug!("authenticated");
@@ -53,7 +59,8 @@ pub(crate) async fn run(
         endpoint,
         subscriptions: BTreeSet::new(),
     };
-    let ended = session.serve(channel).await;
+    // Boxed so that only the loop's own state stays allocated while it runs.
+    let ended = Box::pin(session.serve(channel)).await;
     tracing::debug!(?ended, "connection ended");
     session.unsubscribe_all();
 }
@@ -122,17 +129,56 @@ struct Session {
 
 impl Session {
     async fn serve(&mut self, mut channel: Channel) -> Ended {
+        // Grows to what the connection sends at once; idle subscribers keep it tiny.
+        let mut burst = Vec::new();
         loop {
-            let text = match channel.next_text().await {
-                Ok(text) => text,
+            match channel.next_text().await {
+                Ok(text) => burst.push(text),
                 Err(ended) => return ended,
-            };
+            }
+            while burst.len() < BURST {
+                match channel.try_next_text() {
+                    Some(text) => burst.push(text),
+                    None => break,
+                }
+            }
+            let mut answers = Vec::with_capacity(burst.len());
+            self.handle_burst(burst.drain(..), &mut answers);
+            if channel
+                .outbox()
+                .push_batch(&FrameBatch::new(answers))
+                .is_err()
+            {
+                return Ended::Closed(channel.outbox().close_code().unwrap_or(CloseCode::Normal));
+            }
+        }
+    }
+
+    /// Handles frames that arrived together. Publishes of one topic are
+    /// sequenced and fanned out as one batch; frames of other kinds are
+    /// handled in arrival order, after the publishes before them.
+    fn handle_burst(&mut self, burst: impl Iterator<Item = Utf8Bytes>, answers: &mut Vec<Bytes>) {
+        let mut publishes: Vec<(Topic, Vec<Publish>)> = Vec::new();
+        for text in burst {
             let answer = match Frame::decode(text.as_bytes(), self.shared.limits.max_frame_bytes) {
                 Ok(Frame::Publish(publish)) if self.endpoint == Endpoint::Cluster => {
-                    self.publish(publish)
+                    match publishes
+                        .iter_mut()
+                        .find(|(topic, _)| *topic == publish.topic)
+                    {
+                        Some((_, group)) => group.push(publish),
+                        None => publishes.push((publish.topic.clone(), vec![publish])),
+                    }
+                    continue;
                 }
-                Ok(Frame::Subscribe(subscribe)) => self.subscribe(subscribe),
-                Ok(Frame::Unsubscribe(unsubscribe)) => self.unsubscribe(unsubscribe),
+                Ok(Frame::Subscribe(subscribe)) => {
+                    self.publish_groups(&mut publishes, answers);
+                    self.subscribe(subscribe)
+                }
+                Ok(Frame::Unsubscribe(unsubscribe)) => {
+                    self.publish_groups(&mut publishes, answers);
+                    self.unsubscribe(unsubscribe)
+                }
                 Ok(Frame::Publish(publish)) => Some(Frame::error(
                     Some(publish.id),
                     ErrorCode::NotAuthorized,
@@ -146,25 +192,33 @@ impl Session {
                 Err(error) => Some(error.to_frame()),
             };
             if let Some(answer) = answer {
-                if channel.send(&answer).is_err() {
-                    return Ended::Closed(
-                        channel.outbox().close_code().unwrap_or(CloseCode::Normal),
-                    );
-                }
+                answers.push(ws::text_frame(answer.encode().as_bytes()));
             }
         }
+        self.publish_groups(&mut publishes, answers);
     }
 
-    fn publish(&mut self, publish: Publish) -> Option<Frame> {
-        if let Err(error) = self.shared.queues.check(&publish.topic) {
-            return Some(Frame::error(
-                Some(publish.id),
-                error.code(),
-                error.to_string(),
-            ));
+    /// Sequences each topic's publishes as one batch and acks each.
+    fn publish_groups(
+        &mut self,
+        groups: &mut Vec<(Topic, Vec<Publish>)>,
+        answers: &mut Vec<Bytes>,
+    ) {
+        for (topic, group) in groups.drain(..) {
+            if let Err(error) = self.shared.queues.check(&topic) {
+                for publish in group {
+                    let refusal = Frame::error(Some(publish.id), error.code(), error.to_string());
+                    answers.push(ws::text_frame(refusal.encode().as_bytes()));
+                }
+                continue;
+            }
+            let payloads: Vec<&RawValue> = group.iter().map(|p| &*p.payload).collect();
+            let first = self.shared.topics.publish_many(&topic, &payloads);
+            for (publish, offset) in group.iter().zip(first.offset..) {
+                let ack = Frame::Ack(Ack::published(publish.id, Position { offset, ..first }));
+                answers.push(ws::text_frame(ack.encode().as_bytes()));
+            }
         }
-        let at = self.shared.topics.publish(&publish.topic, &publish.payload);
-        Some(Frame::Ack(Ack::published(publish.id, at)))
     }
 
     fn subscribe(&mut self, subscribe: Subscribe) -> Option<Frame> {

@@ -19,7 +19,7 @@ use shardq_protocol::{Ack, Frame, Position, RawValue, Topic, TopicPosition, lega
 
 use crate::history::{FirstRetained, HistoryBudget, Retains, Ring};
 use crate::metrics::ConsumerMetrics;
-use crate::net::outbox::{Outbox, PushError};
+use crate::net::outbox::{FrameBatch, Outbox, PushError};
 use crate::net::ws;
 
 const SHARDS: usize = 64;
@@ -145,53 +145,81 @@ impl TopicTable {
     /// Sequences a message, fans it out, keeps it in history, and returns
     /// its position.
     pub fn publish(&self, topic: &Topic, payload: &RawValue) -> Position {
+        self.publish_many(topic, &[payload])
+    }
+
+    /// Sequences several messages of one topic as one step (consecutive
+    /// offsets), fans them out with one push per subscriber, keeps them in
+    /// history, and returns the position of the first.
+    pub fn publish_many(&self, topic: &Topic, payloads: &[&RawValue]) -> Position {
         loop {
             let cell = self.cell(topic);
             let mut state = cell.lock();
             if state.removed {
                 continue;
             }
-            state.last_offset += 1;
-            let at = Position {
+            let first = Position {
                 epoch: cell.epoch,
-                offset: state.last_offset,
+                offset: state.last_offset + 1,
             };
-            let estimate = 80 + topic.as_str().len() + payload.get().len();
-            let frame =
-                ws::text_frame_with(estimate, |out| encode_message_into(out, topic, at, payload));
-            self.fan_out(&state.subscribers, &frame, payload);
-            self.retain(&cell, &mut state, at.offset, frame);
+            state.last_offset += payloads.len() as u64;
+            let frames: Vec<Bytes> = payloads
+                .iter()
+                .zip(first.offset..)
+                .map(|(payload, offset)| {
+                    let at = Position { offset, ..first };
+                    let estimate = 80 + topic.as_str().len() + payload.get().len();
+                    ws::text_frame_with(estimate, |out| {
+                        encode_message_into(out, topic, at, payload)
+                    })
+                })
+                .collect();
+            let batch = FrameBatch::new(frames);
+            self.fan_out(&state.subscribers, &batch, payloads);
+            for (frame, offset) in batch.frames().iter().zip(first.offset..) {
+                self.retain(&cell, &mut state, offset, frame.clone());
+            }
             drop(state);
-            self.metrics.messages_in.inc();
+            self.metrics.messages_in.inc_by(payloads.len() as u64);
             self.evict_over_budget();
-            return at;
+            return first;
         }
     }
 
-    /// Queues `frame` on every subscriber's outbox. Never waits: a full
+    /// Queues `frames` on every subscriber's outbox. Never waits: a full
     /// outbox closes itself as a slow consumer and is counted.
-    fn fan_out(&self, subscribers: &[Subscriber], frame: &Bytes, payload: &RawValue) {
+    fn fan_out(&self, subscribers: &[Subscriber], batch: &Arc<FrameBatch>, payloads: &[&RawValue]) {
         let mut delivered = 0u64;
         let mut bytes = 0u64;
-        let mut legacy_frames: Vec<(Arc<str>, Bytes)> = Vec::new();
+        let mut legacy_batches: Vec<(Arc<str>, Arc<FrameBatch>)> = Vec::new();
         for subscriber in subscribers {
-            let frame = match &subscriber.legacy_name {
-                None => frame.clone(),
-                Some(name) => match legacy_frames.iter().find(|(n, _)| n == name) {
-                    Some((_, frame)) => frame.clone(),
-                    None => {
-                        let encoded =
-                            ws::text_frame(legacy::encode_message(name, payload).as_bytes());
-                        legacy_frames.push((name.clone(), encoded.clone()));
-                        encoded
-                    }
-                },
+            let pushed = match &subscriber.legacy_name {
+                None => subscriber.outbox.push_batch(batch).map(|()| batch.bytes()),
+                Some(name) => {
+                    let index = match legacy_batches.iter().position(|(n, _)| n == name) {
+                        Some(index) => index,
+                        None => {
+                            let encoded = payloads
+                                .iter()
+                                .map(|payload| {
+                                    ws::text_frame(legacy::encode_message(name, payload).as_bytes())
+                                })
+                                .collect();
+                            legacy_batches.push((name.clone(), FrameBatch::new(encoded)));
+                            legacy_batches.len() - 1
+                        }
+                    };
+                    let encoded = &legacy_batches[index].1;
+                    subscriber
+                        .outbox
+                        .push_batch(encoded)
+                        .map(|()| encoded.bytes())
+                }
             };
-            let len = frame.len() as u64;
-            match subscriber.outbox.push(frame) {
-                Ok(()) => {
-                    delivered += 1;
-                    bytes += len;
+            match pushed {
+                Ok(len) => {
+                    delivered += payloads.len() as u64;
+                    bytes += len as u64;
                 }
                 Err(PushError::Overflow) => {
                     self.metrics.slow_consumers.inc();
@@ -409,6 +437,7 @@ mod tests {
         outbox.written(bytes);
         frames
             .iter()
+            .flat_map(|chunk| chunk.frames().to_vec())
             .map(|frame| {
                 let header = if frame[1] < 126 { 2 } else { 4 };
                 String::from_utf8(frame[header..].to_vec()).unwrap()

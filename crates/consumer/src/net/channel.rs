@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use shardq_protocol::{CloseCode, Frame};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -25,6 +26,8 @@ pub enum Ended {
 /// Reader, outbox and keepalive of one authenticated connection.
 pub struct Channel {
     reader: Reader,
+    /// An event [`try_next_text`](Channel::try_next_text) read but could not return.
+    pending: Option<Incoming>,
     outbox: Arc<Outbox>,
     ping: Interval,
     missed_pongs: u32,
@@ -45,6 +48,7 @@ impl Channel {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Channel {
             reader,
+            pending: None,
             outbox,
             ping,
             missed_pongs: 0,
@@ -61,24 +65,32 @@ impl Channel {
     /// The next text message, or how the connection ended (the close is
     /// already arranged).
     pub async fn next_text(&mut self) -> Result<Utf8Bytes, Ended> {
+        if let Some(incoming) = self.pending.take() {
+            if let Some(result) = self.take(incoming) {
+                return result;
+            }
+        }
+        if self.outbox.is_backed_up() {
+            // The peer is not reading what we send: stop reading what it
+            // sends until it catches up (TCP backpressure), instead of
+            // queueing answers without bound.
+            tokio::select! {
+                () = self.outbox.drained() => {}
+                () = self.stop.cancelled() => return Err(self.close(CloseCode::GoingAway)),
+            }
+            if self.outbox.is_closed() {
+                return Err(Ended::Closed(
+                    self.outbox.close_code().unwrap_or(CloseCode::Normal),
+                ));
+            }
+        }
         loop {
             tokio::select! {
-                incoming = self.reader.next() => match incoming {
-                    Incoming::Text(text) => return Ok(text),
-                    Incoming::Pong => self.missed_pongs = 0,
-                    Incoming::PeerClosed => {
-                        self.outbox.finish();
-                        return Err(Ended::Peer);
+                incoming = self.reader.next() => {
+                    if let Some(result) = self.take(incoming) {
+                        return result;
                     }
-                    Incoming::Closed => {
-                        self.outbox.finish();
-                        return Err(Ended::Peer);
-                    }
-                    Incoming::Violation(code, why) => {
-                        tracing::debug!(%why, "closing connection");
-                        return Err(self.close(code));
-                    }
-                },
+                }
                 _ = self.ping.tick() => {
                     if self.missed_pongs >= self.max_missed_pongs {
                         return Err(self.close(CloseCode::PingTimeout));
@@ -90,6 +102,43 @@ impl Channel {
                     return Err(Ended::Closed(self.outbox.close_code().unwrap_or(CloseCode::Normal)));
                 }
                 () = self.stop.cancelled() => return Err(self.close(CloseCode::GoingAway)),
+            }
+        }
+    }
+
+    /// A text message that is already here, without waiting: for reading a
+    /// burst of frames and handling them together.
+    pub fn try_next_text(&mut self) -> Option<Utf8Bytes> {
+        if self.pending.is_some() {
+            return None;
+        }
+        loop {
+            match self.reader.next().now_or_never()? {
+                Incoming::Text(text) => return Some(text),
+                Incoming::Pong => self.missed_pongs = 0,
+                other => {
+                    self.pending = Some(other);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Handles one event: `Some` ends the wait for text.
+    fn take(&mut self, incoming: Incoming) -> Option<Result<Utf8Bytes, Ended>> {
+        match incoming {
+            Incoming::Text(text) => Some(Ok(text)),
+            Incoming::Pong => {
+                self.missed_pongs = 0;
+                None
+            }
+            Incoming::PeerClosed | Incoming::Closed => {
+                self.outbox.finish();
+                Some(Err(Ended::Peer))
+            }
+            Incoming::Violation(code, why) => {
+                tracing::debug!(%why, "closing connection");
+                Some(Err(self.close(code)))
             }
         }
     }

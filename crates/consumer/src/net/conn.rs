@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use shardq_protocol::CloseCode;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{Instant, timeout_at};
@@ -22,13 +21,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::task::TaskTracker;
 
-use super::outbox::{Drained, Outbox};
+use super::outbox::{Chunk, Drained, Outbox};
 use super::ws::{self, BUDGET_EXCEEDED, ServerIo};
 
 /// Most bytes an HTTP upgrade request may take.
 const UPGRADE_REQUEST_BUDGET: usize = 8 << 10;
-/// Most bytes coalesced into one write.
-const MAX_WRITE: usize = 256 << 10;
 /// How long a closing connection may take to send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -69,29 +66,39 @@ pub struct Connection {
     pub outbox: Arc<Outbox>,
 }
 
-/// Upgrades an accepted socket to a WebSocket if `serves(path)`, otherwise
-/// answers 404. The writer task is spawned on `tasks` first (it also sends
-/// the upgrade response).
+/// Upgrades an accepted socket to a WebSocket if `route(path)` names a
+/// read buffer size for the path, otherwise answers 404. The writer task is
+/// spawned on `tasks` first (it also sends the upgrade response).
+///
+/// The request line is read here first, so each endpoint gets the read
+/// buffer it needs: small for subscribers (most of a node's connections, and
+/// mostly idle), large for the publishing links.
 pub async fn upgrade(
-    stream: TcpStream,
+    mut stream: TcpStream,
     limits: &ConnLimits,
     deadline: Instant,
-    serves: impl Fn(&str) -> bool,
+    route: impl Fn(&str) -> Option<usize>,
     tasks: &TaskTracker,
 ) -> Result<Connection, UpgradeError> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
+    let head = match timeout_at(deadline, read_request_line(&mut stream)).await {
+        Ok(head) => head?,
+        Err(_) => return Err(UpgradeError::Timeout),
+    };
+    let read_buffer = request_path(&head).and_then(&route);
     let (read, write) = stream.into_split();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
     tasks.spawn(run_writer(write, outbox.clone()));
-    let io = ServerIo::new(read, outbox.clone(), UPGRADE_REQUEST_BUDGET);
+    let budget = UPGRADE_REQUEST_BUDGET.saturating_sub(head.len());
+    let io = ServerIo::new(read, head, outbox.clone(), budget);
 
     let mut path = None;
     // tungstenite's refusal type is an HTTP response: large, but built once.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
         let requested = request.uri().path();
-        if serves(requested) {
+        if read_buffer.is_some() {
             path = Some(requested.to_owned());
             Ok(response)
         } else {
@@ -101,7 +108,7 @@ pub async fn upgrade(
         }
     };
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 << 10)
+        .read_buffer_size(read_buffer.unwrap_or(1024))
         .write_buffer_size(0)
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
@@ -132,6 +139,41 @@ pub async fn upgrade(
         },
         outbox,
     })
+}
+
+/// Reads from the socket until the HTTP request line is complete (the bytes
+/// read are handed on to the upgrade).
+async fn read_request_line(stream: &mut TcpStream) -> Result<Vec<u8>, UpgradeError> {
+    let mut head = Vec::with_capacity(256);
+    loop {
+        if head.windows(2).any(|pair| pair == b"\r\n") {
+            return Ok(head);
+        }
+        if head.len() >= UPGRADE_REQUEST_BUDGET {
+            return Err(UpgradeError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request line too long",
+            )));
+        }
+        let mut chunk = [0u8; 512];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(UpgradeError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The path of `GET <path>[?query] HTTP/1.1`, if the line is one.
+fn request_path(head: &[u8]) -> Option<&str> {
+    let line = head.split(|b| *b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next()?, parts.next()?);
+    if method != "GET" {
+        return None;
+    }
+    target.split('?').next()
 }
 
 /// What the reader yields.
@@ -207,7 +249,7 @@ async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>) {
     loop {
         match outbox.drain(spare).await {
             Drained::Frames { mut frames, bytes } => {
-                let written = write_batch(&mut socket, &frames, &outbox).await;
+                let written = write_batch(&mut socket, &frames, bytes, &outbox).await;
                 outbox.written(bytes);
                 match written {
                     Ok(true) => {}
@@ -239,31 +281,40 @@ async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>) {
     }
 }
 
-/// Writes frames in order. `Ok(false)` when the outbox was aborted while a
-/// write was blocked (the peer stopped reading).
+/// Most bytes coalesced into one write.
+const MAX_WRITE: usize = 64 << 10;
+
+/// Writes frames in order, coalesced into as few writes as possible (one
+/// contiguous buffer per write: cheaper for the kernel than many small
+/// iovecs). The buffer is freed after each batch so idle connections hold
+/// none. `Ok(false)` when the outbox was aborted while a write was blocked
+/// (the peer stopped reading).
 async fn write_batch(
     socket: &mut OwnedWriteHalf,
-    frames: &VecDeque<Bytes>,
+    chunks: &VecDeque<Chunk>,
+    bytes: usize,
     outbox: &Outbox,
 ) -> io::Result<bool> {
-    let mut index = 0;
-    while index < frames.len() {
-        let chunk: Bytes = if frames.len() - index == 1 {
-            index += 1;
-            frames[index - 1].clone()
-        } else {
-            let mut buffer = Vec::with_capacity(
-                MAX_WRITE.min(frames.iter().skip(index).map(Bytes::len).sum::<usize>()),
-            );
-            while index < frames.len()
-                && (buffer.is_empty() || buffer.len() + frames[index].len() <= MAX_WRITE)
-            {
-                buffer.extend_from_slice(&frames[index]);
-                index += 1;
+    // (chunk, frame) position of the next frame to copy.
+    let (mut chunk, mut frame) = (0, 0);
+    while chunk < chunks.len() {
+        let mut buffer = Vec::with_capacity(bytes.min(MAX_WRITE));
+        while chunk < chunks.len() {
+            let frames = chunks[chunk].frames();
+            let Some(next) = frames.get(frame) else {
+                (chunk, frame) = (chunk + 1, 0);
+                continue;
+            };
+            if !buffer.is_empty() && buffer.len() + next.len() > MAX_WRITE {
+                break;
             }
-            Bytes::from(buffer)
-        };
-        let write = socket.write_all(&chunk);
+            buffer.extend_from_slice(next);
+            frame += 1;
+        }
+        if buffer.is_empty() {
+            break;
+        }
+        let write = socket.write_all(&buffer);
         tokio::pin!(write);
         let mut closed_seen = false;
         loop {

@@ -10,14 +10,77 @@
 //! across an `.await` (the writer swaps the whole queue out under it).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use shardq_protocol::CloseCode;
 use tokio::sync::Notify;
 
 use super::ws;
+
+/// Frames encoded once and shared by every connection they go to: one
+/// refcount per connection per burst, not one per frame.
+#[derive(Debug)]
+pub struct FrameBatch {
+    frames: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl FrameBatch {
+    /// A batch of complete WebSocket frames.
+    pub fn new(frames: Vec<Bytes>) -> Arc<FrameBatch> {
+        let bytes = frames.iter().map(Bytes::len).sum();
+        Arc::new(FrameBatch { frames, bytes })
+    }
+
+    /// The frames, in order.
+    pub fn frames(&self) -> &[Bytes] {
+        &self.frames
+    }
+
+    /// Their total length.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the batch holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// One entry of the queue.
+#[derive(Debug, Clone)]
+pub enum Chunk {
+    /// A single frame.
+    One(Bytes),
+    /// A shared batch.
+    Batch(Arc<FrameBatch>),
+}
+
+impl Chunk {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Chunk::One(frame) => frame.len(),
+            Chunk::Batch(batch) => batch.bytes,
+        }
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its frames, in order.
+    pub fn frames(&self) -> &[Bytes] {
+        match self {
+            Chunk::One(frame) => std::slice::from_ref(frame),
+            Chunk::Batch(batch) => &batch.frames,
+        }
+    }
+}
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +95,7 @@ pub enum PushError {
 pub(crate) enum Drained {
     /// Frames to write, in order; `bytes` is their total length.
     Frames {
-        frames: VecDeque<Bytes>,
+        frames: VecDeque<Chunk>,
         bytes: usize,
     },
     /// Write this close frame (after the frames already taken), then stop.
@@ -53,7 +116,7 @@ enum Ending {
 }
 
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Chunk>,
     /// Bytes queued plus bytes taken by the writer and not yet written.
     pending_bytes: usize,
     /// Set once: how the writer ends after the queue drains.
@@ -69,6 +132,8 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes everyone waiting for the outbox to close.
     closed_notify: Notify,
+    /// Wakes readers paused until the queue drains (backpressure).
+    drained: Notify,
     closed: AtomicBool,
     limit: usize,
 }
@@ -85,6 +150,7 @@ impl Outbox {
             }),
             ready: Notify::new(),
             closed_notify: Notify::new(),
+            drained: Notify::new(),
             closed: AtomicBool::new(false),
             limit,
         }
@@ -110,11 +176,25 @@ impl Outbox {
     }
 
     fn push_inner(&self, frame: Bytes, bounded: bool) -> Result<(), PushError> {
+        self.push_chunk(Chunk::One(frame), bounded)
+    }
+
+    /// Queues a shared batch of frames under one lock and at most one
+    /// wakeup: the fan-out of a burst of messages costs one push per
+    /// subscriber, not one per message. All or nothing.
+    pub fn push_batch(&self, batch: &Arc<FrameBatch>) -> Result<(), PushError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.push_chunk(Chunk::Batch(batch.clone()), true)
+    }
+
+    fn push_chunk(&self, chunk: Chunk, bounded: bool) -> Result<(), PushError> {
+        let len = chunk.len();
         let mut state = self.lock();
         if state.closing.is_some() {
             return Err(PushError::Closed);
         }
-        let len = frame.len();
         if bounded && state.pending_bytes + len > self.limit {
             state.closing = Some(Ending::Close(CloseCode::SlowConsumer));
             state.abort_queue = true;
@@ -125,7 +205,7 @@ impl Outbox {
         }
         let was_empty = state.frames.is_empty();
         state.pending_bytes += len;
-        state.frames.push_back(frame);
+        state.frames.push_back(chunk);
         drop(state);
         if was_empty {
             self.ready.notify_one();
@@ -158,6 +238,27 @@ impl Outbox {
         self.closed.store(true, Ordering::Release);
         self.ready.notify_one();
         self.closed_notify.notify_waiters();
+        self.drained.notify_waiters();
+    }
+
+    /// Whether more than half the bound is queued: the connection's reader
+    /// should stop reading (its peer is not reading our answers).
+    pub fn is_backed_up(&self) -> bool {
+        self.lock().pending_bytes > self.limit / 2
+    }
+
+    /// Completes once at most a quarter of the bound is queued, or the
+    /// outbox closed.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() || self.lock().pending_bytes <= self.limit / 4 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether the outbox was closed (by [`close`](Self::close) or an overflow).
@@ -192,7 +293,7 @@ impl Outbox {
     }
 
     /// Waits for frames (or the close) and takes them all.
-    pub(crate) async fn drain(&self, spare: VecDeque<Bytes>) -> Drained {
+    pub(crate) async fn drain(&self, spare: VecDeque<Chunk>) -> Drained {
         let mut spare = Some(spare);
         loop {
             {
@@ -203,7 +304,7 @@ impl Outbox {
                 if !state.frames.is_empty() {
                     let frames =
                         std::mem::replace(&mut state.frames, spare.take().unwrap_or_default());
-                    let bytes = frames.iter().map(Bytes::len).sum();
+                    let bytes = frames.iter().map(Chunk::len).sum();
                     return Drained::Frames { frames, bytes };
                 }
                 match state.closing {
@@ -220,6 +321,11 @@ impl Outbox {
     pub(crate) fn written(&self, bytes: usize) {
         let mut state = self.lock();
         state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
+        let low = state.pending_bytes <= self.limit / 4;
+        drop(state);
+        if low {
+            self.drained.notify_waiters();
+        }
     }
 
     /// Whether an overflow asked for the queue to be dropped.
@@ -246,7 +352,7 @@ mod tests {
             panic!("no frames")
         };
         assert_eq!(bytes, 30);
-        assert_eq!(frames.iter().map(Bytes::len).collect::<Vec<_>>(), [10, 20]);
+        assert_eq!(frames.iter().map(Chunk::len).collect::<Vec<_>>(), [10, 20]);
         // Taken but not yet written still counts against the bound.
         assert_eq!(outbox.pending_bytes(), 30);
         outbox.written(30);

@@ -88,6 +88,8 @@ pub fn ping_frame() -> Bytes {
 /// unauthenticated peer cannot make the node buffer more than that.
 pub struct ServerIo {
     read: OwnedReadHalf,
+    /// Bytes already read from the socket (the request line), served first.
+    prefix: Vec<u8>,
     outbox: Arc<Outbox>,
     read_budget: Option<usize>,
 }
@@ -98,9 +100,16 @@ pub const BUDGET_EXCEEDED: io::ErrorKind = io::ErrorKind::FileTooLarge;
 impl ServerIo {
     /// Wraps the read half; `read_budget` bounds the bytes read until
     /// [`lift_budget`](Self::lift_budget).
-    pub fn new(read: OwnedReadHalf, outbox: Arc<Outbox>, read_budget: usize) -> ServerIo {
+    /// `prefix` holds bytes already read from the socket; they are read first.
+    pub fn new(
+        read: OwnedReadHalf,
+        prefix: Vec<u8>,
+        outbox: Arc<Outbox>,
+        read_budget: usize,
+    ) -> ServerIo {
         ServerIo {
             read,
+            prefix,
             outbox,
             read_budget: Some(read_budget),
         }
@@ -125,6 +134,15 @@ impl AsyncRead for ServerIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.drain(..n);
+            if this.prefix.is_empty() {
+                this.prefix = Vec::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         match this.read_budget {
             None => Pin::new(&mut this.read).poll_read(cx, buf),
             Some(0) => Poll::Ready(Err(io::Error::new(

@@ -1,0 +1,448 @@
+//! `shardq-demo bench-consumer`: the consumer's fan-out cost and its memory
+//! per idle subscriber, measured from the consumer process's own accounting.
+//!
+//! The consumer runs as its own process pinned to CPU 0 (one tokio worker);
+//! this load generator pins itself to CPU 1 and uses the lean client, so
+//! the consumer's core saturates first.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shardq_protocol::{ClusterConfig, NodeEntry, Psk, QueueConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+use crate::lean::{LeanConn, message_offset};
+use crate::procstat;
+
+/// What to measure.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Scenario {
+    /// Deliveries per second and consumer CPU per delivery.
+    Fanout {
+        /// Subscriber connections.
+        #[arg(long, default_value_t = 256)]
+        subscribers: usize,
+        /// Topics; subscriber i takes topic i mod topics.
+        #[arg(long, default_value_t = 1)]
+        topics: usize,
+        /// Messages to publish in all.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Payload size in bytes (a JSON string).
+        #[arg(long, default_value_t = 128)]
+        payload: usize,
+        /// Messages allowed in flight, published but not yet received by
+        /// every subscriber (flow control, so nobody is cut as slow).
+        /// Default: 1,000 per topic, at most 100,000.
+        #[arg(long)]
+        window: Option<u64>,
+    },
+    /// Resident memory per idle authenticated subscriber.
+    Idle {
+        /// Idle connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+}
+
+/// Options of `bench-consumer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchConsumerArgs {
+    /// The scenario.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+    /// The consumer binary (default: `shardq-consumer` next to this one).
+    #[arg(long, global = true)]
+    pub consumer_bin: Option<PathBuf>,
+    /// Do not pin the consumer and the generator to separate CPUs.
+    #[arg(long, global = true)]
+    pub no_pin: bool,
+}
+
+struct ConsumerProcess {
+    child: Child,
+    addr: String,
+    psk: Psk,
+    _dir: TempDir,
+}
+
+impl Drop for ConsumerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn spawn_consumer(args: &BenchConsumerArgs, fd_limit: u64) -> Result<ConsumerProcess, String> {
+    let bin = match &args.consumer_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("shardq-consumer"),
+    };
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release -p shardq-consumer) or pass --consumer-bin",
+            bin.display()
+        ));
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("shardq-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
+    let (port, admin) = (free_port()?, free_port()?);
+    let mut queues = QueueConfig::new();
+    queues.set_open_topics(true);
+    // Benchmarks outlast a ping interval; the lean client does not answer pings.
+    let limits = shardq_protocol::Limits {
+        ping_interval_ms: 3_600_000,
+        ..Default::default()
+    };
+    let config = ClusterConfig {
+        consumers: vec![NodeEntry {
+            id: "consumer-0".into(),
+            url: format!("ws://127.0.0.1:{port}"),
+            admin: Some(format!("http://127.0.0.1:{admin}")),
+            listen: Some(format!("127.0.0.1:{port}")),
+        }],
+        producers: Vec::new(),
+        queues,
+        limits,
+        psk_file: None,
+    };
+    let path = dir.0.join("shardq.toml");
+    std::fs::write(&path, config.to_toml()).map_err(|e| e.to_string())?;
+    let psk = Psk::generate();
+    let mut command = Command::new("prlimit");
+    command.arg(format!("--nofile={fd_limit}:{fd_limit}"));
+    if !args.no_pin {
+        command.args(["taskset", "-c", "0"]);
+    }
+    command
+        .arg(&bin)
+        .arg("--config")
+        .arg(&path)
+        .args(["--id", "consumer-0"])
+        .env(
+            "SHARDQ_PSK",
+            String::from_utf8_lossy(psk.as_bytes()).as_ref(),
+        )
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    let child = command.spawn().map_err(|e| {
+        format!(
+            "cannot start {} (needs prlimit and taskset): {e}",
+            bin.display()
+        )
+    })?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        if Instant::now() > deadline {
+            return Err("the consumer did not start listening within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(ConsumerProcess {
+        child,
+        addr,
+        psk,
+        _dir: dir,
+    })
+}
+
+fn pin_self(args: &BenchConsumerArgs, fd_limit: u64) -> Result<(), String> {
+    let pid = std::process::id().to_string();
+    let prlimit = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={fd_limit}:{fd_limit}")])
+        .status();
+    if !prlimit.is_ok_and(|status| status.success()) {
+        return Err(format!(
+            "cannot raise the open-files limit to {fd_limit} (prlimit)"
+        ));
+    }
+    if !args.no_pin {
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &pid])
+            .stdout(Stdio::null())
+            .status();
+        if !pinned.is_ok_and(|status| status.success()) {
+            return Err("cannot pin the load generator to CPU 1 (taskset)".into());
+        }
+    }
+    Ok(())
+}
+
+fn hard_fd_limit() -> u64 {
+    let output = Command::new("sh").args(["-c", "ulimit -Hn"]).output();
+    output
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(4096)
+}
+
+/// Runs the benchmark and prints its report; the report as JSON.
+pub fn run(args: BenchConsumerArgs) -> Result<serde_json::Value, String> {
+    let fd_limit = hard_fd_limit();
+    pin_self(&args, fd_limit)?;
+    let consumer = spawn_consumer(&args, fd_limit)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let pid = consumer.child.id();
+    match args.scenario {
+        Scenario::Fanout {
+            subscribers,
+            topics,
+            messages,
+            payload,
+            window,
+        } => runtime.block_on(fanout(
+            &consumer,
+            pid,
+            subscribers,
+            topics,
+            messages,
+            payload,
+            window,
+        )),
+        Scenario::Idle { connections } => {
+            if connections as u64 + 64 > fd_limit {
+                return Err(format!(
+                    "{connections} connections need more open files than the hard limit {fd_limit}"
+                ));
+            }
+            runtime.block_on(idle(&consumer, pid, connections))
+        }
+    }
+}
+
+async fn open_subscribers(
+    consumer: &ConsumerProcess,
+    count: usize,
+    topic_of: impl Fn(usize) -> String,
+) -> Result<Vec<LeanConn>, String> {
+    let mut conns = Vec::with_capacity(count);
+    for chunk_start in (0..count).step_by(200) {
+        let chunk: Vec<_> = (chunk_start..(chunk_start + 200).min(count))
+            .map(|i| {
+                let (addr, psk, topic) = (consumer.addr.clone(), consumer.psk.clone(), topic_of(i));
+                tokio::spawn(async move {
+                    let mut conn = LeanConn::open(&addr, "/v1/subscribe", &psk).await?;
+                    let subscribe = format!(r#"{{"type":"subscribe","id":1,"topic":"{topic}"}}"#);
+                    conn.send_text(subscribe.as_bytes()).await?;
+                    let ack = conn.reader.next_text().await?;
+                    if !ack.starts_with(br#"{"type":"ack""#) {
+                        return Err(std::io::Error::other(
+                            String::from_utf8_lossy(ack).into_owned(),
+                        ));
+                    }
+                    Ok::<_, std::io::Error>(conn)
+                })
+            })
+            .collect();
+        for task in chunk {
+            let conn = task
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("subscriber {}: {e}", conns.len()))?;
+            conns.push(conn);
+        }
+    }
+    Ok(conns)
+}
+
+async fn fanout(
+    consumer: &ConsumerProcess,
+    pid: u32,
+    subscribers: usize,
+    topics: usize,
+    messages: u64,
+    payload: usize,
+    window: Option<u64>,
+) -> Result<serde_json::Value, String> {
+    let topics = topics.clamp(1, subscribers.max(1));
+    if subscribers % topics != 0 {
+        return Err("--subscribers must be a multiple of --topics".into());
+    }
+    let per_topic = (subscribers / topics) as u64;
+    let total = messages * per_topic;
+    let conns =
+        open_subscribers(consumer, subscribers, |i| format!("bench/t{}", i % topics)).await?;
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let gaps = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Notify::new());
+    let done = Arc::new(Notify::new());
+    for conn in conns {
+        let (delivered, gaps, progress, done) = (
+            delivered.clone(),
+            gaps.clone(),
+            progress.clone(),
+            done.clone(),
+        );
+        let mut reader = conn.reader;
+        // Keep the write half open: dropping it would half-close the socket.
+        let writer = conn.writer;
+        tokio::spawn(async move {
+            let _writer = writer;
+            let mut last = 0u64;
+            while let Ok(frame) = reader.next_text().await {
+                let Some(offset) = message_offset(frame) else {
+                    continue;
+                };
+                if offset != last + 1 {
+                    gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                last = offset;
+                let now = delivered.fetch_add(1, Ordering::Relaxed) + 1;
+                if now % 256 == 0 {
+                    progress.notify_one();
+                }
+                if now == total {
+                    done.notify_one();
+                }
+            }
+        });
+    }
+
+    let mut publisher = LeanConn::open(&consumer.addr, "/v1/cluster", &consumer.psk)
+        .await
+        .map_err(|e| format!("publisher: {e}"))?;
+    let acks = Arc::new(AtomicU64::new(0));
+    let mut ack_reader = publisher.reader;
+    let acks_seen = acks.clone();
+    tokio::spawn(async move {
+        while let Ok(frame) = ack_reader.next_text().await {
+            if frame.starts_with(br#"{"type":"ack""#) {
+                acks_seen.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let body = format!("\"{}\"", "x".repeat(payload.saturating_sub(2)));
+    let warmup = messages / 10;
+    // In deliveries: messages in flight times subscribers per topic.
+    let window = window
+        .unwrap_or((1_000 * topics as u64).min(100_000))
+        .max(1)
+        * per_topic;
+    let mut sent = 0u64;
+    let mut start: Option<(Instant, Duration, Duration, u64)> = None;
+    let mut out = Vec::with_capacity(64 << 10);
+    while sent < messages {
+        if start.is_none() && sent >= warmup {
+            start = Some((
+                Instant::now(),
+                procstat::cpu_time(pid).unwrap_or_default(),
+                procstat::cpu_time(std::process::id()).unwrap_or_default(),
+                delivered.load(Ordering::Relaxed),
+            ));
+        }
+        let in_flight = sent * per_topic - delivered.load(Ordering::Relaxed);
+        if in_flight + per_topic > window {
+            progress.notified().await;
+            continue;
+        }
+        out.clear();
+        let room = ((window - in_flight) / per_topic)
+            .min(256)
+            .min(messages - sent);
+        for _ in 0..room {
+            sent += 1;
+            let frame = format!(
+                r#"{{"type":"publish","id":{sent},"topic":"bench/t{}","payload":{body}}}"#,
+                sent % topics as u64
+            );
+            LeanConn::encode_text(&mut out, frame.as_bytes());
+        }
+        publisher
+            .writer
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("publishing: {e}"))?;
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(300), async {
+        while delivered.load(Ordering::Relaxed) < total {
+            tokio::select! {
+                () = done.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    })
+    .await;
+    let end = Instant::now();
+    let consumer_cpu_end = procstat::cpu_time(pid).unwrap_or_default();
+    let own_cpu_end = procstat::cpu_time(std::process::id()).unwrap_or_default();
+    let got = delivered.load(Ordering::Relaxed);
+    if waited.is_err() {
+        return Err(format!("timed out: {got} of {total} deliveries arrived"));
+    }
+    let (t0, consumer_cpu0, own_cpu0, delivered0) =
+        start.unwrap_or((end, consumer_cpu_end, own_cpu_end, got));
+    let measured = got - delivered0;
+    let wall = end - t0;
+    let consumer_cpu = consumer_cpu_end.saturating_sub(consumer_cpu0);
+    let own_cpu = own_cpu_end.saturating_sub(own_cpu0);
+    let report = serde_json::json!({
+        "scenario": "fanout",
+        "subscribers": subscribers,
+        "topics": topics,
+        "messages": messages,
+        "payload_bytes": payload,
+        "deliveries": got,
+        "expected_deliveries": total,
+        "lost": total.saturating_sub(got),
+        "gaps": gaps.load(Ordering::Relaxed),
+        "measured_deliveries": measured,
+        "wall_seconds": wall.as_secs_f64(),
+        "deliveries_per_second": measured as f64 / wall.as_secs_f64(),
+        "consumer_cpu_ns_per_delivery": consumer_cpu.as_nanos() as f64 / measured.max(1) as f64,
+        "consumer_cpu_utilisation": consumer_cpu.as_secs_f64() / wall.as_secs_f64(),
+        "generator_cpu_utilisation": own_cpu.as_secs_f64() / wall.as_secs_f64(),
+        "acks": acks.load(Ordering::Relaxed),
+    });
+    Ok(report)
+}
+
+async fn idle(
+    consumer: &ConsumerProcess,
+    pid: u32,
+    connections: usize,
+) -> Result<serde_json::Value, String> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = procstat::resident_bytes(pid).ok_or("cannot read the consumer's memory")?;
+    let conns =
+        open_subscribers(consumer, connections, |i| format!("bench/idle-{}", i % 100)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = procstat::resident_bytes(pid).ok_or("cannot read the consumer's memory")?;
+    let per = after.saturating_sub(before) as f64 / connections as f64;
+    drop(conns);
+    Ok(serde_json::json!({
+        "scenario": "idle",
+        "connections": connections,
+        "consumer_rss_before_bytes": before,
+        "consumer_rss_after_bytes": after,
+        "bytes_per_idle_subscriber": per,
+    }))
+}
