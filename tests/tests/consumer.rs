@@ -440,3 +440,41 @@ async fn metrics_count_the_traffic() {
     assert!(metric(&body, "shardq_consumer_history_bytes").unwrap() > 0.0);
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_4009() {
+    let cluster = Cluster::builder()
+        .limits(|limits| limits.ping_interval_ms = 100)
+        .start()
+        .await;
+    let mut quiet = cluster.subscriber(0).await;
+    expect_ack(quiet.subscribe(1, "files/save").await);
+    // Take the bare socket: nothing answers the node's pings any more.
+    let tokio_tungstenite::MaybeTlsStream::Plain(mut tcp) = quiet.socket.into_inner() else {
+        panic!("plain TCP expected")
+    };
+    let mut received = Vec::new();
+    tokio::time::timeout(shardq_tests::PATIENCE, tcp.read_to_end(&mut received))
+        .await
+        .unwrap()
+        .unwrap();
+    // Pings (0x89 0x00), then the close frame with code 4009.
+    let close = [0x88, 14, 0x0f, 0xa9];
+    assert!(
+        received.windows(4).any(|window| window == close),
+        "no 4009 close frame in {received:02x?}"
+    );
+    assert!(received.starts_with(&[0x89, 0x00]), "{received:02x?}");
+    // A client that keeps reading stays connected across many intervals.
+    let mut lively = cluster.subscriber(0).await;
+    let reader = tokio::spawn(async move {
+        let frame = lively.recv().await;
+        (lively, frame)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let mut producer = cluster.cluster_client(0).await;
+    expect_ack(producer.publish(1, "files/save", "1").await);
+    assert!(!reader.is_finished(), "the lively client was closed");
+    reader.abort();
+    cluster.shutdown().await;
+}
