@@ -4,20 +4,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
+use shardq_protocol::legacy::{self, LegacyFrame};
 use shardq_protocol::{CloseCode, Topic, TopicError};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 
 use crate::net::channel::Channel;
-use crate::net::conn::{Connection, Incoming};
-use crate::net::outbox::Outbox;
-use crate::net::ws;
+use crate::net::conn::Connection;
+use crate::net::handshake;
 use crate::server::{Endpoint, Shared};
 use crate::topics::Subscriber;
-
-fn send(outbox: &Outbox, frame: &LegacyFrame) {
-    let _ = outbox.push_unbounded(ws::text_frame(frame.encode().as_bytes()));
-}
 
 /// Runs the legacy handshake and then the connection.
 pub(crate) async fn run(
@@ -68,68 +63,34 @@ async fn serve(
         _ => None,
     };
 
-    let mut handshake = LegacyHandshake::new(
-        shared.psk.clone(),
-        legacy::random_challenge(),
-        AnswerPolicy::AfterVerified,
-    );
-    send(&outbox, &handshake.challenge());
-    while !handshake.is_established() {
-        let text = match timeout_at(deadline, reader.next()).await {
-            Err(_) => {
-                outbox.close(CloseCode::HandshakeTimeout);
-                return;
-            }
-            Ok(Incoming::Text(text)) => text,
-            Ok(Incoming::Violation(code, _)) => {
-                outbox.close(code);
-                return;
-            }
-            Ok(_) => {
-                outbox.finish();
-                return;
-            }
-        };
-        let frame =
-            match LegacyFrame::decode(text.as_bytes(), shared.limits.max_preauth_frame_bytes) {
-                Ok(frame @ (LegacyFrame::Challenge(_) | LegacyFrame::Answer(_))) => frame,
-                Ok(_) | Err(_) => {
-                    tracing::debug!("legacy frame before the handshake completed");
-                    outbox.close(CloseCode::ProtocolError);
-                    return;
-                }
+    let verified = Box::pin(handshake::accept_legacy(
+        &mut reader,
+        &outbox,
+        &shared.psk,
+        shared.limits.max_preauth_frame_bytes,
+        deadline,
+        || {
+            let Some(Ok((name, topic))) = &path_topic else {
+                return Ok(());
             };
-        let step = match handshake.receive(&frame) {
-            Ok(step) => step,
-            Err(failed) => {
-                shared.metrics.auth_failures.inc();
-                tracing::info!("legacy authentication failed");
-                if let Some(decoy) = &failed.decoy {
-                    send(&outbox, decoy);
-                }
-                outbox.close(failed.close_code());
-                return;
-            }
-        };
-        if handshake.peer_verified() && subscriptions.is_empty() {
-            if let Some(Ok((name, topic))) = &path_topic {
-                let subscriber = Subscriber {
-                    legacy_name: Some(Arc::from(name.as_str())),
-                    ..subscriber.clone()
-                };
-                if shared
-                    .topics
-                    .subscribe(std::slice::from_ref(topic), &subscriber, None, None)
-                    .is_err()
-                {
-                    return;
-                }
-                subscriptions.insert(topic.clone(), Arc::from(name.as_str()));
-            }
+            let subscriber = Subscriber {
+                legacy_name: Some(Arc::from(name.as_str())),
+                ..subscriber.clone()
+            };
+            shared
+                .topics
+                .subscribe(std::slice::from_ref(topic), &subscriber, None, None)
+                .map_err(|_| ())?;
+            subscriptions.insert(topic.clone(), Arc::from(name.as_str()));
+            Ok(())
+        },
+    ))
+    .await;
+    if let Err(refused) = verified {
+        if refused.auth_failed {
+            shared.metrics.auth_failures.inc();
         }
-        if let Some(answer) = &step.send {
-            send(&outbox, answer);
-        }
+        return;
     }
     if let Some(Err(error)) = &path_topic {
         tracing::info!(%error, "legacy subscriber's topic refused");

@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use shardq_protocol::{
-    Ack, CloseCode, ErrorCode, Frame, HandshakeError, Nonce, Position, Publish, RawValue,
-    ServerHandshake, Subscribe, Topic, TopicFilter, Unsubscribe,
+    Ack, CloseCode, ErrorCode, Frame, Position, Publish, RawValue, Subscribe, Topic, TopicFilter,
+    Unsubscribe,
 };
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::net::channel::{Channel, Ended};
-use crate::net::conn::{Connection, Incoming, Reader};
-use crate::net::outbox::{FrameBatch, Outbox};
+use crate::net::conn::Connection;
+use crate::net::handshake;
+use crate::net::outbox::FrameBatch;
 use crate::net::ws;
 use crate::server::{Endpoint, Shared};
 use crate::topics::Subscriber;
@@ -34,12 +35,26 @@ pub(crate) async fn run(
         mut reader, outbox, ..
     } = connection;
     // Boxed for the same reason as the upgrade: short-lived, large state.
-    match Box::pin(handshake(&shared, &mut reader, &outbox, deadline)).await {
+    let accepted = Box::pin(handshake::accept_shardq(
+        &mut reader,
+        &outbox,
+        &shared.psk,
+        &shared.id,
+        shared.limits.max_preauth_frame_bytes,
+        deadline,
+    ))
+    .await;
+    match accepted {
         Ok(client) => {
             tracing::Span::current().record("client", client.as_deref().unwrap_or("-"));
             tracing::debug!("authenticated");
         }
-        Err(()) => return,
+        Err(refused) => {
+            if refused.auth_failed {
+                shared.metrics.auth_failures.inc();
+            }
+            return;
+        }
     }
     reader.authenticated();
     let channel = Channel::new(
@@ -63,61 +78,6 @@ pub(crate) async fn run(
     let ended = Box::pin(session.serve(channel)).await;
     tracing::debug!(?ended, "connection ended");
     session.unsubscribe_all();
-}
-
-/// The server side of the handshake, under the deadline. On failure the
-/// error and close are queued and `Err(())` returned.
-pub(crate) async fn handshake(
-    shared: &Shared,
-    reader: &mut Reader,
-    outbox: &Outbox,
-    deadline: Instant,
-) -> Result<Option<String>, ()> {
-    let server = ServerHandshake::new(shared.psk.clone(), shared.id.clone(), Nonce::random());
-    let _ = outbox.push_unbounded(ws::text_frame(server.hello().encode().as_bytes()));
-    let text = match timeout_at(deadline, reader.next()).await {
-        Err(_) => {
-            tracing::debug!("handshake timed out");
-            outbox.close(CloseCode::HandshakeTimeout);
-            return Err(());
-        }
-        Ok(Incoming::Text(text)) => text,
-        Ok(Incoming::Violation(code, why)) => {
-            tracing::debug!(%why, "handshake refused");
-            outbox.close(code);
-            return Err(());
-        }
-        Ok(Incoming::PeerClosed) | Ok(Incoming::Closed) | Ok(Incoming::Pong) => {
-            outbox.finish();
-            return Err(());
-        }
-    };
-    let refuse = |error: HandshakeError| {
-        if error.code() == ErrorCode::AuthFailed {
-            shared.metrics.auth_failures.inc();
-            tracing::info!("authentication failed");
-        } else {
-            tracing::debug!(%error, "handshake failed");
-        }
-        let _ = outbox.push_unbounded(ws::text_frame(error.to_frame().encode().as_bytes()));
-        outbox.close(error.close_code());
-        Err(())
-    };
-    let frame = match Frame::decode(text.as_bytes(), shared.limits.max_preauth_frame_bytes) {
-        Ok(frame) => frame,
-        Err(error) => {
-            let _ = outbox.push_unbounded(ws::text_frame(error.to_frame().encode().as_bytes()));
-            outbox.close(CloseCode::ProtocolError);
-            return Err(());
-        }
-    };
-    match server.receive(frame) {
-        Ok(accepted) => {
-            let _ = outbox.push_unbounded(ws::text_frame(accepted.welcome.encode().as_bytes()));
-            Ok(accepted.peer_node)
-        }
-        Err(error) => refuse(error),
-    }
 }
 
 struct Session {

@@ -96,7 +96,7 @@ impl Channel {
                         return Err(self.close(CloseCode::PingTimeout));
                     }
                     self.missed_pongs += 1;
-                    let _ = self.outbox.push_unbounded(ws::ping_frame());
+                    let _ = self.outbox.push_unbounded(ws::ping_frame(self.outbox.role()));
                 }
                 () = self.outbox.closed() => {
                     return Err(Ended::Closed(self.outbox.close_code().unwrap_or(CloseCode::Normal)));

@@ -12,17 +12,17 @@ use futures_util::StreamExt;
 use shardq_protocol::CloseCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::task::TaskTracker;
 
 use super::outbox::{Chunk, Drained, Outbox};
-use super::ws::{self, BUDGET_EXCEEDED, ServerIo};
+use super::ws::{self, BUDGET_EXCEEDED, SocketIo};
 
 /// Most bytes an HTTP upgrade request may take.
 const UPGRADE_REQUEST_BUDGET: usize = 8 << 10;
@@ -91,7 +91,7 @@ pub async fn upgrade(
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
     tasks.spawn(run_writer(write, outbox.clone()));
     let budget = UPGRADE_REQUEST_BUDGET.saturating_sub(head.len());
-    let io = ServerIo::new(read, head, outbox.clone(), budget);
+    let io = SocketIo::new(read, head, outbox.clone(), budget);
 
     let mut path = None;
     // tungstenite's refusal type is an HTTP response: large, but built once.
@@ -194,7 +194,7 @@ pub enum Incoming {
 
 /// The read side of a connection.
 pub struct Reader {
-    socket: WebSocketStream<ServerIo>,
+    socket: WebSocketStream<SocketIo>,
     preauth_limit: Option<usize>,
 }
 
@@ -235,11 +235,38 @@ impl Reader {
         }
     }
 
+    /// The read side of a client connection this node opened (the upgrade
+    /// and handshake already done): tungstenite reads, and its pongs go to
+    /// `outbox`, which must have the client role.
+    pub async fn client(
+        read: OwnedReadHalf,
+        outbox: Arc<Outbox>,
+        max_frame_bytes: usize,
+    ) -> Reader {
+        let mut io = SocketIo::new(read, Vec::new(), outbox, 0);
+        io.lift_budget();
+        let config = WebSocketConfig::default()
+            .read_buffer_size(64 << 10)
+            .write_buffer_size(0)
+            .max_message_size(Some(max_frame_bytes))
+            .max_frame_size(Some(max_frame_bytes));
+        let socket = WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await;
+        Reader {
+            socket,
+            preauth_limit: None,
+        }
+    }
+
     /// The peer authenticated: lift the pre-auth limits.
     pub fn authenticated(&mut self) {
         self.preauth_limit = None;
         self.socket.get_mut().lift_budget();
     }
+}
+
+/// Starts the writer task of a connection on `tasks`.
+pub fn spawn_writer(socket: OwnedWriteHalf, outbox: Arc<Outbox>, tasks: &TaskTracker) {
+    tasks.spawn(run_writer(socket, outbox));
 }
 
 /// The writer task: drains the outbox into the socket, coalescing each

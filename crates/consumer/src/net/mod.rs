@@ -6,5 +6,6 @@
 pub mod admin;
 pub mod channel;
 pub mod conn;
+pub mod handshake;
 pub mod outbox;
 pub mod ws;

@@ -136,11 +136,19 @@ pub struct Outbox {
     drained: Notify,
     closed: AtomicBool,
     limit: usize,
+    role: ws::Role,
 }
 
 impl Outbox {
-    /// An empty outbox that holds at most `limit` bytes.
+    /// An empty outbox of a server-side connection that holds at most
+    /// `limit` bytes.
     pub fn new(limit: usize) -> Outbox {
+        Outbox::with_role(limit, ws::Role::Server)
+    }
+
+    /// An empty outbox for the given side of the connection (it writes the
+    /// final close frame, masked on the client side).
+    pub fn with_role(limit: usize, role: ws::Role) -> Outbox {
         Outbox {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
@@ -153,6 +161,7 @@ impl Outbox {
             drained: Notify::new(),
             closed: AtomicBool::new(false),
             limit,
+            role,
         }
     }
 
@@ -241,6 +250,11 @@ impl Outbox {
         self.drained.notify_waiters();
     }
 
+    /// Which side of the connection this outbox writes for.
+    pub fn role(&self) -> ws::Role {
+        self.role
+    }
+
     /// Whether more than half the bound is queued: the connection's reader
     /// should stop reading (its peer is not reading our answers).
     pub fn is_backed_up(&self) -> bool {
@@ -308,7 +322,9 @@ impl Outbox {
                     return Drained::Frames { frames, bytes };
                 }
                 match state.closing {
-                    Some(Ending::Close(code)) => return Drained::Close(ws::close_frame(code)),
+                    Some(Ending::Close(code)) => {
+                        return Drained::Close(ws::close_frame(code, self.role));
+                    }
                     Some(Ending::Silent) => return Drained::Finish,
                     None => {}
                 }

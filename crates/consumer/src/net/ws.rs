@@ -18,6 +18,16 @@ const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const FIN: u8 = 0x80;
+const MASKED: u8 = 0x80;
+
+/// Which side of the WebSocket this node is: clients must mask every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Frames go out unmasked (and one encoding serves every recipient).
+    Server,
+    /// Frames go out masked with a fresh random key each.
+    Client,
+}
 
 fn header(out: &mut BytesMut, opcode: u8, len: usize) {
     out.put_u8(FIN | opcode);
@@ -66,27 +76,66 @@ pub fn text_frame_with(estimate: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Byte
 }
 
 /// A close frame with a shardq close code and its reason.
-pub fn close_frame(code: CloseCode) -> Bytes {
+pub fn close_frame(code: CloseCode, role: Role) -> Bytes {
     let reason = code.reason().as_bytes();
-    let mut out = BytesMut::with_capacity(4 + reason.len());
-    header(&mut out, OP_CLOSE, 2 + reason.len());
-    out.put_u16(code.code());
-    out.put_slice(reason);
-    out.freeze()
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.code().to_be_bytes());
+    payload.extend_from_slice(reason);
+    frame(OP_CLOSE, &payload, role)
 }
 
 /// A ping frame with an empty payload.
-pub fn ping_frame() -> Bytes {
-    Bytes::from_static(&[FIN | OP_PING, 0])
+pub fn ping_frame(role: Role) -> Bytes {
+    frame(OP_PING, &[], role)
 }
 
-/// The stream tungstenite runs on: reads come from the socket, writes (the
-/// upgrade response, pongs, close replies) are queued on the connection's
-/// outbox so the writer task stays the only one writing the socket.
+/// One complete text frame masked as a client must send it.
+pub fn masked_text_frame(payload: &[u8]) -> Bytes {
+    frame(OP_TEXT, payload, Role::Client)
+}
+
+fn frame(opcode: u8, payload: &[u8], role: Role) -> Bytes {
+    let mut out = BytesMut::with_capacity(header_len(payload.len()) + 4 + payload.len());
+    header(&mut out, opcode, payload.len());
+    match role {
+        Role::Server => out.put_slice(payload),
+        Role::Client => {
+            out[1] |= MASKED;
+            let key: [u8; 4] = rand::random();
+            out.put_slice(&key);
+            let start = out.len();
+            out.put_slice(payload);
+            apply_mask(&mut out[start..], key);
+        }
+    }
+    out.freeze()
+}
+
+/// XORs `data` with the repeating 4-byte `key`, eight bytes at a time.
+fn apply_mask(data: &mut [u8], key: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]) ^ wide;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    for (byte, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
+        *byte ^= k;
+    }
+}
+
+/// The stream tungstenite runs on, on either side of a connection: reads
+/// come from the socket, writes (the upgrade response, pongs, close
+/// replies) are queued on the connection's outbox so the writer task stays
+/// the only one writing the socket.
 ///
 /// Before the handshake completes, reads are capped by a byte budget: an
 /// unauthenticated peer cannot make the node buffer more than that.
-pub struct ServerIo {
+pub struct SocketIo {
     read: OwnedReadHalf,
     /// Bytes already read from the socket (the request line), served first.
     prefix: Vec<u8>,
@@ -97,7 +146,7 @@ pub struct ServerIo {
 /// The error kind a read returns once the pre-auth budget is spent.
 pub const BUDGET_EXCEEDED: io::ErrorKind = io::ErrorKind::FileTooLarge;
 
-impl ServerIo {
+impl SocketIo {
     /// Wraps the read half; `read_budget` bounds the bytes read until
     /// [`lift_budget`](Self::lift_budget).
     /// `prefix` holds bytes already read from the socket; they are read first.
@@ -106,8 +155,8 @@ impl ServerIo {
         prefix: Vec<u8>,
         outbox: Arc<Outbox>,
         read_budget: usize,
-    ) -> ServerIo {
-        ServerIo {
+    ) -> SocketIo {
+        SocketIo {
             read,
             prefix,
             outbox,
@@ -127,7 +176,7 @@ impl ServerIo {
     }
 }
 
-impl AsyncRead for ServerIo {
+impl AsyncRead for SocketIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -165,7 +214,7 @@ impl AsyncRead for ServerIo {
     }
 }
 
-impl AsyncWrite for ServerIo {
+impl AsyncWrite for SocketIo {
     fn poll_write(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
@@ -200,9 +249,29 @@ mod tests {
         assert_eq!(&large[..2], &[0x81, 127]);
         assert_eq!(u64::from_be_bytes(large[2..10].try_into().unwrap()), 70_000);
         assert_eq!(
-            &close_frame(CloseCode::SlowConsumer)[..4],
+            &close_frame(CloseCode::SlowConsumer, Role::Server)[..4],
             &[0x88, 15, 0x0f, 0xa8]
         );
+        assert_eq!(&ping_frame(Role::Server)[..], &[0x89, 0]);
+    }
+
+    #[test]
+    fn masked_frames_unmask_to_the_payload() {
+        for len in [0, 3, 8, 13, 200, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let masked = masked_text_frame(&payload);
+            let header = header_len(len);
+            assert_eq!(masked[1] & MASKED, MASKED);
+            let key = [
+                masked[header],
+                masked[header + 1],
+                masked[header + 2],
+                masked[header + 3],
+            ];
+            let mut body = masked[header + 4..].to_vec();
+            apply_mask(&mut body, key);
+            assert_eq!(body, payload, "len {len}");
+        }
     }
 
     #[test]
