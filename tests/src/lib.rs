@@ -63,11 +63,14 @@ pub struct Cluster {
     pub psk: Psk,
     /// The consumers, in config order.
     pub consumers: Vec<Node>,
+    /// The producers, in config order.
+    pub producers: Vec<Node>,
 }
 
 /// How to build a [`Cluster`].
 pub struct ClusterBuilder {
     consumers: usize,
+    producers: usize,
     queues: QueueConfig,
     limits: Limits,
 }
@@ -76,6 +79,7 @@ impl Default for ClusterBuilder {
     fn default() -> Self {
         ClusterBuilder {
             consumers: 1,
+            producers: 0,
             queues: seed_queues(),
             limits: Limits::default(),
         }
@@ -86,6 +90,12 @@ impl ClusterBuilder {
     /// How many consumers.
     pub fn consumers(mut self, n: usize) -> Self {
         self.consumers = n;
+        self
+    }
+
+    /// How many producers.
+    pub fn producers(mut self, n: usize) -> Self {
+        self.producers = n;
         self
     }
 
@@ -117,9 +127,22 @@ impl ClusterBuilder {
             });
             listeners.push((ws, admin));
         }
+        let mut producer_listeners = Vec::new();
+        let mut producer_entries = Vec::new();
+        for i in 0..self.producers {
+            let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            producer_entries.push(NodeEntry {
+                id: format!("producer-{i}"),
+                url: format!("ws://{}", ws.local_addr().unwrap()),
+                admin: Some(format!("http://{}", admin.local_addr().unwrap())),
+                listen: None,
+            });
+            producer_listeners.push((ws, admin));
+        }
         let config = ClusterConfig {
             consumers: entries,
-            producers: Vec::new(),
+            producers: producer_entries,
             queues: self.queues,
             limits: self.limits,
             psk_file: None,
@@ -131,10 +154,18 @@ impl ClusterBuilder {
             config,
             psk,
             consumers: Vec::new(),
+            producers: Vec::new(),
         };
         for (i, (ws, admin)) in listeners.into_iter().enumerate() {
             let node = cluster.spawn_consumer(i, ws, admin);
             cluster.consumers.push(node);
+        }
+        for (i, (ws, admin)) in producer_listeners.into_iter().enumerate() {
+            let node = cluster.spawn_producer(i, ws, admin);
+            cluster.producers.push(node);
+        }
+        for i in 0..cluster.producers.len() {
+            cluster.wait_links(i, cluster.consumers.len()).await;
         }
         cluster
     }
@@ -167,15 +198,59 @@ impl Cluster {
         }
     }
 
+    fn spawn_producer(&self, index: usize, ws: TcpListener, admin: TcpListener) -> Node {
+        let id = self.config.producers[index].id.clone();
+        let (addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel();
+        let config = shardq_producer::ProducerConfig {
+            id: id.clone(),
+            cluster: self.config.clone(),
+            psk: self.psk.clone(),
+        };
+        let task = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
+            let _ = stopped.await;
+        }));
+        Node {
+            id,
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Waits until producer `index` has `up` consumer links up (per its `/readyz`).
+    pub async fn wait_links(&self, index: usize, up: usize) {
+        let admin = self.producers[index].admin;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (_, body) = http_get(admin, "/readyz").await;
+            if body.matches(r#""state":"up""#).count() == up {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "producer {index} never had {up} links up: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A shardq/1 client on producer `index`'s `/v1/publish`.
+    pub async fn publisher(&self, index: usize) -> RawClient {
+        RawClient::connect(&self.producers[index].url("/v1/publish"), &self.psk)
+            .await
+            .unwrap()
+    }
+
+    /// Stops producer `index` and waits until it has shut down.
+    pub async fn stop_producer(&mut self, index: usize) {
+        stop_node(&mut self.producers[index]).await;
+    }
+
     /// Stops consumer `index` and waits until it has shut down.
     pub async fn stop_consumer(&mut self, index: usize) {
-        let node = &mut self.consumers[index];
-        if let Some(stop) = node.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = node.task.take() {
-            tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
-        }
+        stop_node(&mut self.consumers[index]).await;
     }
 
     /// Starts consumer `index` again on its old ports.
@@ -200,11 +275,31 @@ impl Cluster {
             .unwrap()
     }
 
-    /// Stops every node.
+    /// Stops every node, producers first.
     pub async fn shutdown(mut self) {
+        for index in 0..self.producers.len() {
+            self.stop_producer(index).await;
+        }
         for index in 0..self.consumers.len() {
             self.stop_consumer(index).await;
         }
+    }
+
+    /// The index of the consumer that owns `topic`.
+    pub fn owner(&self, topic: &str) -> usize {
+        let topic = shardq_protocol::Topic::parse(topic).unwrap();
+        shardq_protocol::Router::new(&self.config.consumer_ids())
+            .owner(&topic)
+            .unwrap()
+    }
+}
+
+async fn stop_node(node: &mut Node) {
+    if let Some(stop) = node.stop.take() {
+        let _ = stop.send(());
+    }
+    if let Some(task) = node.task.take() {
+        tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
     }
 }
 

@@ -8,7 +8,7 @@ use shardq_protocol::legacy::{self, LegacyFrame};
 use shardq_protocol::{CloseCode, Topic, TopicError};
 use tokio::time::Instant;
 
-use crate::net::channel::Channel;
+use crate::net::channel::{Channel, Ended};
 use crate::net::conn::Connection;
 use crate::net::handshake;
 use crate::server::{Endpoint, Shared};
@@ -105,7 +105,15 @@ async fn serve(
         shared.limits.max_missed_pongs,
         shared.stop.clone(),
     );
-    while let Ok(text) = channel.next_text().await {
+    loop {
+        let text = match channel.next_text().await {
+            Ok(text) => text,
+            Err(Ended::Stopped) => {
+                channel.close(CloseCode::GoingAway);
+                break;
+            }
+            Err(_) => break,
+        };
         let frame = match LegacyFrame::decode(text.as_bytes(), shared.limits.max_frame_bytes) {
             Ok(frame) => frame,
             Err(error) => {

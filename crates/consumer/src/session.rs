@@ -22,6 +22,8 @@ use crate::topics::Subscriber;
 
 /// Most frames read and handled as one burst.
 const BURST: usize = 64;
+/// How long a closed connection waits for the peer's close.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the handshake and, if it succeeds, the connection.
 pub(crate) async fn run(
@@ -57,7 +59,7 @@ pub(crate) async fn run(
         }
     }
     reader.authenticated();
-    let channel = Channel::new(
+    let mut channel = Channel::new(
         reader,
         outbox.clone(),
         shared.limits.ping_interval(),
@@ -75,7 +77,13 @@ pub(crate) async fn run(
         subscriptions: BTreeSet::new(),
     };
     // Boxed so that only the loop's own state stays allocated while it runs.
-    let ended = Box::pin(session.serve(channel)).await;
+    let ended = Box::pin(session.serve(&mut channel)).await;
+    if ended == Ended::Stopped {
+        channel.close(CloseCode::GoingAway);
+    }
+    if matches!(ended, Ended::Stopped | Ended::Closed(_)) {
+        channel.linger(LINGER).await;
+    }
     tracing::debug!(?ended, "connection ended");
     session.unsubscribe_all();
 }
@@ -88,7 +96,7 @@ struct Session {
 }
 
 impl Session {
-    async fn serve(&mut self, mut channel: Channel) -> Ended {
+    async fn serve(&mut self, channel: &mut Channel) -> Ended {
         // Grows to what the connection sends at once; idle subscribers keep it tiny.
         let mut burst = Vec::new();
         loop {

@@ -1,1 +1,25 @@
-//! A producer node: authenticates publishers and routes each topic to its owner consumer.
+//! The shardq producer node: the cluster's front door for publishers. It
+//! authenticates them, checks each topic against the queue configuration,
+//! routes it to the consumer that owns it, and acks only what the owner
+//! accepted.
+//!
+//! # Layout
+//!
+//! - [`server`]: [`run`], accept loop, admin routes (`/healthz`, `/readyz`,
+//!   `/metrics`), graceful shutdown.
+//! - `session`: publisher connections (`/v1/publish`, legacy `/produce`).
+//! - [`links`]: one persistent link per consumer, the in-flight window,
+//!   answers routed back to publishers.
+//! - [`pending`]: the in-flight table of one link.
+//! - [`metrics`]: the Prometheus metrics.
+//!
+//! The connection runtime (outbox, writer task, keepalive, handshakes) is
+//! shared with the consumer: `shardq_consumer::net`.
+
+pub mod links;
+pub mod metrics;
+pub mod pending;
+pub mod server;
+mod session;
+
+pub use server::{ProducerConfig, run};

@@ -21,6 +21,9 @@ pub enum Ended {
     Peer,
     /// The node closed it with this code.
     Closed(CloseCode),
+    /// The node is stopping: nothing more is read; the caller finishes what
+    /// is in flight and closes (usually with "going away").
+    Stopped,
 }
 
 /// Reader, outbox and keepalive of one authenticated connection.
@@ -76,7 +79,7 @@ impl Channel {
             // queueing answers without bound.
             tokio::select! {
                 () = self.outbox.drained() => {}
-                () = self.stop.cancelled() => return Err(self.close(CloseCode::GoingAway)),
+                () = self.stop.cancelled() => return Err(Ended::Stopped),
             }
             if self.outbox.is_closed() {
                 return Err(Ended::Closed(
@@ -101,7 +104,7 @@ impl Channel {
                 () = self.outbox.closed() => {
                     return Err(Ended::Closed(self.outbox.close_code().unwrap_or(CloseCode::Normal)));
                 }
-                () = self.stop.cancelled() => return Err(self.close(CloseCode::GoingAway)),
+                () = self.stop.cancelled() => return Err(Ended::Stopped),
             }
         }
     }
@@ -146,6 +149,22 @@ impl Channel {
     /// Queues a frame (bounded by the outbox limit).
     pub fn send(&self, frame: &Frame) -> Result<(), PushError> {
         self.outbox.push(ws::text_frame(frame.encode().as_bytes()))
+    }
+
+    /// After the node closed the connection: reads (and drops) what the peer
+    /// still sends until it answers the close or `grace` passes. Closing a
+    /// socket with unread input makes the kernel reset it, and the reset can
+    /// destroy the answers and close frame still on their way to the peer.
+    pub async fn linger(mut self, grace: Duration) {
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                match self.reader.next().await {
+                    Incoming::Closed | Incoming::PeerClosed | Incoming::Violation(..) => return,
+                    Incoming::Text(_) | Incoming::Pong => {}
+                }
+            }
+        })
+        .await;
     }
 
     /// Closes with `code` after what is queued.

@@ -1,0 +1,212 @@
+//! The producer's accept loop, shared state, admin routes and shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::routing::get;
+use shardq_consumer::net::admin;
+use shardq_consumer::net::conn::{self, ConnLimits};
+use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::links::Links;
+use crate::metrics::{EndpointLabel, ProducerMetrics};
+use crate::session;
+
+/// Everything a producer needs to run.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// This producer's id (a `[[producers]]` entry).
+    pub id: String,
+    /// The cluster file.
+    pub cluster: ClusterConfig,
+    /// The pre-shared key.
+    pub psk: Psk,
+}
+
+/// State shared by the producer's connections and links.
+pub(crate) struct Shared {
+    pub id: String,
+    pub psk: Psk,
+    pub queues: QueueConfig,
+    pub limits: Limits,
+    pub links: Links,
+    pub metrics: Arc<ProducerMetrics>,
+    /// Publisher connections stop reading and finish what is in flight.
+    pub draining: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Publish,
+    LegacyProduce,
+}
+
+impl Endpoint {
+    fn parse(path: &str) -> Option<Endpoint> {
+        match path {
+            "/v1/publish" => Some(Endpoint::Publish),
+            "/produce" => Some(Endpoint::LegacyProduce),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Publish => "publish",
+            Endpoint::LegacyProduce => "legacy_produce",
+        }
+    }
+}
+
+/// Runs a producer on `listener` (WebSocket) and `admin` (HTTP) until
+/// `shutdown` completes. Links to the consumers open at once and keep
+/// retrying while a consumer is down. On shutdown it stops accepting, stops
+/// reading publishers, answers every publish in flight (ack or error),
+/// closes publishers with "going away", then closes the links.
+pub async fn run(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: ProducerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (metrics, registry) = ProducerMetrics::new();
+    let metrics = Arc::new(metrics);
+    let links_stop = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        links: Links::new(&config.cluster, metrics.clone()),
+        id: config.id,
+        psk: config.psk,
+        queues: config.cluster.queues.clone(),
+        limits: config.cluster.limits.clone(),
+        metrics,
+        draining: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    let link_tasks = TaskTracker::new();
+    shared
+        .links
+        .start(&shared.psk, &shared.id, links_stop.clone(), &link_tasks);
+    if let Some(admin_listener) = admin {
+        let router = admin::base_routes(Arc::new(registry)).route(
+            "/readyz",
+            get({
+                let shared = shared.clone();
+                move || async move {
+                    let ready = shared.links.any_up();
+                    let body = serde_json::json!({
+                        "ready": ready,
+                        "links": shared.links.statuses(),
+                    });
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, Json(body))
+                }
+            }),
+        );
+        link_tasks.spawn(admin::serve(admin_listener, router, admin_stop.clone()));
+    }
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(node = %shared.id, %addr, "producer listening");
+    }
+    tokio::select! {
+        () = shutdown => {}
+        () = accept_loop(&listener, &shared) => {}
+    }
+    tracing::info!(node = %shared.id, in_flight = shared.links.in_flight(), "producer shutting down");
+    drop(listener);
+    shared.draining.cancel();
+    shared.tasks.close();
+    let patience = shared.limits.publish_timeout() + Duration::from_secs(2);
+    if tokio::time::timeout(patience, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some publisher connections did not close in time");
+    }
+    links_stop.cancel();
+    admin_stop.cancel();
+    link_tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), link_tasks.wait()).await;
+}
+
+async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                shared.tasks.spawn(serve(shared.clone(), stream));
+            }
+            Err(error) => {
+                tracing::error!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let deadline = Instant::now() + shared.limits.handshake_timeout();
+    let limits = ConnLimits {
+        preauth_frame_bytes: shared.limits.max_preauth_frame_bytes,
+        max_frame_bytes: shared.limits.max_frame_bytes,
+        outbox_bytes: shared.limits.subscriber_buffer_bytes,
+    };
+    // Publishers send in bulk: a large read buffer.
+    let route = |path: &str| Endpoint::parse(path).map(|_| 64 << 10);
+    let connection = match Box::pin(conn::upgrade(
+        stream,
+        &limits,
+        deadline,
+        route,
+        &shared.tasks,
+    ))
+    .await
+    {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let Some(endpoint) = Endpoint::parse(&connection.path) else {
+        return;
+    };
+    let span = tracing::info_span!(
+        "conn",
+        peer = %connection.peer,
+        endpoint = endpoint.label(),
+        client = tracing::field::Empty,
+    );
+    let gauge = shared
+        .metrics
+        .connections
+        .get_or_create_owned(&EndpointLabel {
+            endpoint: endpoint.label(),
+        });
+    gauge.inc();
+    match endpoint {
+        Endpoint::Publish => {
+            Box::pin(session::run(shared.clone(), connection, deadline))
+                .instrument(span)
+                .await
+        }
+        Endpoint::LegacyProduce => {
+            Box::pin(session::run_legacy(shared.clone(), connection, deadline))
+                .instrument(span)
+                .await
+        }
+    }
+    gauge.dec();
+}

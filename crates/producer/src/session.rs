@@ -1,0 +1,306 @@
+//! Publisher connections: shardq/1 on `/v1/publish` and the legacy dialect
+//! on `/produce`. Each publish is checked, routed to its owner's link, and
+//! answered by the link when the owner answers.
+//!
+//! Backpressure: a publish needs a slot in its link's window; when the
+//! window is full the connection waits for one, so it stops reading its
+//! socket and the publisher is slowed by TCP instead of buffered for.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shardq_consumer::net::channel::{Channel, Ended};
+use shardq_consumer::net::conn::Connection;
+use shardq_consumer::net::handshake;
+use shardq_consumer::net::outbox::FrameBatch;
+use shardq_consumer::net::ws;
+use shardq_protocol::legacy::{self, LegacyFrame};
+use shardq_protocol::{CloseCode, ErrorCode, Frame, Publish, RawValue, Topic};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::links::{InFlight, Reply, Request};
+use crate::server::Shared;
+
+/// Most frames read and handled as one burst.
+const BURST: usize = 64;
+/// How long a closed connection waits for the publisher's close.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Requests gathered per link during a burst, sent as one batch each.
+struct Batches(Vec<(usize, Vec<Request>)>);
+
+impl Batches {
+    fn add(&mut self, link: usize, request: Request) {
+        match self.0.iter_mut().find(|(index, _)| *index == link) {
+            Some((_, requests)) => requests.push(request),
+            None => self.0.push((link, vec![request])),
+        }
+    }
+
+    fn flush(&mut self, shared: &Shared) {
+        for (link, requests) in self.0.drain(..) {
+            shared.links.get(link).send(requests);
+        }
+    }
+}
+
+/// A window slot on `link`: at once if one is free; otherwise what was
+/// gathered is sent first and the connection waits (stops reading). `None`
+/// when the producer stops meanwhile.
+async fn permit(
+    shared: &Shared,
+    link: usize,
+    batches: &mut Batches,
+) -> Option<OwnedSemaphorePermit> {
+    let window = shared.links.get(link).window().clone();
+    if let Ok(permit) = window.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    batches.flush(shared);
+    tokio::select! {
+        permit = window.acquire_owned() => permit.ok(),
+        () = shared.draining.cancelled() => None,
+    }
+}
+
+/// A shardq/1 publisher on `/v1/publish`.
+pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: Instant) {
+    let Connection {
+        mut reader, outbox, ..
+    } = connection;
+    let accepted = Box::pin(handshake::accept_shardq(
+        &mut reader,
+        &outbox,
+        &shared.psk,
+        &shared.id,
+        shared.limits.max_preauth_frame_bytes,
+        deadline,
+    ))
+    .await;
+    match accepted {
+        Ok(client) => {
+            tracing::Span::current().record("client", client.as_deref().unwrap_or("-"));
+        }
+        Err(refused) => {
+            if refused.auth_failed {
+                shared.metrics.auth_failures.inc();
+            }
+            return;
+        }
+    }
+    reader.authenticated();
+    let mut channel = Channel::new(
+        reader,
+        outbox.clone(),
+        shared.limits.ping_interval(),
+        shared.limits.max_missed_pongs,
+        shared.draining.clone(),
+    );
+    let in_flight = Arc::new(InFlight::default());
+    let ended = Box::pin(serve(&shared, &mut channel, &in_flight)).await;
+    if ended == Ended::Stopped {
+        // Answer everything in flight before saying goodbye.
+        let patience = shared.limits.publish_timeout() + std::time::Duration::from_secs(1);
+        if tokio::time::timeout(patience, in_flight.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                unanswered = in_flight.count(),
+                "closing with publishes unanswered"
+            );
+        }
+        channel.close(CloseCode::GoingAway);
+    }
+    if matches!(ended, Ended::Stopped | Ended::Closed(_)) {
+        channel.linger(LINGER).await;
+    }
+}
+
+async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>) -> Ended {
+    let mut burst: Vec<Utf8Bytes> = Vec::new();
+    loop {
+        match channel.next_text().await {
+            Ok(text) => burst.push(text),
+            Err(ended) => return ended,
+        }
+        while burst.len() < BURST {
+            match channel.try_next_text() {
+                Some(text) => burst.push(text),
+                None => break,
+            }
+        }
+        let mut answers: Vec<Bytes> = Vec::new();
+        let mut batches = Batches(Vec::new());
+        let mut stopped = false;
+        for text in burst.drain(..) {
+            let publish = match Frame::decode(text.as_bytes(), shared.limits.max_frame_bytes) {
+                Ok(Frame::Publish(publish)) => publish,
+                Ok(other) => {
+                    let refusal = Frame::error(
+                        None,
+                        ErrorCode::NotAuthorized,
+                        format!("/v1/publish takes publish frames, not {}", other.kind()),
+                    );
+                    answers.push(ws::text_frame(refusal.encode().as_bytes()));
+                    continue;
+                }
+                Err(error) => {
+                    count_error(shared, &error.code());
+                    answers.push(ws::text_frame(error.to_frame().encode().as_bytes()));
+                    continue;
+                }
+            };
+            shared.metrics.publishes_in.inc();
+            let Publish { id, topic, payload } = publish;
+            if stopped {
+                answers.push(refusal(
+                    shared,
+                    id,
+                    ErrorCode::ShuttingDown,
+                    "the producer is shutting down",
+                ));
+                continue;
+            }
+            if let Err(error) = shared.queues.check(&topic) {
+                answers.push(refusal(shared, id, error.code(), &error.to_string()));
+                continue;
+            }
+            let link = shared.links.owner(&topic);
+            let Some(permit) = permit(shared, link, &mut batches).await else {
+                stopped = true;
+                answers.push(refusal(
+                    shared,
+                    id,
+                    ErrorCode::ShuttingDown,
+                    "the producer is shutting down",
+                ));
+                continue;
+            };
+            in_flight.add(1);
+            let reply = Reply::Publisher {
+                outbox: channel.outbox().clone(),
+                id,
+                in_flight: in_flight.clone(),
+            };
+            batches.add(
+                link,
+                Request {
+                    topic,
+                    payload,
+                    reply,
+                    permit,
+                },
+            );
+        }
+        batches.flush(shared);
+        if !answers.is_empty()
+            && channel
+                .outbox()
+                .push_batch(&FrameBatch::new(answers))
+                .is_err()
+        {
+            return Ended::Closed(channel.outbox().close_code().unwrap_or(CloseCode::Normal));
+        }
+        if stopped {
+            return Ended::Stopped;
+        }
+    }
+}
+
+fn count_error(shared: &Shared, code: &ErrorCode) {
+    shared.metrics.error(code.as_str());
+}
+
+fn refusal(shared: &Shared, id: u64, code: ErrorCode, message: &str) -> Bytes {
+    count_error(shared, &code);
+    ws::text_frame(Frame::error(Some(id), code, message).encode().as_bytes())
+}
+
+/// An origin publisher on `/produce`: no acks in this dialect, so what
+/// cannot be delivered is counted and logged.
+pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, deadline: Instant) {
+    let Connection {
+        mut reader, outbox, ..
+    } = connection;
+    let verified = Box::pin(handshake::accept_legacy(
+        &mut reader,
+        &outbox,
+        &shared.psk,
+        shared.limits.max_preauth_frame_bytes,
+        deadline,
+        || Ok(()),
+    ))
+    .await;
+    if let Err(refused) = verified {
+        if refused.auth_failed {
+            shared.metrics.auth_failures.inc();
+        }
+        return;
+    }
+    reader.authenticated();
+    let mut channel = Channel::new(
+        reader,
+        outbox,
+        shared.limits.ping_interval(),
+        shared.limits.max_missed_pongs,
+        shared.draining.clone(),
+    );
+    let mut batches = Batches(Vec::new());
+    loop {
+        let text = match channel.next_text().await {
+            Ok(text) => text,
+            Err(Ended::Stopped) => {
+                channel.close(CloseCode::GoingAway);
+                channel.linger(LINGER).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let (name, data) = match LegacyFrame::decode(text.as_bytes(), shared.limits.max_frame_bytes)
+        {
+            Ok(LegacyFrame::Message { topic, data }) => (topic, data),
+            Ok(other) => {
+                undelivered(&shared, &format!("{other:?} is not valid on /produce"));
+                continue;
+            }
+            Err(error) => {
+                undelivered(&shared, &error.to_string());
+                continue;
+            }
+        };
+        shared.metrics.publishes_in.inc();
+        let topic: Topic =
+            match legacy::topic(&name).and_then(|t| shared.queues.check(&t).map(|()| t)) {
+                Ok(topic) => topic,
+                Err(error) => {
+                    undelivered(&shared, &error.to_string());
+                    continue;
+                }
+            };
+        let link = shared.links.owner(&topic);
+        let Some(permit) = permit(&shared, link, &mut batches).await else {
+            undelivered(&shared, "the producer is shutting down");
+            channel.close(CloseCode::GoingAway);
+            return;
+        };
+        let payload: Box<RawValue> = data;
+        batches.add(
+            link,
+            Request {
+                topic,
+                payload,
+                reply: Reply::Legacy,
+                permit,
+            },
+        );
+        batches.flush(&shared);
+    }
+}
+
+fn undelivered(shared: &Shared, why: &str) {
+    shared.metrics.legacy_undelivered.inc();
+    tracing::warn!(%why, "legacy message not delivered");
+}

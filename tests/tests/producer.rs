@@ -1,0 +1,379 @@
+//! Producers and consumers in-process on port 0, over real WebSockets.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use shardq_protocol::{Frame, Nonce, Psk, ServerHandshake};
+use shardq_tests::raw::{Received, expect_ack, expect_error, expect_message};
+use shardq_tests::{Cluster, LegacyClient, PATIENCE, RawClient, http_get, metric};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+fn open_queues() -> shardq_protocol::QueueConfig {
+    let mut queues = shardq_tests::seed_queues();
+    queues.set_open_topics(true);
+    queues
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_topic_lands_at_its_owner_and_nowhere_else() {
+    let cluster = Cluster::builder()
+        .consumers(3)
+        .producers(1)
+        .queues(open_queues())
+        .start()
+        .await;
+    let topics: Vec<String> = (0..200).map(|i| format!("spread/t{i}")).collect();
+    // One subscriber per consumer, subscribed to all 200 topics.
+    let mut subscribers = Vec::new();
+    for consumer in 0..3 {
+        let mut subscriber = cluster.subscriber(consumer).await;
+        for (id, topic) in topics.iter().enumerate() {
+            expect_ack(subscriber.subscribe(id as u64, topic).await);
+        }
+        subscribers.push(subscriber);
+    }
+    let mut publisher = cluster.publisher(0).await;
+    let mut acks = BTreeMap::new();
+    for (id, topic) in topics.iter().enumerate() {
+        let ack = expect_ack(
+            publisher
+                .publish(id as u64, topic, &format!("\"{topic}\""))
+                .await,
+        );
+        acks.insert(topic.clone(), ack.position().unwrap());
+    }
+    for (consumer, subscriber) in subscribers.iter_mut().enumerate() {
+        let owned: BTreeSet<&String> = topics
+            .iter()
+            .filter(|t| cluster.owner(t) == consumer)
+            .collect();
+        assert!(
+            !owned.is_empty(),
+            "consumer {consumer} owns none of 200 topics"
+        );
+        let mut received = BTreeSet::new();
+        for _ in 0..owned.len() {
+            let message = expect_message(subscriber.recv().await);
+            let topic = message.topic.to_string();
+            // The ack carried the position the owner gave the message.
+            assert_eq!(acks[&topic], message.position());
+            assert_eq!(message.payload.get(), format!("\"{topic}\""));
+            received.insert(topic);
+        }
+        let owned: BTreeSet<String> = owned.into_iter().cloned().collect();
+        assert_eq!(
+            received, owned,
+            "consumer {consumer} got topics it does not own"
+        );
+        let (_, body) = http_get(cluster.consumers[consumer].admin, "/metrics").await;
+        assert_eq!(
+            metric(&body, "shardq_consumer_messages_in_total"),
+            Some(owned.len() as f64),
+            "consumer {consumer} sequenced messages it does not own"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_carry_the_id_and_code() {
+    let cluster = Cluster::builder().producers(1).start().await;
+    let mut publisher = cluster.publisher(0).await;
+    let error = expect_error(
+        publisher.publish(9, "files/delete", "1").await,
+        "unknown_event",
+    );
+    assert_eq!(error.id, Some(9));
+    let error = expect_error(
+        publisher.publish(10, "network/attack", "1").await,
+        "unknown_queue",
+    );
+    assert_eq!(error.id, Some(10));
+    expect_error(publisher.publish(11, "bad topic", "1").await, "bad_topic");
+    publisher
+        .send_text(r#"{"type":"publish","id":12,"topic":"files/save"}"#)
+        .await;
+    let error = expect_error(publisher.recv().await, "bad_frame");
+    assert_eq!(error.id, Some(12));
+    publisher
+        .send_text(r#"{"type":"subscribe","id":13,"topic":"files/save"}"#)
+        .await;
+    expect_error(publisher.recv().await, "not_authorized");
+    // Still usable.
+    expect_ack(publisher.publish(14, "files/save", r#"{"ok":true}"#).await);
+    let (_, body) = http_get(cluster.producers[0].admin, "/metrics").await;
+    assert_eq!(metric(&body, "shardq_producer_acked_total"), Some(1.0));
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_psk_is_refused() {
+    let cluster = Cluster::builder().producers(1).start().await;
+    let wrong = Psk::new("definitely-not-the-psk").unwrap();
+    let error = RawClient::connect(&cluster.producers[0].url("/v1/publish"), &wrong)
+        .await
+        .err()
+        .unwrap();
+    assert!(error.is_auth_failure(), "{error}");
+    let legacy = LegacyClient::connect(&cluster.producers[0].url("/produce"), &wrong).await;
+    assert!(legacy.is_err());
+    let (_, body) = http_get(cluster.producers[0].admin, "/metrics").await;
+    assert_eq!(
+        metric(&body, "shardq_producer_auth_failures_total"),
+        Some(2.0)
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_consumer_fails_fast_and_recovers_without_a_producer_restart() {
+    let mut cluster = Cluster::builder()
+        .consumers(3)
+        .producers(1)
+        .queues(open_queues())
+        .start()
+        .await;
+    let topics: Vec<String> = (0..30).map(|i| format!("avail/t{i}")).collect();
+    let down = 1;
+    cluster.stop_consumer(down).await;
+    cluster.wait_links(0, 2).await;
+    let (status, body) = http_get(cluster.producers[0].admin, "/readyz").await;
+    assert_eq!(status, 200, "two links up is ready: {body}");
+    assert!(body.contains(r#""state":"down""#), "{body}");
+
+    let mut publisher = cluster.publisher(0).await;
+    for (id, topic) in topics.iter().enumerate() {
+        let answer = publisher.publish(id as u64, topic, "1").await;
+        if cluster.owner(topic) == down {
+            let error = expect_error(answer, "unavailable");
+            assert!(error.message.contains("consumer-1"), "{}", error.message);
+        } else {
+            expect_ack(answer);
+        }
+    }
+    // Back on the same port: its topics flow again, same producer process.
+    cluster.restart_consumer(down).await;
+    cluster.wait_links(0, 3).await;
+    let mut subscriber = cluster.subscriber(down).await;
+    let topic = topics.iter().find(|t| cluster.owner(t) == down).unwrap();
+    expect_ack(subscriber.subscribe(1, topic).await);
+    expect_ack(publisher.publish(100, topic, "\"back\"").await);
+    assert_eq!(
+        expect_message(subscriber.recv().await).payload.get(),
+        "\"back\""
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn all_consumers_down_is_not_ready_but_the_producer_serves() {
+    let mut cluster = Cluster::builder().producers(1).start().await;
+    cluster.stop_consumer(0).await;
+    cluster.wait_links(0, 0).await;
+    let (status, body) = http_get(cluster.producers[0].admin, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = http_get(cluster.producers[0].admin, "/healthz").await;
+    assert_eq!(status, 200);
+    let mut publisher = cluster.publisher(0).await;
+    expect_error(publisher.publish(1, "files/save", "1").await, "unavailable");
+    cluster.shutdown().await;
+}
+
+/// A consumer impostor that completes the handshake, then never reads.
+async fn stalled_consumer(listener: TcpListener, psk: Psk) {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let server = ServerHandshake::new(psk, "consumer-0", Nonce::random());
+    socket
+        .send(Message::text(server.hello().encode()))
+        .await
+        .unwrap();
+    let auth = socket.next().await.unwrap().unwrap();
+    let frame = Frame::decode(auth.to_text().unwrap().as_bytes(), 1 << 20).unwrap();
+    let welcome = server.receive(frame).unwrap().welcome;
+    socket.send(Message::text(welcome.encode())).await.unwrap();
+    // Hold the socket open without reading it.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    drop(socket);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_stops_the_publisher_at_the_window() {
+    const WINDOW: usize = 50;
+    // A real cluster file whose only consumer is the impostor.
+    let impostor = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let impostor_addr = impostor.local_addr().unwrap();
+    let mut cluster = Cluster::builder()
+        .producers(1)
+        .limits(|limits| limits.link_window = WINDOW)
+        .start()
+        .await;
+    cluster.stop_producer(0).await;
+    cluster.config.consumers[0].url = format!("ws://{impostor_addr}");
+    tokio::spawn(stalled_consumer(impostor, cluster.psk.clone()));
+    let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let producer_url = format!("ws://{}/v1/publish", ws.local_addr().unwrap());
+    let config = shardq_producer::ProducerConfig {
+        id: "producer-0".into(),
+        cluster: cluster.config.clone(),
+        psk: cluster.psk.clone(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let producer = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
+        let _ = stopped.await;
+    }));
+
+    let mut publisher = RawClient::connect(&producer_url, &cluster.psk)
+        .await
+        .unwrap();
+    // Publish until the producer stops taking them: the writes block once
+    // the window is full and the socket buffers between us are full.
+    let payload = format!("\"{}\"", "x".repeat(1000));
+    let mut sent = 0u64;
+    loop {
+        let frame =
+            format!(r#"{{"type":"publish","id":{sent},"topic":"files/save","payload":{payload}}}"#);
+        let send = publisher.socket.send(Message::text(frame));
+        match tokio::time::timeout(Duration::from_millis(500), send).await {
+            Ok(result) => {
+                result.unwrap();
+                sent += 1;
+                assert!(sent < 1_000_000, "the producer never pushed back");
+            }
+            Err(_) => break,
+        }
+    }
+    let (_, body) = http_get(admin_addr, "/metrics").await;
+    let in_flight = metric(&body, "shardq_producer_link_in_flight").unwrap();
+    let taken = metric(&body, "shardq_producer_publishes_in_total").unwrap();
+    assert_eq!(
+        in_flight, WINDOW as f64,
+        "in flight must stop at the window: {body}"
+    );
+    assert!(
+        taken < sent as f64,
+        "the producer kept reading: took {taken} of {sent}"
+    );
+    // The producer stops reading only this publisher, not everything.
+    let (status, _) = http_get(admin_addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let _ = stop.send(());
+    // Shutdown still answers what it took, the consumer stalled or not:
+    // the owner's silence turns into `unavailable` at the publish timeout.
+    let reader = tokio::spawn(async move {
+        let mut answered = 0u64;
+        loop {
+            match publisher.recv_raw().await {
+                Received::Frame(text) => {
+                    let frame = Frame::decode(text.as_bytes(), usize::MAX).unwrap();
+                    let Frame::Error(error) = frame else {
+                        panic!("{frame:?}")
+                    };
+                    assert!(
+                        matches!(error.code.as_str(), "unavailable" | "shutting_down"),
+                        "{error:?}"
+                    );
+                    answered += 1;
+                }
+                Received::Close(code) => return (answered, code),
+                Received::Eof => return (answered, None),
+            }
+        }
+    });
+    tokio::time::timeout(PATIENCE, producer)
+        .await
+        .unwrap()
+        .unwrap();
+    let (answered, close) = reader.await.unwrap();
+    assert!(
+        answered >= taken as u64,
+        "answered {answered} of the {taken} taken"
+    );
+    assert_eq!(close, Some(1001));
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn legacy_produce_round_trips_to_a_legacy_subscriber() {
+    let cluster = Cluster::builder()
+        .consumers(3)
+        .producers(1)
+        .queues(open_queues())
+        .start()
+        .await;
+    let owner = cluster.owner("legacy/topic7");
+    let mut subscriber = LegacyClient::connect(
+        &cluster.consumers[owner].url("/subscribe/topic7"),
+        &cluster.psk,
+    )
+    .await
+    .unwrap();
+    let mut producer = LegacyClient::connect(&cluster.producers[0].url("/produce"), &cluster.psk)
+        .await
+        .unwrap();
+    producer.send_message("topic7", "c0ffee").await;
+    assert_eq!(
+        subscriber.recv_message().await,
+        ("topic7".into(), "c0ffee".into())
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_every_publish_in_flight() {
+    const N: u64 = 3000;
+    let mut cluster = Cluster::builder()
+        .consumers(2)
+        .producers(1)
+        .queues(open_queues())
+        .start()
+        .await;
+    let mut publisher = cluster.publisher(0).await;
+    for id in 0..N {
+        publisher
+            .send_text(&format!(
+                r#"{{"type":"publish","id":{id},"topic":"bulk/t{}","payload":{id}}}"#,
+                id % 7
+            ))
+            .await;
+    }
+    let stopping = tokio::spawn(async move {
+        cluster.stop_producer(0).await;
+        cluster
+    });
+    let mut answered = BTreeSet::new();
+    let close = loop {
+        match publisher.recv_raw().await {
+            Received::Frame(text) => match Frame::decode(text.as_bytes(), usize::MAX).unwrap() {
+                Frame::Ack(ack) => {
+                    assert!(answered.insert(ack.id), "answered twice");
+                }
+                Frame::Error(error) => {
+                    let id = error.id.unwrap();
+                    assert!(
+                        matches!(error.code.as_str(), "shutting_down" | "unavailable"),
+                        "{error:?}"
+                    );
+                    assert!(answered.insert(id), "answered twice");
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            Received::Close(code) => break code,
+            Received::Eof => break None,
+        }
+    };
+    // Every publish the producer read was answered before it went away, in
+    // order: the answered ids are exactly 0..k. (What it never read, the
+    // client can send to another producer.)
+    assert_eq!(close, Some(1001));
+    assert!(!answered.is_empty());
+    let expected: Vec<u64> = (0..answered.len() as u64).collect();
+    assert_eq!(answered.into_iter().collect::<Vec<_>>(), expected);
+    stopping.await.unwrap().shutdown().await;
+}
