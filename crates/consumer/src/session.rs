@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use shardq_protocol::frame::encode_publish_ack_into;
 use shardq_protocol::{
     Ack, CloseCode, ErrorCode, Frame, Position, Publish, RawValue, Subscribe, Topic, TopicFilter,
     Unsubscribe,
@@ -122,13 +123,13 @@ impl Session {
         }
     }
 
-    /// Handles frames that arrived together. Publishes of one topic are
-    /// sequenced and fanned out as one batch; frames of other kinds are
-    /// handled in arrival order, after the publishes before them.
+    /// Handles frames that arrived together, in arrival order; each run of
+    /// publishes to one topic is sequenced and fanned out as one batch.
     fn handle_burst(&mut self, burst: impl Iterator<Item = Utf8Bytes>, answers: &mut Vec<Bytes>) {
         let mut publishes: Vec<(Topic, Vec<Publish>)> = Vec::new();
         for text in burst {
-            let answer = match Frame::decode(text.as_bytes(), self.shared.limits.max_frame_bytes) {
+            let answer = match Frame::decode_str(text.as_str(), self.shared.limits.max_frame_bytes)
+            {
                 Ok(Frame::Publish(publish)) if self.endpoint == Endpoint::Cluster => {
                     match publishes
                         .iter_mut()
@@ -183,8 +184,10 @@ impl Session {
             let payloads: Vec<&RawValue> = group.iter().map(|p| &*p.payload).collect();
             let first = self.shared.topics.publish_many(&topic, &payloads);
             for (publish, offset) in group.iter().zip(first.offset..) {
-                let ack = Frame::Ack(Ack::published(publish.id, Position { offset, ..first }));
-                answers.push(ws::text_frame(ack.encode().as_bytes()));
+                let at = Position { offset, ..first };
+                answers.push(ws::text_frame_with(64, |out| {
+                    encode_publish_ack_into(out, publish.id, at)
+                }));
             }
         }
     }

@@ -174,10 +174,12 @@ impl TopicTable {
                     })
                 })
                 .collect();
-            let batch = FrameBatch::new(frames);
-            self.fan_out(&state.subscribers, &batch, payloads);
-            for (frame, offset) in batch.frames().iter().zip(first.offset..) {
-                self.retain(&cell, &mut state, offset, frame.clone());
+            if !state.subscribers.is_empty() {
+                let batch = FrameBatch::new(frames.clone());
+                self.fan_out(&state.subscribers, &batch, payloads);
+            }
+            for (frame, offset) in frames.into_iter().zip(first.offset..) {
+                self.retain(&cell, &mut state, offset, frame);
             }
             drop(state);
             self.metrics.messages_in.inc_by(payloads.len() as u64);

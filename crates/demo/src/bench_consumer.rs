@@ -6,16 +6,16 @@
 //! the consumer's core saturates first.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shardq_protocol::{ClusterConfig, NodeEntry, Psk, QueueConfig};
+use shardq_protocol::Psk;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 use crate::lean::{LeanConn, message_offset};
+use crate::processes::{self, NodeProcesses};
 use crate::procstat;
 
 /// What to measure.
@@ -55,162 +55,48 @@ pub struct BenchConsumerArgs {
     /// The scenario.
     #[command(subcommand)]
     pub scenario: Scenario,
-    /// The consumer binary (default: `shardq-consumer` next to this one).
+    /// Where the node binaries are (default: next to this one).
     #[arg(long, global = true)]
-    pub consumer_bin: Option<PathBuf>,
+    pub bin_dir: Option<PathBuf>,
     /// Do not pin the consumer and the generator to separate CPUs.
     #[arg(long, global = true)]
     pub no_pin: bool,
 }
 
+/// The consumer under test.
 struct ConsumerProcess {
-    child: Child,
+    nodes: NodeProcesses,
     addr: String,
     psk: Psk,
-    _dir: TempDir,
-}
-
-impl Drop for ConsumerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
-fn spawn_consumer(args: &BenchConsumerArgs, fd_limit: u64) -> Result<ConsumerProcess, String> {
-    let bin = match &args.consumer_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("shardq-consumer"),
-    };
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it first (cargo build --release -p shardq-consumer) or pass --consumer-bin",
-            bin.display()
-        ));
-    }
-    let dir = TempDir(std::env::temp_dir().join(format!("shardq-bench-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).map_err(|e| e.to_string())?;
-    let (port, admin) = (free_port()?, free_port()?);
-    let mut queues = QueueConfig::new();
-    queues.set_open_topics(true);
-    // Benchmarks outlast a ping interval; the lean client does not answer pings.
-    let limits = shardq_protocol::Limits {
-        ping_interval_ms: 3_600_000,
-        ..Default::default()
-    };
-    let config = ClusterConfig {
-        consumers: vec![NodeEntry {
-            id: "consumer-0".into(),
-            url: format!("ws://127.0.0.1:{port}"),
-            admin: Some(format!("http://127.0.0.1:{admin}")),
-            listen: Some(format!("127.0.0.1:{port}")),
-        }],
-        producers: Vec::new(),
-        queues,
-        limits,
-        psk_file: None,
-    };
-    let path = dir.0.join("shardq.toml");
-    std::fs::write(&path, config.to_toml()).map_err(|e| e.to_string())?;
-    let psk = Psk::generate();
-    let mut command = Command::new("prlimit");
-    command.arg(format!("--nofile={fd_limit}:{fd_limit}"));
-    if !args.no_pin {
-        command.args(["taskset", "-c", "0"]);
-    }
-    command
-        .arg(&bin)
-        .arg("--config")
-        .arg(&path)
-        .args(["--id", "consumer-0"])
-        .env(
-            "SHARDQ_PSK",
-            String::from_utf8_lossy(psk.as_bytes()).as_ref(),
-        )
-        .env("TOKIO_WORKER_THREADS", "1")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    let child = command.spawn().map_err(|e| {
-        format!(
-            "cannot start {} (needs prlimit and taskset): {e}",
-            bin.display()
-        )
-    })?;
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        if Instant::now() > deadline {
-            return Err("the consumer did not start listening within 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(ConsumerProcess {
-        child,
-        addr,
-        psk,
-        _dir: dir,
-    })
-}
-
-fn pin_self(args: &BenchConsumerArgs, fd_limit: u64) -> Result<(), String> {
-    let pid = std::process::id().to_string();
-    let prlimit = Command::new("prlimit")
-        .args(["--pid", &pid, &format!("--nofile={fd_limit}:{fd_limit}")])
-        .status();
-    if !prlimit.is_ok_and(|status| status.success()) {
-        return Err(format!(
-            "cannot raise the open-files limit to {fd_limit} (prlimit)"
-        ));
-    }
-    if !args.no_pin {
-        let pinned = Command::new("taskset")
-            .args(["-a", "-p", "-c", "1", &pid])
-            .stdout(Stdio::null())
-            .status();
-        if !pinned.is_ok_and(|status| status.success()) {
-            return Err("cannot pin the load generator to CPU 1 (taskset)".into());
-        }
-    }
-    Ok(())
-}
-
-fn hard_fd_limit() -> u64 {
-    let output = Command::new("sh").args(["-c", "ulimit -Hn"]).output();
-    output
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(4096)
 }
 
 /// Runs the benchmark and prints its report; the report as JSON.
 pub fn run(args: BenchConsumerArgs) -> Result<serde_json::Value, String> {
-    let fd_limit = hard_fd_limit();
-    pin_self(&args, fd_limit)?;
-    let consumer = spawn_consumer(&args, fd_limit)?;
+    let fd_limit = processes::hard_fd_limit();
+    let pin = !args.no_pin;
+    processes::prepare_self(pin.then_some("1"), fd_limit)?;
+    let nodes = NodeProcesses::start(
+        processes::plan(1, 0)?,
+        &args.bin_dir,
+        |_| pin.then(|| "0".to_owned()),
+        fd_limit,
+    )?;
+    let consumer = ConsumerProcess {
+        addr: nodes.config.consumers[0]
+            .url
+            .trim_start_matches("ws://")
+            .to_owned(),
+        psk: nodes.psk.clone(),
+        nodes,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let pid = consumer.child.id();
+    let pid = consumer
+        .nodes
+        .pid("consumer-0")
+        .ok_or("the consumer process is gone")?;
     match args.scenario {
         Scenario::Fanout {
             subscribers,

@@ -2,7 +2,9 @@
 //! deployed cluster, publish/subscribe at a terminal, and load generators.
 
 mod bench_consumer;
+mod bench_producer;
 mod lean;
+mod processes;
 mod procstat;
 
 use std::process::ExitCode;
@@ -27,19 +29,29 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Measure one producer process: acked publishes/s, CPU per publish, latency.
+    BenchProducer {
+        #[command(flatten)]
+        args: bench_producer::BenchProducerArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::BenchConsumer { args, json } => bench_consumer::run(args).map(|report| {
-            if json {
-                println!("{report}");
-            } else {
-                print_report(&report);
-            }
-        }),
+    let (report, json) = match cli.command {
+        Command::BenchConsumer { args, json } => (bench_consumer::run(args), json),
+        Command::BenchProducer { args, json } => (bench_producer::run(args), json),
     };
+    let result = report.map(|report| {
+        if json {
+            println!("{report}");
+        } else {
+            print_report(&report);
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

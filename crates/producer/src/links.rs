@@ -24,6 +24,7 @@ use shardq_consumer::net::channel::{Channel, Ended};
 use shardq_consumer::net::conn::{Reader, spawn_writer};
 use shardq_consumer::net::outbox::{FrameBatch, Outbox};
 use shardq_consumer::net::ws::{self, Role};
+use shardq_protocol::frame::{encode_publish_ack_into, encode_publish_into, parse_publish_ack};
 use shardq_protocol::{
     ClusterConfig, ErrorCode, Frame, Limits, NodeEntry, Position, Psk, RawValue, Router, Topic,
 };
@@ -242,7 +243,7 @@ impl ConsumerLink {
                 },
             );
             json.clear();
-            encode_publish(&mut json, id, &request.topic, &request.payload);
+            encode_publish_into(&mut json, id, &request.topic, &request.payload);
             frames.push(ws::masked_text_frame(&json));
         }
         // Pushed under the lock, so frames leave in id order.
@@ -304,7 +305,14 @@ impl ConsumerLink {
         let mut answers = Vec::new();
         let mut state = self.lock();
         for text in texts {
-            let (id, answer) = match Frame::decode(text.as_bytes(), usize::MAX) {
+            // Nearly every frame is an ack in the consumer's fixed form.
+            if let Some((id, at)) = parse_publish_ack(text.as_str()) {
+                if let Some(pending) = state.pending.take(id) {
+                    answers.push((pending.reply, Answer::Acked(at)));
+                }
+                continue;
+            }
+            let (id, answer) = match Frame::decode_str(text.as_str(), usize::MAX) {
                 Ok(Frame::Ack(ack)) => match ack.position() {
                     Some(at) => (ack.id, Answer::Acked(at)),
                     None => (
@@ -577,56 +585,7 @@ impl Links {
     }
 }
 
-/// `{"type":"publish","id":N,"topic":"…","payload":…}`, the payload copied verbatim.
-fn encode_publish(out: &mut Vec<u8>, id: u64, topic: &Topic, payload: &RawValue) {
-    use std::io::Write as _;
-    let _ = write!(
-        out,
-        r#"{{"type":"publish","id":{id},"topic":"{topic}","payload":"#
-    );
-    out.extend_from_slice(payload.get().as_bytes());
-    out.push(b'}');
-}
-
-/// `{"type":"ack","id":N,"epoch":E,"offset":O}` as a server frame.
+/// A publish's ack as a server frame for the publisher.
 fn encode_ack(id: u64, at: Position) -> Bytes {
-    use std::io::Write as _;
-    ws::text_frame_with(64, |out| {
-        let _ = write!(
-            out,
-            r#"{{"type":"ack","id":{id},"epoch":{},"offset":{}}}"#,
-            at.epoch, at.offset
-        );
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shardq_protocol::{Ack, Publish};
-
-    #[test]
-    fn hand_encodings_match_the_protocol_crate() {
-        let topic = Topic::parse("files/save").unwrap();
-        let payload = RawValue::from_string(r#"{"a": [1, 2]}"#.into()).unwrap();
-        let mut fast = Vec::new();
-        encode_publish(&mut fast, 42, &topic, &payload);
-        let slow = Frame::Publish(Publish {
-            id: 42,
-            topic,
-            payload,
-        })
-        .encode();
-        assert_eq!(String::from_utf8(fast).unwrap(), slow);
-
-        let at = Position {
-            epoch: 9_007_199_254_740_991,
-            offset: 7,
-        };
-        let frame = encode_ack(3, at);
-        assert_eq!(
-            &frame[2..],
-            Frame::Ack(Ack::published(3, at)).encode().as_bytes()
-        );
-    }
+    ws::text_frame_with(64, |out| encode_publish_ack_into(out, id, at))
 }

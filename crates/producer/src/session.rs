@@ -136,7 +136,7 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
         let mut batches = Batches(Vec::new());
         let mut stopped = false;
         for text in burst.drain(..) {
-            let publish = match Frame::decode(text.as_bytes(), shared.limits.max_frame_bytes) {
+            let publish = match Frame::decode_str(text.as_str(), shared.limits.max_frame_bytes) {
                 Ok(Frame::Publish(publish)) => publish,
                 Ok(other) => {
                     let refusal = Frame::error(

@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Write as _;
 
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
@@ -270,6 +269,15 @@ impl Frame {
     pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, DecodeError> {
         decode(bytes, limit)
     }
+
+    /// Decodes one frame from text known to be UTF-8 (see [`decode_str`]).
+    pub fn decode_str(text: &str, limit: usize) -> Result<Frame, DecodeError> {
+        decode_str(text, limit)
+    }
+}
+
+fn push_number(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// Appends the JSON of a `message` frame to `out`, byte-identical to
@@ -278,13 +286,81 @@ pub fn encode_message_into(out: &mut Vec<u8>, topic: &Topic, at: Position, paylo
     // Topics never need escaping (see `Topic`), so they are written verbatim.
     out.extend_from_slice(b"{\"type\":\"message\",\"topic\":\"");
     out.extend_from_slice(topic.as_str().as_bytes());
-    let _ = write!(
-        out,
-        "\",\"epoch\":{},\"offset\":{},\"payload\":",
-        at.epoch, at.offset
-    );
+    out.extend_from_slice(b"\",\"epoch\":");
+    push_number(out, at.epoch);
+    out.extend_from_slice(b",\"offset\":");
+    push_number(out, at.offset);
+    out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(payload.get().as_bytes());
     out.push(b'}');
+}
+
+/// Appends the JSON of a `publish` frame, byte-identical to
+/// `Frame::Publish(..).encode()`; the payload is copied verbatim.
+pub fn encode_publish_into(out: &mut Vec<u8>, id: u64, topic: &Topic, payload: &RawValue) {
+    out.extend_from_slice(b"{\"type\":\"publish\",\"id\":");
+    push_number(out, id);
+    out.extend_from_slice(b",\"topic\":\"");
+    out.extend_from_slice(topic.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"payload\":");
+    out.extend_from_slice(payload.get().as_bytes());
+    out.push(b'}');
+}
+
+/// Appends the JSON of a publish's `ack`, byte-identical to
+/// `Frame::Ack(Ack::published(id, at)).encode()`.
+pub fn encode_publish_ack_into(out: &mut Vec<u8>, id: u64, at: Position) {
+    out.extend_from_slice(b"{\"type\":\"ack\",\"id\":");
+    push_number(out, id);
+    out.extend_from_slice(b",\"epoch\":");
+    push_number(out, at.epoch);
+    out.extend_from_slice(b",\"offset\":");
+    push_number(out, at.offset);
+    out.push(b'}');
+}
+
+/// Reads a publish's `ack` in exactly the form
+/// [`encode_publish_ack_into`] writes, without a JSON parser; `None` for
+/// anything else (decode those with [`decode_str`]).
+pub fn parse_publish_ack(text: &str) -> Option<(u64, Position)> {
+    let rest = text.strip_prefix("{\"type\":\"ack\",\"id\":")?;
+    let (id, rest) = leading_number(rest)?;
+    let rest = rest.strip_prefix(",\"epoch\":")?;
+    let (epoch, rest) = leading_number(rest)?;
+    let rest = rest.strip_prefix(",\"offset\":")?;
+    let (offset, rest) = leading_number(rest)?;
+    (rest == "}").then_some((id, Position { epoch, offset }))
+}
+
+/// Reads a `publish` in exactly the form [`encode_publish_into`] writes
+/// (`{"type":"publish","id":N,"topic":"q/e","payload":…}`, no spaces) with
+/// one validating pass over the payload and none over the rest; `None` for
+/// any other shape (decode those with [`decode_str`], which accepts every
+/// valid form and reports errors).
+pub fn parse_publish(text: &str) -> Option<Publish> {
+    let rest = text.strip_prefix("{\"type\":\"publish\",\"id\":")?;
+    let (id, rest) = leading_number(rest)?;
+    let rest = rest.strip_prefix(",\"topic\":\"")?;
+    let (topic, rest) = rest.split_once('"')?;
+    let payload = rest.strip_prefix(",\"payload\":")?.strip_suffix('}')?;
+    let topic = Topic::parse(topic).ok()?;
+    let payload: &RawValue = serde_json::from_str(payload).ok()?;
+    Some(Publish {
+        id,
+        topic,
+        payload: payload.to_owned(),
+    })
+}
+
+/// A JSON unsigned integer at the start of `text` (no leading zeros, no
+/// overflow) and what follows it.
+fn leading_number(text: &str) -> Option<(u64, &str)> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || (digits > 1 && text.starts_with('0')) {
+        return None;
+    }
+    let (number, rest) = text.split_at(digits);
+    Some((number.parse().ok()?, rest))
 }
 
 /// Machine-readable error codes (the `code` of an `error` frame).
@@ -541,6 +617,24 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
+/// Decodes one frame of at most `limit` bytes from text already known to be
+/// UTF-8 (a WebSocket text message), skipping a second UTF-8 validation.
+/// Publishes in their canonical form take a faster path with the same
+/// result ([`parse_publish`]).
+pub fn decode_str(text: &str, limit: usize) -> Result<Frame, DecodeError> {
+    if text.len() > limit {
+        return Err(DecodeError::TooLarge {
+            len: text.len(),
+            limit,
+        });
+    }
+    if let Some(publish) = parse_publish(text) {
+        return Ok(Frame::Publish(publish));
+    }
+    let wire: WireFrame<'_> = serde_json::from_str(text).map_err(DecodeError::Json)?;
+    wire.into_frame()
+}
+
 /// Every field any frame has, all optional: the first pass of decoding.
 /// (serde's internally tagged enums buffer their input, which raw payloads do
 /// not survive, so the tag is dispatched by hand.)
@@ -781,6 +875,83 @@ mod tests {
         })
         .encode();
         assert_eq!(String::from_utf8(fast).unwrap(), slow);
+    }
+
+    #[test]
+    fn fast_publish_and_ack_encodings_match_serde() {
+        let topic = Topic::parse("files/save").unwrap();
+        let payload = raw(r#"{"a": [1, 2]}"#);
+        let mut fast = Vec::new();
+        encode_publish_into(&mut fast, 42, &topic, &payload);
+        let slow = Frame::Publish(Publish {
+            id: 42,
+            topic,
+            payload,
+        })
+        .encode();
+        assert_eq!(String::from_utf8(fast).unwrap(), slow);
+        for (id, epoch, offset) in [
+            (0, 1, 0),
+            (7, 9_007_199_254_740_991, 12),
+            (u64::MAX, 5, u64::MAX),
+        ] {
+            let at = Position { epoch, offset };
+            let mut fast = Vec::new();
+            encode_publish_ack_into(&mut fast, id, at);
+            let text = String::from_utf8(fast).unwrap();
+            assert_eq!(text, Frame::Ack(Ack::published(id, at)).encode());
+            assert_eq!(parse_publish_ack(&text), Some((id, at)));
+        }
+    }
+
+    #[test]
+    fn fast_publish_parsing_agrees_with_the_decoder() {
+        let fast = [
+            r#"{"type":"publish","id":7,"topic":"files/save","payload":{"a":[1,2,{"b":"}"}]}}"#,
+            r#"{"type":"publish","id":0,"topic":"a/b","payload":"x"}"#,
+            r#"{"type":"publish","id":1,"topic":"a/b","payload":null}"#,
+        ];
+        for text in fast {
+            let parsed = parse_publish(text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(Frame::Publish(parsed), decode_str(text, LIMIT).unwrap());
+        }
+        // Anything else falls back to the decoder.
+        for text in [
+            r#"{"type":"publish","id":1,"topic":"a/b","payload":1,"extra":2}"#,
+            r#"{"type":"publish","id":1,"topic":"a\u002fb","payload":1}"#,
+            r#"{"type":"publish", "id":1,"topic":"a/b","payload":1}"#,
+            r#"{"type":"publish","id":1,"topic":"a/b","payload":{"x":}"#,
+            r#"{"type":"publish","id":1,"topic":"a b/c","payload":1}"#,
+        ] {
+            assert!(parse_publish(text).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn fast_ack_parsing_refuses_other_shapes() {
+        for text in [
+            r#"{"type":"ack","id":1}"#,
+            r#"{"type":"ack","id":01,"epoch":1,"offset":1}"#,
+            r#"{"type":"ack","id":1,"epoch":1,"offset":1,"x":2}"#,
+            r#"{"type":"ack","id":1,"epoch":1,"offset":99999999999999999999}"#,
+            r#"{"id":1,"type":"ack","epoch":1,"offset":1}"#,
+            r#"{"type":"ack","id":-1,"epoch":1,"offset":1}"#,
+        ] {
+            assert_eq!(parse_publish_ack(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn decoding_text_and_bytes_agree() {
+        let text = r#"{"type":"publish","id":5,"topic":"a/b","payload":"\u00e9"}"#;
+        assert_eq!(
+            decode_str(text, LIMIT).unwrap(),
+            decode(text.as_bytes(), LIMIT).unwrap()
+        );
+        assert!(matches!(
+            decode_str("x".repeat(10).as_str(), 4),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]

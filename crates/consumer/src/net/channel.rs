@@ -140,7 +140,7 @@ impl Channel {
                 Some(Err(Ended::Peer))
             }
             Incoming::Violation(code, why) => {
-                tracing::debug!(%why, "closing connection");
+                tracing::info!(%why, "closing connection: the peer broke the protocol");
                 Some(Err(self.close(code)))
             }
         }

@@ -189,7 +189,7 @@ pub enum Incoming {
     /// The connection broke.
     Closed,
     /// The peer violated a limit or the WebSocket protocol: close with this code.
-    Violation(CloseCode, &'static str),
+    Violation(CloseCode, String),
 }
 
 /// The read side of a connection.
@@ -208,27 +208,34 @@ impl Reader {
             return match item {
                 Ok(Message::Text(text)) => {
                     if self.preauth_limit.is_some_and(|limit| text.len() > limit) {
-                        Incoming::Violation(CloseCode::FrameTooLarge, "frame too large")
+                        Incoming::Violation(CloseCode::FrameTooLarge, "frame too large".into())
                     } else {
                         Incoming::Text(text)
                     }
                 }
                 Ok(Message::Binary(_)) => Incoming::Violation(
                     CloseCode::ProtocolError,
-                    "binary messages are not accepted",
+                    "binary messages are not accepted".into(),
                 ),
                 Ok(Message::Pong(_)) => Incoming::Pong,
                 // Pings are answered by tungstenite through the outbox.
                 Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => continue,
                 Ok(Message::Close(_)) => Incoming::PeerClosed,
-                Err(tungstenite::Error::Capacity(_)) => {
-                    Incoming::Violation(CloseCode::FrameTooLarge, "frame too large")
+                Err(tungstenite::Error::Capacity(error)) => {
+                    Incoming::Violation(CloseCode::FrameTooLarge, error.to_string())
                 }
                 Err(tungstenite::Error::Io(error)) if error.kind() == BUDGET_EXCEEDED => {
-                    Incoming::Violation(CloseCode::FrameTooLarge, "frame too large")
+                    Incoming::Violation(
+                        CloseCode::FrameTooLarge,
+                        "frame too large before authentication".into(),
+                    )
                 }
-                Err(tungstenite::Error::Protocol(_)) | Err(tungstenite::Error::Utf8(_)) => {
-                    Incoming::Violation(CloseCode::ProtocolError, "websocket protocol violation")
+                // The peer went away without a close frame: not a violation.
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => Incoming::Closed,
+                Err(error @ (tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_))) => {
+                    Incoming::Violation(CloseCode::ProtocolError, error.to_string())
                 }
                 Err(_) => Incoming::Closed,
             };

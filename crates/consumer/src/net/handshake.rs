@@ -63,7 +63,7 @@ pub async fn accept_shardq(
     let server = ServerHandshake::new(psk.clone(), node, Nonce::random());
     send(outbox, &server.hello().encode());
     let text = next_text(reader, outbox, deadline).await?;
-    let frame = match Frame::decode(text.as_bytes(), preauth_limit) {
+    let frame = match Frame::decode_str(&text, preauth_limit) {
         Ok(frame) => frame,
         Err(error) => {
             send(outbox, &error.to_frame().encode());

@@ -101,7 +101,7 @@ fn frame(opcode: u8, payload: &[u8], role: Role) -> Bytes {
         Role::Server => out.put_slice(payload),
         Role::Client => {
             out[1] |= MASKED;
-            let key: [u8; 4] = rand::random();
+            let key = mask_key();
             out.put_slice(&key);
             let start = out.len();
             out.put_slice(payload);
@@ -109,6 +109,25 @@ fn frame(opcode: u8, payload: &[u8], role: Role) -> Bytes {
         }
     }
     out.freeze()
+}
+
+thread_local! {
+    static MASK_STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random::<u64>() | 1);
+}
+
+/// A fresh masking key. Masking exists to stop browser-driven cache
+/// poisoning of intermediaries; node-to-node links need keys that vary
+/// unpredictably, not cryptographic ones, so a per-thread xorshift seeded
+/// from the OS generator does (a ChaCha draw per frame cost measurably more).
+fn mask_key() -> [u8; 4] {
+    MASK_STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        ((x >> 32) as u32).to_ne_bytes()
+    })
 }
 
 /// XORs `data` with the repeating 4-byte `key`, eight bytes at a time.
