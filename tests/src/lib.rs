@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod proxy;
 pub mod raw;
 
 use std::net::SocketAddr;

@@ -1,9 +1,40 @@
-//! The shardq client library.
+//! The shardq client library: publish to and subscribe from a shardq
+//! cluster over WebSocket, with acks as `Result`s, topics routed to their
+//! owner consumer, and automatic reconnect-and-resume.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use shardq::{Publisher, PublisherConfig, Subscriber, SubscriberConfig};
+//! use shardq::protocol::Psk;
+//!
+//! let psk = Psk::new(std::env::var("SHARDQ_PSK")?)?;
+//! let subscriber = Subscriber::connect(SubscriberConfig::new("ws://127.0.0.1:7100", psk.clone())).await?;
+//! let mut creates = subscriber.subscribe("database", "create").await?;
+//! let publisher = Publisher::connect(PublisherConfig::new(["ws://127.0.0.1:7000"], psk)).await?;
+//! publisher.publish("database", "create", &serde_json::json!({"id": 99})).await?;
+//! let message = creates.next_message().await.expect("subscribed");
+//! assert_eq!(message.payload.get(), r#"{"id":99}"#);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Layout
 //!
-//! - [`connection`]: open an authenticated shardq/1 connection.
+//! - [`publisher`]: [`Publisher`] and its [`Ack`].
+//! - [`subscriber`]: [`Subscriber`], [`Subscription`] streams, [`Event`]s
+//!   (a [`Message`] or a [`Gap`] a resume could not fill).
+//! - [`error`]: [`PublishError`], [`SubscribeError`].
+//! - [`connection`]: one authenticated shardq/1 connection (also used by
+//!   the nodes for their links).
 
 pub mod connection;
+pub mod error;
+pub mod publisher;
+pub mod subscriber;
 
+pub use error::{PublishError, SubscribeError};
+pub use publisher::{Ack, Publisher, PublisherConfig};
 pub use shardq_protocol as protocol;
+pub use subscriber::{
+    ConsumerAddress, Event, Gap, Message, Subscriber, SubscriberConfig, Subscription,
+};

@@ -1,0 +1,315 @@
+//! [`Publisher`]: publish to any producer of a list, each publish answered
+//! by an [`Ack`] (the owner's position for the message) or a typed error.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use shardq_protocol::frame::encode_publish_into;
+use shardq_protocol::{ClusterConfig, Frame, Psk, RawValue, Topic};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::connection::{self, ConnectError, WsStream};
+use crate::error::PublishError;
+
+/// Where and how a [`Publisher`] connects.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Producer URLs (`ws://host:port`; `/v1/publish` is added when no path
+    /// is given), tried in order; the next one is used when one fails.
+    pub urls: Vec<String>,
+    /// The pre-shared key.
+    pub psk: Psk,
+    /// A name for the producers' logs.
+    pub name: Option<String>,
+    /// Time allowed to connect and authenticate. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Time a publish waits for its answer. Default 10 s.
+    pub answer_timeout: Duration,
+}
+
+impl PublisherConfig {
+    /// A configuration for these producer URLs.
+    pub fn new(urls: impl IntoIterator<Item = impl Into<String>>, psk: Psk) -> PublisherConfig {
+        PublisherConfig {
+            urls: urls.into_iter().map(Into::into).collect(),
+            psk,
+            name: None,
+            connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Every producer of a cluster file.
+    pub fn from_cluster(cluster: &ClusterConfig, psk: Psk) -> PublisherConfig {
+        PublisherConfig::new(cluster.producers.iter().map(|entry| entry.url.clone()), psk)
+    }
+}
+
+/// What a producer answered for a published message: where the topic's
+/// owner sequenced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The topic.
+    pub topic: Topic,
+    /// The topic's epoch at its owner.
+    pub epoch: u64,
+    /// The message's offset in that epoch.
+    pub offset: u64,
+}
+
+struct Request {
+    topic: Topic,
+    payload: Box<RawValue>,
+    reply: oneshot::Sender<Result<Ack, PublishError>>,
+}
+
+/// Publishes to a shardq cluster through any of its producers. Cheap to
+/// clone; clones share one connection, and their publishes are pipelined.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use shardq::{Publisher, PublisherConfig};
+/// use shardq::protocol::Psk;
+///
+/// let psk = Psk::new(std::env::var("SHARDQ_PSK")?)?;
+/// let publisher = Publisher::connect(PublisherConfig::new(["ws://127.0.0.1:7000"], psk)).await?;
+/// let ack = publisher
+///     .publish("database", "create", &serde_json::json!({"id": 99, "name": "John"}))
+///     .await?;
+/// println!("database/create got offset {} in epoch {}", ack.offset, ack.epoch);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Publisher {
+    requests: mpsc::Sender<Request>,
+    answer_timeout: Duration,
+    _task: Arc<TaskGuard>,
+}
+
+/// Aborts the connection task when the last handle is dropped.
+struct TaskGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `url` with `path` appended when it has none.
+pub(crate) fn with_path(url: &str, path: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match rest.find('/') {
+        Some(at) if rest[at..].len() > 1 => url.to_owned(),
+        _ => format!("{}{path}", url.trim_end_matches('/')),
+    }
+}
+
+impl Publisher {
+    /// Connects to the first reachable producer of the list.
+    pub async fn connect(config: PublisherConfig) -> Result<Publisher, ConnectError> {
+        let urls: Vec<String> = config
+            .urls
+            .iter()
+            .map(|url| with_path(url, "/v1/publish"))
+            .collect();
+        let (socket, next) = connect_any(&urls, &config, 0).await?;
+        let (requests, inbox) = mpsc::channel(1024);
+        let task = tokio::spawn(run(socket, next, urls, config.clone(), inbox));
+        Ok(Publisher {
+            requests,
+            answer_timeout: config.answer_timeout,
+            _task: Arc::new(TaskGuard(task)),
+        })
+    }
+
+    /// Publishes `payload` (serialized as JSON) to `queue/event` and waits
+    /// for the owner's ack: the `Result` is the success or error callback.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        event: &str,
+        payload: &T,
+    ) -> Result<Ack, PublishError> {
+        let json = serde_json::to_string(payload).map_err(PublishError::InvalidPayload)?;
+        let payload = RawValue::from_string(json).map_err(PublishError::InvalidPayload)?;
+        self.send(Topic::new(queue, event)?, payload).await
+    }
+
+    /// Publishes pre-encoded JSON (checked, then sent byte for byte).
+    pub async fn publish_raw(
+        &self,
+        queue: &str,
+        event: &str,
+        json: &str,
+    ) -> Result<Ack, PublishError> {
+        let payload =
+            RawValue::from_string(json.to_owned()).map_err(PublishError::InvalidPayload)?;
+        self.send(Topic::new(queue, event)?, payload).await
+    }
+
+    async fn send(&self, topic: Topic, payload: Box<RawValue>) -> Result<Ack, PublishError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            topic,
+            payload,
+            reply,
+        };
+        let answered = tokio::time::timeout(self.answer_timeout, async {
+            self.requests
+                .send(request)
+                .await
+                .map_err(|_| PublishError::Closed)?;
+            answer.await.map_err(|_| PublishError::Closed)?
+        });
+        answered
+            .await
+            .unwrap_or(Err(PublishError::Timeout(self.answer_timeout)))
+    }
+}
+
+/// Tries the URLs in turn, starting at `start`; the socket and the index
+/// to try next time.
+async fn connect_any(
+    urls: &[String],
+    config: &PublisherConfig,
+    start: usize,
+) -> Result<(WsStream, usize), ConnectError> {
+    let mut last = None;
+    for step in 0..urls.len() {
+        let index = (start + step) % urls.len();
+        match connection::connect(
+            &urls[index],
+            &config.psk,
+            config.name.as_deref(),
+            config.connect_timeout,
+        )
+        .await
+        {
+            Ok(conn) => return Ok((conn.socket, index + 1)),
+            Err(error) if error.is_auth_failure() => return Err(error),
+            Err(error) => {
+                tracing::debug!(%error, "producer unreachable; trying the next");
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.unwrap_or(ConnectError::NotShardq {
+        url: String::new(),
+        reason: "no producer URL given".into(),
+    }))
+}
+
+/// The connection task: sends requests, matches answers, reconnects.
+async fn run(
+    mut socket: WsStream,
+    mut next: usize,
+    urls: Vec<String>,
+    config: PublisherConfig,
+    mut inbox: mpsc::Receiver<Request>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if serve(&mut socket, &mut inbox).await.is_err() {
+            return; // every handle is gone
+        }
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            match connect_any(&urls, &config, next).await {
+                Ok((fresh, after)) => {
+                    socket = fresh;
+                    next = after;
+                    backoff = Duration::from_millis(100);
+                    break;
+                }
+                Err(error) => tracing::warn!(%error, "no producer reachable; retrying"),
+            }
+        }
+    }
+}
+
+/// Serves one connection until it breaks (`Ok`) or every handle is gone (`Err`).
+async fn serve(socket: &mut WsStream, inbox: &mut mpsc::Receiver<Request>) -> Result<(), ()> {
+    let mut pending: HashMap<u64, (Topic, oneshot::Sender<Result<Ack, PublishError>>)> =
+        HashMap::new();
+    let mut next_id = 1u64;
+    let mut frame = Vec::new();
+    let outcome = loop {
+        tokio::select! {
+            request = inbox.recv() => {
+                let Some(mut request) = request else { break Err(()) };
+                // Send what is waiting as one flush.
+                loop {
+                    let id = next_id;
+                    next_id += 1;
+                    frame.clear();
+                    encode_publish_into(&mut frame, id, &request.topic, &request.payload);
+                    // Valid UTF-8: JSON text around a JSON payload.
+                    let text = String::from_utf8(std::mem::take(&mut frame)).unwrap_or_default();
+                    if socket.feed(Message::text(text)).await.is_err() {
+                        let _ = request.reply.send(Err(PublishError::Disconnected));
+                        break;
+                    }
+                    pending.insert(id, (request.topic, request.reply));
+                    match inbox.try_recv() {
+                        Ok(more) => request = more,
+                        Err(_) => break,
+                    }
+                }
+                if socket.flush().await.is_err() {
+                    break Ok(());
+                }
+            }
+            incoming = socket.next() => {
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ok(()),
+                    Some(Ok(_)) => continue,
+                };
+                let (id, answer) = match Frame::decode_str(text.as_str(), usize::MAX) {
+                    Ok(Frame::Ack(ack)) => match ack.position() {
+                        Some(at) => (ack.id, Ok(at)),
+                        None => continue,
+                    },
+                    Ok(Frame::Error(error)) => match error.id {
+                        Some(id) => (id, Err(PublishError::Refused { code: error.code, message: error.message })),
+                        None => {
+                            tracing::warn!(code = %error.code, message = %error.message, "producer reported an error");
+                            continue;
+                        }
+                    },
+                    _ => continue,
+                };
+                if let Some((topic, reply)) = pending.remove(&id) {
+                    let _ = reply.send(answer.map(|at| Ack { topic, epoch: at.epoch, offset: at.offset }));
+                }
+            }
+        }
+    };
+    for (_, (_, reply)) in pending.drain() {
+        let _ = reply.send(Err(PublishError::Disconnected));
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_paths() {
+        assert_eq!(with_path("ws://h:1", "/v1/publish"), "ws://h:1/v1/publish");
+        assert_eq!(with_path("ws://h:1/", "/v1/publish"), "ws://h:1/v1/publish");
+        assert_eq!(
+            with_path("ws://h:1/custom", "/v1/publish"),
+            "ws://h:1/custom"
+        );
+    }
+}
