@@ -24,9 +24,11 @@
 //! - [`subscriber`]: [`Subscriber`], [`Subscription`] streams, [`Event`]s
 //!   (a [`Message`] or a [`Gap`] a resume could not fill).
 //! - [`error`]: [`PublishError`], [`SubscribeError`].
+//! - [`cluster_file`]: read a cluster file and its psk.
 //! - [`connection`]: one authenticated shardq/1 connection (also used by
 //!   the nodes for their links).
 
+pub mod cluster_file;
 pub mod connection;
 pub mod error;
 pub mod publisher;

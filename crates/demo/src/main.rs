@@ -1,12 +1,20 @@
 //! `shardq-demo`: the embedded local cluster, the end-to-end check against a
-//! deployed cluster, publish/subscribe at a terminal, and load generators.
+//! deployed cluster, publish/subscribe at a terminal, health checks, and
+//! load generators.
 
+mod bench;
 mod bench_consumer;
 mod bench_producer;
+mod cluster;
+mod e2e;
+mod health;
 mod lean;
+mod local;
 mod processes;
 mod procstat;
+mod pubsub;
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +29,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a whole cluster in this process, check it end to end, report.
+    Local(local::LocalArgs),
+    /// Check a deployed cluster end to end (PASS/FAIL per check).
+    E2e(e2e::E2eArgs),
+    /// Publish a message (or one per stdin line).
+    Pub(pubsub::PubArgs),
+    /// Print each message of one or more topics as a JSON line.
+    Sub(pubsub::SubArgs),
+    /// Print the id of the consumer that owns a topic.
+    Owner(pubsub::OwnerArgs),
+    /// Exit 0 when an HTTP URL answers 200 (container healthchecks).
+    Health {
+        /// e.g. http://127.0.0.1:9100/healthz
+        url: String,
+    },
+    /// Load a cluster and report throughput, loss and latency.
+    Bench(bench::BenchArgs),
     /// Measure one consumer process: fan-out cost, or memory per idle subscriber.
     BenchConsumer {
         #[command(flatten)]
@@ -39,19 +64,40 @@ enum Command {
     },
 }
 
+fn block_on<T>(future: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(future)
+}
+
 fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let cli = Cli::parse();
-    let (report, json) = match cli.command {
-        Command::BenchConsumer { args, json } => (bench_consumer::run(args), json),
-        Command::BenchProducer { args, json } => (bench_producer::run(args), json),
-    };
-    let result = report.map(|report| {
-        if json {
-            println!("{report}");
-        } else {
-            print_report(&report);
+    let result = match cli.command {
+        Command::Local(args) => block_on(local::run(args)),
+        Command::E2e(args) => block_on(e2e::run(args)),
+        Command::Pub(args) => block_on(pubsub::publish(args)),
+        Command::Sub(args) => block_on(pubsub::subscribe(args)),
+        Command::Owner(args) => pubsub::owner(args),
+        Command::Health { url } => block_on(async move { health::run(&url).await }),
+        Command::Bench(args) => {
+            let json = args.json;
+            block_on(bench::run(args)).map(|report| print_report(&report, json))
         }
-    });
+        Command::BenchConsumer { args, json } => {
+            bench_consumer::run(args).map(|report| print_report(&report, json))
+        }
+        Command::BenchProducer { args, json } => {
+            bench_producer::run(args).map(|report| print_report(&report, json))
+        }
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -61,7 +107,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_report(report: &serde_json::Value) {
+fn print_report(report: &serde_json::Value, json: bool) {
+    if json {
+        println!("{report}");
+        return;
+    }
     if let Some(fields) = report.as_object() {
         let width = fields.keys().map(String::len).max().unwrap_or(0);
         for (key, value) in fields {

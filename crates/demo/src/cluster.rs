@@ -1,0 +1,172 @@
+//! The cluster a command works on: a cluster file and its psk, or an
+//! embedded cluster started in this process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use shardq_protocol::{ClusterConfig, Limits, NodeEntry, Psk, QueueConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// `--config FILE` (or `SHARDQ_CONFIG`): the cluster file; the psk comes
+/// from `SHARDQ_PSK` or the file's `psk_file`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// The cluster file (TOML) the nodes run with.
+    #[arg(long, env = "SHARDQ_CONFIG")]
+    pub config: PathBuf,
+}
+
+impl ClusterArgs {
+    /// The cluster file and the psk, or one line saying what is wrong.
+    pub fn load(&self) -> Result<(ClusterConfig, Psk), String> {
+        shardq::cluster_file::load(&self.config).map_err(|e| e.to_string())
+    }
+}
+
+/// The seeds' queues: `database` {create, read, update, delete, error} and
+/// `files` {save, error}.
+pub fn seed_queues() -> QueueConfig {
+    let mut queues = QueueConfig::new();
+    // Both lists are valid names; declaring them cannot fail.
+    let _ = queues.declare("database", ["create", "read", "update", "delete", "error"]);
+    let _ = queues.declare("files", ["save", "error"]);
+    queues
+}
+
+/// A cluster running inside this process on 127.0.0.1.
+pub struct Embedded {
+    /// Its cluster file (with the real ports).
+    pub config: ClusterConfig,
+    /// Its psk (fresh and random).
+    pub psk: Psk,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn listeners(
+    kind: &str,
+    count: usize,
+) -> Result<Vec<(NodeEntry, TcpListener, TcpListener)>, String> {
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        let bind = || TcpListener::bind("127.0.0.1:0");
+        let ws = bind()
+            .await
+            .map_err(|e| format!("cannot bind 127.0.0.1: {e}"))?;
+        let admin = bind()
+            .await
+            .map_err(|e| format!("cannot bind 127.0.0.1: {e}"))?;
+        let addr = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
+        let (ws_addr, admin_addr): (SocketAddr, SocketAddr) = (addr(&ws)?, addr(&admin)?);
+        let entry = NodeEntry {
+            id: format!("{kind}-{i}"),
+            url: format!("ws://{ws_addr}"),
+            admin: Some(format!("http://{admin_addr}")),
+            listen: Some(ws_addr.to_string()),
+        };
+        nodes.push((entry, ws, admin));
+    }
+    Ok(nodes)
+}
+
+impl Embedded {
+    /// Starts `consumers` consumers and `producers` producers with `queues`
+    /// and waits until every producer has its links up.
+    pub async fn start(
+        consumers: usize,
+        producers: usize,
+        queues: QueueConfig,
+    ) -> Result<Embedded, String> {
+        let consumer_nodes = listeners("consumer", consumers).await?;
+        let producer_nodes = listeners("producer", producers).await?;
+        let config = ClusterConfig {
+            consumers: consumer_nodes
+                .iter()
+                .map(|(entry, _, _)| entry.clone())
+                .collect(),
+            producers: producer_nodes
+                .iter()
+                .map(|(entry, _, _)| entry.clone())
+                .collect(),
+            queues,
+            limits: Limits::default(),
+            psk_file: None,
+        };
+        let psk = Psk::generate();
+        let (stop, stopped) = watch::channel(false);
+        let until_stop = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let mut tasks = Vec::new();
+        for (entry, ws, admin) in consumer_nodes {
+            let config = shardq_consumer::ConsumerConfig {
+                id: entry.id,
+                cluster: config.clone(),
+                psk: psk.clone(),
+            };
+            tasks.push(tokio::spawn(shardq_consumer::run(
+                ws,
+                Some(admin),
+                config,
+                until_stop(stopped.clone()),
+            )));
+        }
+        for (entry, ws, admin) in producer_nodes {
+            let config = shardq_producer::ProducerConfig {
+                id: entry.id,
+                cluster: config.clone(),
+                psk: psk.clone(),
+            };
+            tasks.push(tokio::spawn(shardq_producer::run(
+                ws,
+                Some(admin),
+                config,
+                until_stop(stopped.clone()),
+            )));
+        }
+        let embedded = Embedded {
+            config,
+            psk,
+            stop,
+            tasks,
+        };
+        embedded.wait_ready(Duration::from_secs(10)).await?;
+        Ok(embedded)
+    }
+
+    async fn wait_ready(&self, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
+        for producer in &self.config.producers {
+            let admin = producer
+                .admin
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches("http://");
+            loop {
+                let body = crate::health::get(admin, "/readyz")
+                    .await
+                    .map(|(_, body)| body)
+                    .unwrap_or_default();
+                if body.matches(r#""state":"up""#).count() == self.config.consumers.len() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{}'s links did not come up: {body}", producer.id));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every node and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
