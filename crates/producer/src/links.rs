@@ -243,7 +243,7 @@ impl ConsumerLink {
                 },
             );
             json.clear();
-            encode_publish_into(&mut json, id, &request.topic, &request.payload);
+            encode_publish_into(&mut json, id, &request.topic, false, &request.payload);
             frames.push(ws::masked_text_frame(&json));
         }
         // Pushed under the lock, so frames leave in id order.

@@ -154,7 +154,10 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 }
             };
             shared.metrics.publishes_in.inc();
-            let Publish { id, topic, payload } = publish;
+            // `forwarded` means nothing coming from a publisher; it is not passed on.
+            let Publish {
+                id, topic, payload, ..
+            } = publish;
             if stopped {
                 answers.push(refusal(
                     shared,

@@ -93,6 +93,10 @@ pub struct Publish {
     pub id: u64,
     /// The topic.
     pub topic: Topic,
+    /// Consumer → consumer only: this publish was already forwarded once by
+    /// a consumer that does not own the topic; it is never forwarded again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forwarded: bool,
     /// Any JSON value, kept as raw text.
     pub payload: Box<RawValue>,
 }
@@ -209,6 +213,22 @@ impl Message {
     }
 }
 
+/// Consumer → consumer (peers subscribed on `/v1/cluster`): this node no
+/// longer owns the topic. Its epoch ended at `offset`; `owner` sequences it
+/// now (in this node's view). The node keeps relaying the topic to the
+/// peer until the peer re-points at the new owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Moved {
+    /// The topic.
+    pub topic: Topic,
+    /// The epoch that ended.
+    pub epoch: u64,
+    /// Its last offset.
+    pub offset: u64,
+    /// The new owner's id.
+    pub owner: String,
+}
+
 /// Every shardq/1 frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -231,6 +251,8 @@ pub enum Frame {
     Error(ErrorFrame),
     /// Server → client.
     Message(Message),
+    /// Consumer → peer consumer.
+    Moved(Moved),
 }
 
 impl Frame {
@@ -246,6 +268,7 @@ impl Frame {
             Frame::Ack(_) => "ack",
             Frame::Error(_) => "error",
             Frame::Message(_) => "message",
+            Frame::Moved(_) => "moved",
         }
     }
 
@@ -297,12 +320,22 @@ pub fn encode_message_into(out: &mut Vec<u8>, topic: &Topic, at: Position, paylo
 
 /// Appends the JSON of a `publish` frame, byte-identical to
 /// `Frame::Publish(..).encode()`; the payload is copied verbatim.
-pub fn encode_publish_into(out: &mut Vec<u8>, id: u64, topic: &Topic, payload: &RawValue) {
+pub fn encode_publish_into(
+    out: &mut Vec<u8>,
+    id: u64,
+    topic: &Topic,
+    forwarded: bool,
+    payload: &RawValue,
+) {
     out.extend_from_slice(b"{\"type\":\"publish\",\"id\":");
     push_number(out, id);
     out.extend_from_slice(b",\"topic\":\"");
     out.extend_from_slice(topic.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"payload\":");
+    out.push(b'"');
+    if forwarded {
+        out.extend_from_slice(b",\"forwarded\":true");
+    }
+    out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(payload.get().as_bytes());
     out.push(b'}');
 }
@@ -333,7 +366,8 @@ pub fn parse_publish_ack(text: &str) -> Option<(u64, Position)> {
 }
 
 /// Reads a `publish` in exactly the form [`encode_publish_into`] writes
-/// (`{"type":"publish","id":N,"topic":"q/e","payload":…}`, no spaces) with
+/// (`{"type":"publish","id":N,"topic":"q/e"[,"forwarded":true],"payload":…}`,
+/// no spaces) with
 /// one validating pass over the payload and none over the rest; `None` for
 /// any other shape (decode those with [`decode_str`], which accepts every
 /// valid form and reports errors).
@@ -342,12 +376,17 @@ pub fn parse_publish(text: &str) -> Option<Publish> {
     let (id, rest) = leading_number(rest)?;
     let rest = rest.strip_prefix(",\"topic\":\"")?;
     let (topic, rest) = rest.split_once('"')?;
+    let (forwarded, rest) = match rest.strip_prefix(",\"forwarded\":true") {
+        Some(rest) => (true, rest),
+        None => (false, rest),
+    };
     let payload = rest.strip_prefix(",\"payload\":")?.strip_suffix('}')?;
     let topic = Topic::parse(topic).ok()?;
     let payload: &RawValue = serde_json::from_str(payload).ok()?;
     Some(Publish {
         id,
         topic,
+        forwarded,
         payload: payload.to_owned(),
     })
 }
@@ -390,6 +429,9 @@ pub enum ErrorCode {
     AlreadySubscribed,
     /// The connection is not subscribed to the topic.
     NotSubscribed,
+    /// Consumer → consumer: a peer subscribed at a node that does not own
+    /// the topic in its view of the node list (views disagree for a while).
+    NotOwner,
     /// The node is shutting down and did not process the request.
     ShuttingDown,
     /// A fault inside the node.
@@ -400,7 +442,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this version defines.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::BadTopic,
@@ -413,6 +455,7 @@ impl ErrorCode {
         ErrorCode::TooManySubscriptions,
         ErrorCode::AlreadySubscribed,
         ErrorCode::NotSubscribed,
+        ErrorCode::NotOwner,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
     ];
@@ -432,6 +475,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::NotOwner => "not_owner",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
             ErrorCode::Other(code) => code,
@@ -652,6 +696,8 @@ struct WireFrame<'a> {
     since: Option<Position>,
     #[serde(default, deserialize_with = "present")]
     payload: Option<Box<RawValue>>,
+    forwarded: Option<bool>,
+    owner: Option<String>,
     epoch: Option<u64>,
     offset: Option<u64>,
     recovered: Option<bool>,
@@ -732,6 +778,7 @@ impl WireFrame<'_> {
             "publish" => Frame::Publish(Publish {
                 id: need!("publish", id),
                 topic: exact_topic(&need!("publish", topic))?,
+                forwarded: self.forwarded.unwrap_or(false),
                 payload: need!("publish", payload),
             }),
             "ack" => Frame::Ack(Ack {
@@ -751,6 +798,12 @@ impl WireFrame<'_> {
                 epoch: need!("message", epoch),
                 offset: need!("message", offset),
                 payload: need!("message", payload),
+            }),
+            "moved" => Frame::Moved(Moved {
+                topic: exact_topic(&need!("moved", topic))?,
+                epoch: need!("moved", epoch),
+                offset: need!("moved", offset),
+                owner: need!("moved", owner),
             }),
             other => return Err(DecodeError::UnknownType(other.chars().take(40).collect())),
         };
@@ -810,7 +863,20 @@ mod tests {
             Frame::Publish(Publish {
                 id: 4,
                 topic: topic.clone(),
+                forwarded: false,
                 payload: raw(r#"{"id":99,"name":"John"}"#),
+            }),
+            Frame::Publish(Publish {
+                id: 5,
+                topic: topic.clone(),
+                forwarded: true,
+                payload: raw("[]"),
+            }),
+            Frame::Moved(Moved {
+                topic: topic.clone(),
+                epoch: 3,
+                offset: 99,
+                owner: "consumer-3".into(),
             }),
             Frame::Ack(Ack::published(
                 4,
@@ -849,6 +915,7 @@ mod tests {
         let frame = Frame::Publish(Publish {
             id: 7,
             topic: Topic::parse("files/save").unwrap(),
+            forwarded: false,
             payload: raw(r#"{"path" : "/tmp/x", "n":[1, 2.50]}"#),
         });
         assert_eq!(
@@ -881,15 +948,20 @@ mod tests {
     fn fast_publish_and_ack_encodings_match_serde() {
         let topic = Topic::parse("files/save").unwrap();
         let payload = raw(r#"{"a": [1, 2]}"#);
-        let mut fast = Vec::new();
-        encode_publish_into(&mut fast, 42, &topic, &payload);
-        let slow = Frame::Publish(Publish {
-            id: 42,
-            topic,
-            payload,
-        })
-        .encode();
-        assert_eq!(String::from_utf8(fast).unwrap(), slow);
+        for forwarded in [false, true] {
+            let mut fast = Vec::new();
+            encode_publish_into(&mut fast, 42, &topic, forwarded, &payload);
+            let slow = Frame::Publish(Publish {
+                id: 42,
+                topic: topic.clone(),
+                forwarded,
+                payload: payload.clone(),
+            })
+            .encode();
+            let fast = String::from_utf8(fast).unwrap();
+            assert_eq!(fast, slow);
+            assert_eq!(parse_publish(&fast).unwrap().forwarded, forwarded);
+        }
         for (id, epoch, offset) in [
             (0, 1, 0),
             (7, 9_007_199_254_740_991, 12),
@@ -910,6 +982,7 @@ mod tests {
             r#"{"type":"publish","id":7,"topic":"files/save","payload":{"a":[1,2,{"b":"}"}]}}"#,
             r#"{"type":"publish","id":0,"topic":"a/b","payload":"x"}"#,
             r#"{"type":"publish","id":1,"topic":"a/b","payload":null}"#,
+            r#"{"type":"publish","id":2,"topic":"a/b","forwarded":true,"payload":1}"#,
         ];
         for text in fast {
             let parsed = parse_publish(text).unwrap_or_else(|| panic!("{text}"));

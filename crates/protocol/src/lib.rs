@@ -22,7 +22,8 @@ pub mod topic;
 
 pub use config::{ClusterConfig, ConfigError, Limits, NodeEntry};
 pub use frame::{
-    Ack, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Message, PROTOCOL_VERSION, Position,
+    Ack, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Message, Moved, PROTOCOL_VERSION,
+    Position,
     Publish, Subscribe, TopicPosition, Unsubscribe,
 };
 pub use handshake::{ClientHandshake, ClientStep, HandshakeError, Nonce, Psk, ServerHandshake};
