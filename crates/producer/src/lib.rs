@@ -8,17 +8,13 @@
 //! - [`server`]: [`run`], accept loop, admin routes (`/healthz`, `/readyz`,
 //!   `/metrics`), graceful shutdown.
 //! - `session`: publisher connections (`/v1/publish`, legacy `/produce`).
-//! - [`links`]: one persistent link per consumer, the in-flight window,
-//!   answers routed back to publishers.
-//! - [`pending`]: the in-flight table of one link.
 //! - [`metrics`]: the Prometheus metrics.
 //!
-//! The connection runtime (outbox, writer task, keepalive, handshakes) is
-//! shared with the consumer: `shardq_consumer::net`.
+//! The connection runtime (outbox, writer task, keepalive, handshakes) and
+//! the links to consumers are shared with the consumer:
+//! `shardq_consumer::net`.
 
-pub mod links;
 pub mod metrics;
-pub mod pending;
 pub mod server;
 mod session;
 

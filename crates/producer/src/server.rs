@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::links::Links;
 use crate::metrics::{EndpointLabel, ProducerMetrics};
 use crate::session;
+use shardq_consumer::net::link::{LinkOptions, Links};
 
 /// Everything a producer needs to run.
 #[derive(Debug, Clone)]
@@ -82,8 +82,17 @@ pub async fn run(
     let metrics = Arc::new(metrics);
     let links_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
+    let link_tasks = TaskTracker::new();
+    let options = LinkOptions {
+        own_id: None,
+        psk: config.psk.clone(),
+        node: config.id.clone(),
+        metrics: metrics.links.clone(),
+        handler: None,
+    };
+    let links = Links::start(&config.cluster, options, links_stop.clone(), &link_tasks);
     let shared = Arc::new(Shared {
-        links: Links::new(&config.cluster, metrics.clone()),
+        links,
         id: config.id,
         psk: config.psk,
         queues: config.cluster.queues.clone(),
@@ -92,10 +101,6 @@ pub async fn run(
         draining: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
-    let link_tasks = TaskTracker::new();
-    shared
-        .links
-        .start(&shared.psk, &shared.id, links_stop.clone(), &link_tasks);
     if let Some(admin_listener) = admin {
         let router = admin::base_routes(Arc::new(registry)).route(
             "/readyz",

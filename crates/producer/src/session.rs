@@ -20,49 +20,21 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::links::{InFlight, Reply, Request};
 use crate::server::Shared;
+use shardq_consumer::net::link::{self, Batches, ConsumerLink, InFlight, Reply, Request};
 
 /// Most frames read and handled as one burst.
 const BURST: usize = 64;
 /// How long a closed connection waits for the publisher's close.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Requests gathered per link during a burst, sent as one batch each.
-struct Batches(Vec<(usize, Vec<Request>)>);
-
-impl Batches {
-    fn add(&mut self, link: usize, request: Request) {
-        match self.0.iter_mut().find(|(index, _)| *index == link) {
-            Some((_, requests)) => requests.push(request),
-            None => self.0.push((link, vec![request])),
-        }
-    }
-
-    fn flush(&mut self, shared: &Shared) {
-        for (link, requests) in self.0.drain(..) {
-            shared.links.get(link).send(requests);
-        }
-    }
-}
-
-/// A window slot on `link`: at once if one is free; otherwise what was
-/// gathered is sent first and the connection waits (stops reading). `None`
-/// when the producer stops meanwhile.
+/// A window slot on `link`, or `None` when the producer stops meanwhile.
 async fn permit(
     shared: &Shared,
-    link: usize,
+    link: &Arc<ConsumerLink>,
     batches: &mut Batches,
 ) -> Option<OwnedSemaphorePermit> {
-    let window = shared.links.get(link).window().clone();
-    if let Ok(permit) = window.clone().try_acquire_owned() {
-        return Some(permit);
-    }
-    batches.flush(shared);
-    tokio::select! {
-        permit = window.acquire_owned() => permit.ok(),
-        () = shared.draining.cancelled() => None,
-    }
+    link::permit(link, batches, &shared.draining).await
 }
 
 /// A shardq/1 publisher on `/v1/publish`.
@@ -133,7 +105,8 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
             }
         }
         let mut answers: Vec<Bytes> = Vec::new();
-        let mut batches = Batches(Vec::new());
+        let mut batches = Batches::default();
+        let links = shared.links.current();
         let mut stopped = false;
         for text in burst.drain(..) {
             let publish = match Frame::decode_str(text.as_str(), shared.limits.max_frame_bytes) {
@@ -171,7 +144,15 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 answers.push(refusal(shared, id, error.code(), &error.to_string()));
                 continue;
             }
-            let link = shared.links.owner(&topic);
+            let Some(link) = links.owner(&topic) else {
+                answers.push(refusal(
+                    shared,
+                    id,
+                    ErrorCode::Unavailable,
+                    "the node list names no consumer",
+                ));
+                continue;
+            };
             let Some(permit) = permit(shared, link, &mut batches).await else {
                 stopped = true;
                 answers.push(refusal(
@@ -193,12 +174,13 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 Request {
                     topic,
                     payload,
+                    forwarded: false,
                     reply,
                     permit,
                 },
             );
         }
-        batches.flush(shared);
+        batches.flush();
         if !answers.is_empty()
             && channel
                 .outbox()
@@ -251,7 +233,7 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
         shared.limits.max_missed_pongs,
         shared.draining.clone(),
     );
-    let mut batches = Batches(Vec::new());
+    let mut batches = Batches::default();
     loop {
         let text = match channel.next_text().await {
             Ok(text) => text,
@@ -283,7 +265,11 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
                     continue;
                 }
             };
-        let link = shared.links.owner(&topic);
+        let links = shared.links.current();
+        let Some(link) = links.owner(&topic) else {
+            undelivered(&shared, "the node list names no consumer");
+            continue;
+        };
         let Some(permit) = permit(&shared, link, &mut batches).await else {
             undelivered(&shared, "the producer is shutting down");
             channel.close(CloseCode::GoingAway);
@@ -295,15 +281,16 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
             Request {
                 topic,
                 payload,
+                forwarded: false,
                 reply: Reply::Legacy,
                 permit,
             },
         );
-        batches.flush(&shared);
+        batches.flush();
     }
 }
 
 fn undelivered(shared: &Shared, why: &str) {
-    shared.metrics.legacy_undelivered.inc();
+    shared.metrics.links.legacy_undelivered.inc();
     tracing::warn!(%why, "legacy message not delivered");
 }

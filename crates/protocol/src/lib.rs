@@ -23,8 +23,7 @@ pub mod topic;
 pub use config::{ClusterConfig, ConfigError, Limits, NodeEntry};
 pub use frame::{
     Ack, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Message, Moved, PROTOCOL_VERSION,
-    Position,
-    Publish, Subscribe, TopicPosition, Unsubscribe,
+    Position, Publish, Subscribe, TopicPosition, Unsubscribe,
 };
 pub use handshake::{ClientHandshake, ClientStep, HandshakeError, Nonce, Psk, ServerHandshake};
 pub use routing::Router;
