@@ -8,11 +8,12 @@ pub mod proxy;
 pub mod raw;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardq_protocol::{ClusterConfig, Limits, NodeEntry, Psk, QueueConfig};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use raw::{LegacyClient, RawClient};
@@ -42,9 +43,15 @@ pub struct Node {
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    updates: watch::Sender<Arc<ClusterConfig>>,
 }
 
 impl Node {
+    /// Hands the node a new cluster file, as a SIGHUP after editing it would.
+    pub fn reload(&self, config: &ClusterConfig) {
+        self.updates.send_replace(Arc::new(config.clone()));
+    }
+
     /// `ws://127.0.0.1:port` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
@@ -180,12 +187,24 @@ impl Cluster {
 
     fn spawn_consumer(&self, index: usize, ws: TcpListener, admin: TcpListener) -> Node {
         let id = self.config.consumers[index].id.clone();
+        self.spawn_consumer_with(id, &self.config.clone(), ws, admin)
+    }
+
+    fn spawn_consumer_with(
+        &self,
+        id: String,
+        cluster: &ClusterConfig,
+        ws: TcpListener,
+        admin: TcpListener,
+    ) -> Node {
         let (addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel();
+        let (updates, watching) = watch::channel(Arc::new(cluster.clone()));
         let config = shardq_consumer::ConsumerConfig {
             id: id.clone(),
-            cluster: self.config.clone(),
+            cluster: cluster.clone(),
             psk: self.psk.clone(),
+            updates: Some(watching),
         };
         let task = tokio::spawn(shardq_consumer::run(ws, Some(admin), config, async move {
             let _ = stopped.await;
@@ -196,17 +215,48 @@ impl Cluster {
             admin: admin_addr,
             stop: Some(stop),
             task: Some(task),
+            updates,
         }
+    }
+
+    /// Starts one more consumer, named after the count, already running
+    /// with the grown cluster file; the other nodes still have the old one
+    /// (call [`Cluster::reload`]). Returns the grown file.
+    pub async fn add_consumer(&mut self) -> ClusterConfig {
+        let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let id = format!("consumer-{}", self.consumers.len());
+        let mut grown = self.config.clone();
+        grown.consumers.push(NodeEntry {
+            id: id.clone(),
+            url: format!("ws://{}", ws.local_addr().unwrap()),
+            admin: Some(format!("http://{}", admin.local_addr().unwrap())),
+            listen: None,
+        });
+        let node = self.spawn_consumer_with(id, &grown, ws, admin);
+        self.consumers.push(node);
+        grown
+    }
+
+    /// Hands every node (consumers first, then producers) a new cluster
+    /// file, as an operator editing it and sending SIGHUP would.
+    pub fn reload(&mut self, config: ClusterConfig) {
+        for node in self.consumers.iter().chain(&self.producers) {
+            node.reload(&config);
+        }
+        self.config = config;
     }
 
     fn spawn_producer(&self, index: usize, ws: TcpListener, admin: TcpListener) -> Node {
         let id = self.config.producers[index].id.clone();
         let (addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel();
+        let (updates, watching) = watch::channel(Arc::new(self.config.clone()));
         let config = shardq_producer::ProducerConfig {
             id: id.clone(),
             cluster: self.config.clone(),
             psk: self.psk.clone(),
+            updates: Some(watching),
         };
         let task = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
             let _ = stopped.await;
@@ -217,6 +267,7 @@ impl Cluster {
             admin: admin_addr,
             stop: Some(stop),
             task: Some(task),
+            updates,
         }
     }
 

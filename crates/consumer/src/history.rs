@@ -14,30 +14,49 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Weak};
 
 use bytes::Bytes;
+use shardq_protocol::Position;
 
 /// Bookkeeping bytes charged per retained message on top of its frame.
 pub const ENTRY_OVERHEAD: usize = 64;
 
-/// One topic's retained messages, oldest first.
+/// One retained message.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Position in this ring's own sequence (never reused, whatever the epoch).
+    seq: u64,
+    at: Position,
+    frame: Bytes,
+}
+
+/// Epoch ends remembered per ring (to resume across an epoch change).
+const SEALED_KEPT: usize = 8;
+
+/// One topic's retained messages, oldest first. A ring can hold several
+/// epochs in turn (a topic that changed owners); each epoch is one
+/// contiguous run, and the ends of finished epochs are remembered.
 #[derive(Debug, Default)]
 pub struct Ring {
-    entries: VecDeque<(u64, Bytes)>,
+    entries: VecDeque<Entry>,
     bytes: usize,
+    next_seq: u64,
+    sealed: VecDeque<Position>,
 }
 
 impl Ring {
-    /// Appends a message; returns the bytes it costs.
-    pub fn push(&mut self, offset: u64, frame: Bytes) -> usize {
+    /// Appends a message; returns its sequence number and the bytes it costs.
+    pub fn push(&mut self, at: Position, frame: Bytes) -> (u64, usize) {
         let cost = frame.len() + ENTRY_OVERHEAD;
-        self.entries.push_back((offset, frame));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.push_back(Entry { seq, at, frame });
         self.bytes += cost;
-        cost
+        (seq, cost)
     }
 
     /// Drops the oldest message; returns the bytes freed.
     pub fn pop_front(&mut self) -> Option<usize> {
-        let (_, frame) = self.entries.pop_front()?;
-        let cost = frame.len() + ENTRY_OVERHEAD;
+        let entry = self.entries.pop_front()?;
+        let cost = entry.frame.len() + ENTRY_OVERHEAD;
         self.bytes -= cost;
         Some(cost)
     }
@@ -50,9 +69,29 @@ impl Ring {
         freed
     }
 
-    /// Offset of the oldest retained message.
-    pub fn first_offset(&self) -> Option<u64> {
-        self.entries.front().map(|(offset, _)| *offset)
+    /// Records that an epoch ended at `end` (its last offset).
+    pub fn seal(&mut self, end: Position) {
+        if end.epoch != 0 && !self.sealed.contains(&end) {
+            self.sealed.push_back(end);
+            if self.sealed.len() > SEALED_KEPT {
+                self.sealed.pop_front();
+            }
+        }
+    }
+
+    /// Whether this epoch is known to have ended here.
+    pub fn is_sealed(&self, epoch: u64) -> bool {
+        self.sealed.iter().any(|end| end.epoch == epoch)
+    }
+
+    /// Sequence number of the oldest retained message.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.entries.front().map(|entry| entry.seq)
+    }
+
+    /// The sequence number the next message will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// Number of messages retained.
@@ -65,34 +104,90 @@ impl Ring {
         self.entries.is_empty()
     }
 
-    /// The frames with offsets greater than `after`, oldest first.
-    pub fn after(&self, after: u64) -> impl Iterator<Item = &Bytes> {
-        // Offsets are consecutive within a ring, so the start is computed.
-        let skip = match self.first_offset() {
-            Some(first) if after >= first => (after - first + 1) as usize,
-            _ => 0,
+    /// The frames with sequence numbers from `seq` on, oldest first.
+    pub fn from_seq(&self, seq: u64) -> Vec<Bytes> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.seq >= seq)
+            .map(|entry| entry.frame.clone())
+            .collect()
+    }
+
+    /// What to replay to resume after `since`, given the stream's latest
+    /// position `current`, and whether it continues `since` with no gap.
+    /// `since.epoch == 0` asks for the start of the current epoch.
+    pub fn replay(&self, since: Position, current: Position) -> (Vec<Bytes>, bool) {
+        let frames = |from: usize| -> Vec<Bytes> {
+            self.entries
+                .iter()
+                .skip(from)
+                .map(|entry| entry.frame.clone())
+                .collect()
         };
-        self.entries.iter().skip(skip).map(|(_, frame)| frame)
+        let current_epoch_start = self
+            .entries
+            .iter()
+            .position(|e| e.at.epoch == current.epoch);
+        if since.epoch == 0 {
+            return match current_epoch_start {
+                Some(start) => (frames(start), self.entries[start].at.offset == 1),
+                None => (Vec::new(), current.offset == 0),
+            };
+        }
+        if let Some(next) = self
+            .entries
+            .iter()
+            .position(|e| e.at.epoch == since.epoch && e.at.offset > since.offset)
+        {
+            return (
+                frames(next),
+                self.entries[next].at.offset == since.offset + 1,
+            );
+        }
+        if since.epoch == current.epoch && since.offset >= current.offset {
+            return (Vec::new(), true);
+        }
+        if self.sealed.contains(&since) {
+            // `since` was the last message of its epoch: resume with what came next.
+            let after = self
+                .entries
+                .iter()
+                .rposition(|e| e.at.epoch == since.epoch)
+                .map_or(0, |last| last + 1);
+            let rest = frames(after);
+            let complete = match self.entries.get(after) {
+                Some(entry) => entry.at.offset == 1,
+                None => current.epoch == since.epoch || current.offset == 0,
+            };
+            return (rest, complete);
+        }
+        // Another epoch, or one this ring no longer reaches: what the
+        // current epoch holds, and a gap.
+        match current_epoch_start {
+            Some(start) => (frames(start), false),
+            None => (Vec::new(), false),
+        }
     }
 }
 
 /// What a FIFO entry points at: a topic's cell, which tells whether the
 /// entry's message is still retained.
 pub trait Retains: Send + Sync {
-    /// Offset of the oldest message the topic still retains (`u64::MAX` when none).
+    /// Sequence number of the oldest message the topic still retains
+    /// (`u64::MAX` when none).
     fn first_retained(&self) -> u64;
 }
 
 struct FifoEntry<T> {
     topic: Weak<T>,
-    offset: u64,
+    seq: u64,
 }
 
 impl<T: Retains> FifoEntry<T> {
     fn is_stale(&self) -> bool {
         self.topic
             .upgrade()
-            .is_none_or(|topic| topic.first_retained() > self.offset)
+            .is_none_or(|topic| topic.first_retained() > self.seq)
     }
 }
 
@@ -121,13 +216,13 @@ impl<T: Retains> HistoryBudget<T> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a message just pushed onto `topic`'s ring. Called with the
-    /// topic's lock held.
-    pub fn added(&self, topic: Weak<T>, offset: u64, cost: usize) {
+    /// Records a message just pushed onto `topic`'s ring (with its ring
+    /// sequence number). Called with the topic's lock held.
+    pub fn added(&self, topic: Weak<T>, seq: u64, cost: usize) {
         self.bytes.fetch_add(cost, Ordering::Relaxed);
         let live = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
         let mut fifo = self.fifo();
-        fifo.push_back(FifoEntry { topic, offset });
+        fifo.push_back(FifoEntry { topic, seq });
         // Entries of messages a ring dropped by itself are stale: drop them
         // from the front, and compact when they pile up behind a live one.
         while fifo.front().is_some_and(FifoEntry::is_stale) {
@@ -150,14 +245,14 @@ impl<T: Retains> HistoryBudget<T> {
         self.bytes.load(Ordering::Relaxed) > self.limit
     }
 
-    /// Takes the oldest entry, for eviction. Call [`removed`](Self::removed)
-    /// for what the eviction frees.
+    /// Takes the oldest entry (its topic and ring sequence number), for
+    /// eviction. Call [`removed`](Self::removed) for what the eviction frees.
     pub fn oldest(&self) -> Option<(std::sync::Arc<T>, u64)> {
         let mut fifo = self.fifo();
         while let Some(entry) = fifo.pop_front() {
             if let Some(topic) = entry.topic.upgrade() {
-                if topic.first_retained() <= entry.offset {
-                    return Some((topic, entry.offset));
+                if topic.first_retained() <= entry.seq {
+                    return Some((topic, entry.seq));
                 }
             }
         }
@@ -180,7 +275,8 @@ impl<T: Retains> HistoryBudget<T> {
     }
 }
 
-/// An `AtomicU64` holding a ring's first offset, readable without the topic lock.
+/// An `AtomicU64` holding a ring's first sequence number, readable without
+/// the topic lock.
 #[derive(Debug)]
 pub struct FirstRetained(AtomicU64);
 
@@ -191,13 +287,13 @@ impl Default for FirstRetained {
 }
 
 impl FirstRetained {
-    /// Publishes the ring's current first offset.
+    /// Publishes the ring's current first sequence number.
     pub fn update(&self, ring: &Ring) {
         self.0
-            .store(ring.first_offset().unwrap_or(u64::MAX), Ordering::Release);
+            .store(ring.first_seq().unwrap_or(u64::MAX), Ordering::Release);
     }
 
-    /// The last published first offset.
+    /// The last published value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
@@ -226,28 +322,83 @@ mod tests {
         })
     }
 
+    fn at(epoch: u64, offset: u64) -> Position {
+        Position { epoch, offset }
+    }
+
     fn push(budget: &HistoryBudget<Cell>, cell: &Arc<Cell>, offset: u64, len: usize, cap: usize) {
         let mut ring = cell.ring.lock().unwrap();
-        let cost = ring.push(offset, Bytes::from(vec![0; len]));
+        let (seq, cost) = ring.push(at(1, offset), Bytes::from(vec![0; len]));
         if ring.len() > cap {
             let freed = ring.pop_front().unwrap();
             budget.removed(freed, 1);
         }
         cell.first.update(&ring);
-        budget.added(Arc::downgrade(cell), offset, cost);
+        budget.added(Arc::downgrade(cell), seq, cost);
+    }
+
+    fn ring_of(epochs: &[(u64, std::ops::RangeInclusive<u64>)]) -> Ring {
+        let mut ring = Ring::default();
+        for (epoch, offsets) in epochs {
+            for offset in offsets.clone() {
+                ring.push(at(*epoch, offset), Bytes::from(format!("{epoch}:{offset}")));
+            }
+        }
+        ring
+    }
+
+    fn texts(frames: Vec<Bytes>) -> Vec<String> {
+        frames
+            .into_iter()
+            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .collect()
     }
 
     #[test]
-    fn ring_replays_after_an_offset() {
-        let mut ring = Ring::default();
-        for offset in 5..=9 {
-            ring.push(offset, Bytes::from(offset.to_string()));
+    fn replays_within_an_epoch() {
+        let ring = ring_of(&[(7, 5..=9)]);
+        let current = at(7, 9);
+        assert_eq!(
+            ring.replay(at(7, 7), current),
+            (vec![Bytes::from("7:8"), Bytes::from("7:9")], true)
+        );
+        let (frames, recovered) = ring.replay(at(7, 2), current);
+        assert_eq!((frames.len(), recovered), (5, false));
+        assert_eq!(ring.replay(at(7, 9), current), (Vec::new(), true));
+        let (frames, recovered) = ring.replay(at(3, 1), current);
+        assert_eq!((frames.len(), recovered), (5, false));
+    }
+
+    #[test]
+    fn replays_across_a_sealed_epoch() {
+        let mut ring = ring_of(&[(7, 5..=9)]);
+        ring.seal(at(7, 9));
+        for offset in 1..=3 {
+            ring.push(at(8, offset), Bytes::from(format!("8:{offset}")));
         }
-        let after: Vec<_> = ring.after(7).map(|b| b.to_vec()).collect();
-        assert_eq!(after, [b"8".to_vec(), b"9".to_vec()]);
-        assert_eq!(ring.after(2).count(), 5);
-        assert_eq!(ring.after(9).count(), 0);
-        assert_eq!(ring.after(100).count(), 0);
+        let current = at(8, 3);
+        // Behind in the old epoch: its rest, then the new one, no gap.
+        let (frames, recovered) = ring.replay(at(7, 8), current);
+        assert_eq!(texts(frames), ["7:9", "8:1", "8:2", "8:3"]);
+        assert!(recovered);
+        // At the old epoch's end: the new epoch from its start.
+        let (frames, recovered) = ring.replay(at(7, 9), current);
+        assert_eq!(texts(frames), ["8:1", "8:2", "8:3"]);
+        assert!(recovered);
+        // From the start of the current epoch.
+        let (frames, recovered) = ring.replay(at(0, 0), current);
+        assert_eq!(texts(frames), ["8:1", "8:2", "8:3"]);
+        assert!(recovered);
+        assert!(ring.is_sealed(7) && !ring.is_sealed(8));
+    }
+
+    #[test]
+    fn start_of_epoch_lost_is_not_recovered() {
+        let ring = ring_of(&[(8, 4..=6)]);
+        let (frames, recovered) = ring.replay(at(0, 0), at(8, 6));
+        assert_eq!((frames.len(), recovered), (3, false));
+        let empty = Ring::default();
+        assert_eq!(empty.replay(at(0, 0), at(8, 0)), (Vec::new(), true));
     }
 
     #[test]
@@ -257,8 +408,8 @@ mod tests {
         push(&budget, &a, 1, 10, 100);
         push(&budget, &b, 1, 10, 100);
         push(&budget, &a, 2, 10, 100);
-        let (first, offset) = budget.oldest().unwrap();
-        assert!(Arc::ptr_eq(&first, &a) && offset == 1);
+        let (first, seq) = budget.oldest().unwrap();
+        assert!(Arc::ptr_eq(&first, &a) && seq == 0);
         let (second, _) = budget.oldest().unwrap();
         assert!(Arc::ptr_eq(&second, &b));
     }

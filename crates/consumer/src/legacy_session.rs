@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use shardq_protocol::legacy::{self, LegacyFrame};
-use shardq_protocol::{CloseCode, Topic, TopicError};
+use shardq_protocol::{CloseCode, RawValue, Topic, TopicError};
 use tokio::time::Instant;
 
 use crate::net::channel::{Channel, Ended};
 use crate::net::conn::Connection;
 use crate::net::handshake;
+use crate::net::link::{self, Batches, Reply, Request};
 use crate::server::{Endpoint, Shared};
 use crate::topics::Subscriber;
 
@@ -52,14 +53,16 @@ async fn serve(
         conn: id,
         outbox: outbox.clone(),
         legacy_name: None,
+        peer: false,
     };
     // The path's topic, checked now and subscribed the moment the peer
     // proves the psk, before our answer tells it the connection is open.
     let path_topic: Option<Result<(String, Topic), TopicError>> = match endpoint {
-        Endpoint::LegacySubscribe(raw) => Some(
-            legacy::topic_from_path(raw)
-                .and_then(|(name, topic)| shared.queues.check(&topic).map(|()| (name, topic))),
-        ),
+        Endpoint::LegacySubscribe(raw) => {
+            Some(legacy::topic_from_path(raw).and_then(|(name, topic)| {
+                shared.queues.load().check(&topic).map(|()| (name, topic))
+            }))
+        }
         _ => None,
     };
 
@@ -69,20 +72,11 @@ async fn serve(
         &shared.psk,
         shared.limits.max_preauth_frame_bytes,
         deadline,
-        || {
+        || async {
             let Some(Ok((name, topic))) = &path_topic else {
                 return Ok(());
             };
-            let subscriber = Subscriber {
-                legacy_name: Some(Arc::from(name.as_str())),
-                ..subscriber.clone()
-            };
-            shared
-                .topics
-                .subscribe(std::slice::from_ref(topic), &subscriber, None, None)
-                .map_err(|_| ())?;
-            subscriptions.insert(topic.clone(), Arc::from(name.as_str()));
-            Ok(())
+            subscribe(shared, &subscriber, name, topic, subscriptions).await
         },
     ))
     .await;
@@ -125,9 +119,13 @@ async fn serve(
         };
         match (frame, endpoint) {
             (LegacyFrame::Message { topic, data }, Endpoint::LegacyProducer) => {
-                match legacy::topic(&topic).and_then(|t| shared.queues.check(&t).map(|()| t)) {
+                match legacy::topic(&topic).and_then(|t| shared.queues.load().check(&t).map(|()| t))
+                {
                     Ok(topic) => {
-                        shared.topics.publish(&topic, &data);
+                        if !publish(shared, &topic, data).await {
+                            channel.close(CloseCode::GoingAway);
+                            break;
+                        }
                     }
                     Err(error) => {
                         shared.metrics.legacy_dropped.inc();
@@ -137,19 +135,14 @@ async fn serve(
             }
             (LegacyFrame::Subscribe(name), Endpoint::LegacySubscribe(_)) => {
                 let checked =
-                    legacy::topic(&name).and_then(|t| shared.queues.check(&t).map(|()| t));
+                    legacy::topic(&name).and_then(|t| shared.queues.load().check(&t).map(|()| t));
                 match checked {
                     Ok(topic) if !subscriptions.contains_key(&topic) => {
-                        let subscriber = Subscriber {
-                            legacy_name: Some(Arc::from(name.as_str())),
-                            ..subscriber.clone()
-                        };
-                        if shared
-                            .topics
-                            .subscribe(std::slice::from_ref(&topic), &subscriber, None, None)
-                            .is_ok()
+                        if subscribe(shared, &subscriber, &name, &topic, subscriptions)
+                            .await
+                            .is_err()
                         {
-                            subscriptions.insert(topic, Arc::from(name.as_str()));
+                            tracing::info!(%topic, "legacy subscribe failed");
                         }
                     }
                     Ok(_) => {}
@@ -169,4 +162,66 @@ async fn serve(
             }
         }
     }
+}
+
+/// Subscribes a legacy connection to `topic` under the name it used,
+/// waiting for the upstream when this node is an edge for it.
+async fn subscribe(
+    shared: &Shared,
+    subscriber: &Subscriber,
+    name: &str,
+    topic: &Topic,
+    subscriptions: &mut BTreeMap<Topic, Arc<str>>,
+) -> Result<(), ()> {
+    let topics = std::slice::from_ref(topic);
+    if let Err(why) = shared
+        .topics
+        .ready(topics, None, shared.limits.publish_timeout())
+        .await
+    {
+        tracing::info!(%why, "legacy subscriber's topic has no reachable owner");
+        shared.topics.release(topic);
+        return Err(());
+    }
+    let subscriber = Subscriber {
+        legacy_name: Some(Arc::from(name)),
+        ..subscriber.clone()
+    };
+    shared
+        .topics
+        .subscribe(topics, &subscriber, None, None)
+        .map_err(|_| ())?;
+    subscriptions.insert(topic.clone(), Arc::from(name));
+    Ok(())
+}
+
+/// Sequences a legacy message here, or forwards it to its owner (no ack
+/// in this dialect: failures are counted). `false` when stopping.
+async fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) -> bool {
+    let owner = match shared.topics.publish(topic, &data) {
+        Ok(_) => return true,
+        Err(owner) => owner,
+    };
+    let Some(link) = owner.and_then(|owner| shared.peers.current().link(&owner).cloned()) else {
+        shared.metrics.legacy_dropped.inc();
+        tracing::warn!(%topic, "legacy message dropped: no reachable owner");
+        return true;
+    };
+    let mut batches = Batches::default();
+    let Some(permit) = link::permit(&link, &mut batches, &shared.stop).await else {
+        return false;
+    };
+    shared.metrics.forwarded.inc();
+    batches.add(
+        &link,
+        Request {
+            topic: topic.clone(),
+            payload: data,
+            forwarded: true,
+            reply: Reply::Legacy,
+            permit,
+        },
+    );
+    batches.flush();
+    true
 }

@@ -37,6 +37,10 @@ pub struct ConsumerMetrics {
     pub history_bytes: Gauge,
     /// Messages of history retained.
     pub history_messages: Gauge,
+    /// Publishes forwarded to their owner (this node did not own the topic).
+    pub forwarded: Counter,
+    /// Node-list reloads applied.
+    pub reloads: Counter,
 }
 
 impl ConsumerMetrics {
@@ -54,6 +58,8 @@ impl ConsumerMetrics {
             legacy_dropped: Counter::default(),
             history_bytes: Gauge::default(),
             history_messages: Gauge::default(),
+            forwarded: Counter::default(),
+            reloads: Counter::default(),
         };
         let mut registry = Registry::with_prefix("shardq_consumer");
         registry.register(
@@ -110,6 +116,16 @@ impl ConsumerMetrics {
             "history_messages",
             "Messages of history retained",
             metrics.history_messages.clone(),
+        );
+        registry.register(
+            "forwarded",
+            "Publishes forwarded to their owner",
+            metrics.forwarded.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Node-list reloads applied",
+            metrics.reloads.clone(),
         );
         (metrics, registry)
     }

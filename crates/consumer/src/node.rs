@@ -2,9 +2,12 @@
 //! psk and cluster file loading, logging, and the stop signal.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use shardq::cluster_file::{self, ClusterFileError};
 use shardq_protocol::{ClusterConfig, Psk};
+use tokio::sync::watch;
 
 /// Options every node takes, as flags or `SHARDQ_*` environment variables.
 #[derive(Debug, Clone, clap::Args)]
@@ -108,4 +111,64 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
             addr: addr.to_owned(),
             source,
         })
+}
+
+/// Follows the cluster file at `path`: re-reads it on SIGHUP and whenever
+/// its contents change (checked every second). A file that does not parse
+/// is logged and ignored; the last good one stays. The receiver starts at
+/// `initial`.
+pub fn watch_cluster_file(
+    path: PathBuf,
+    initial: ClusterConfig,
+) -> watch::Receiver<Arc<ClusterConfig>> {
+    let (updates, receiver) = watch::channel(Arc::new(initial));
+    tokio::spawn(async move {
+        let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let signalled = async {
+                match hangup.as_mut() {
+                    Some(hangup) => hangup.recv().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let signalled = std::future::pending::<bool>();
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                got = signalled => got,
+            };
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(error) => {
+                    if forced {
+                        tracing::warn!(path = %path.display(), %error, "cannot re-read the cluster file; keeping the node list");
+                    }
+                    continue;
+                }
+            };
+            if text == last_text && !forced {
+                continue;
+            }
+            last_text = text.clone();
+            match ClusterConfig::parse(&text) {
+                Ok(cluster) => {
+                    if **updates.borrow() != cluster {
+                        tracing::info!(path = %path.display(), hash = %cluster.node_list_hash(), "cluster file changed; reloading");
+                        if updates.send(Arc::new(cluster)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cluster file does not parse; keeping the node list");
+                }
+            }
+        }
+    });
+    receiver
 }

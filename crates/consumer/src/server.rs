@@ -6,17 +6,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use axum::Json;
+use axum::routing::get;
 use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::handoff::PeerHandler;
 use crate::metrics::{ConsumerMetrics, EndpointLabel};
 use crate::net::admin;
 use crate::net::conn::{self, ConnLimits, UpgradeError};
-use crate::topics::{TableLimits, TopicTable};
+use crate::net::link::{LinkMetrics, LinkOptions, Links};
+use crate::topics::{TableLimits, TopicTable, View};
 use crate::{legacy_session, session};
 
 /// How long shutdown waits for connections to close.
@@ -31,6 +37,8 @@ pub struct ConsumerConfig {
     pub cluster: ClusterConfig,
     /// The pre-shared key.
     pub psk: Psk,
+    /// New cluster files to follow (reloads); `None` to keep this one.
+    pub updates: Option<watch::Receiver<Arc<ClusterConfig>>>,
 }
 
 /// The endpoints a consumer serves.
@@ -83,9 +91,12 @@ impl Endpoint {
 pub(crate) struct Shared {
     pub id: String,
     pub psk: Psk,
-    pub queues: QueueConfig,
+    pub queues: ArcSwap<QueueConfig>,
     pub limits: Limits,
-    pub topics: TopicTable,
+    pub topics: Arc<TopicTable>,
+    /// Links to the other consumers (forwarding and upstream subscriptions).
+    pub peers: Arc<Links>,
+    pub cluster: ArcSwap<ClusterConfig>,
     pub metrics: Arc<ConsumerMetrics>,
     pub stop: CancellationToken,
     pub tasks: TaskTracker,
@@ -104,42 +115,114 @@ impl Shared {
             outbox_bytes: self.limits.subscriber_buffer_bytes,
         }
     }
+
+    /// Follows a new cluster file: queues, peer links, topic ownership.
+    fn reload(&self, cluster: Arc<ClusterConfig>, generation: u64) {
+        if cluster.consumer(&self.id).is_none() {
+            tracing::warn!(node = %self.id, "this consumer is not in the new node list: it owns nothing and serves as an edge");
+        }
+        self.queues.store(Arc::new(cluster.queues.clone()));
+        self.peers.update(&cluster);
+        self.topics
+            .apply_view(view_of(&self.id, &cluster, generation));
+        self.cluster.store(cluster);
+        self.metrics.reloads.inc();
+    }
+}
+
+/// A node's view of a cluster file.
+pub(crate) fn view_of(id: &str, cluster: &ClusterConfig, generation: u64) -> View {
+    let ids = cluster.consumer_ids();
+    View {
+        own_id: id.to_owned(),
+        router: shardq_protocol::Router::new(&ids),
+        ids,
+        hash: cluster.node_list_hash(),
+        generation,
+    }
 }
 
 /// Runs a consumer on `listener` (WebSocket) and `admin` (HTTP) until
 /// `shutdown` completes; then closes every connection with "going away" and
-/// returns within [`SHUTDOWN_GRACE`].
+/// returns within [`SHUTDOWN_GRACE`]. New cluster files arriving on
+/// `config.updates` are applied as they come.
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
     config: ConsumerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (metrics, registry) = ConsumerMetrics::new();
+    let (metrics, mut registry) = ConsumerMetrics::new();
+    let peer_metrics = Arc::new(LinkMetrics::default());
+    peer_metrics.register(registry.sub_registry_with_prefix("peer"));
     let metrics = Arc::new(metrics);
     let limits = config.cluster.limits.clone();
+    let tasks = TaskTracker::new();
+    let link_tasks = TaskTracker::new();
+    let links_stop = CancellationToken::new();
+    let topics = Arc::new(TopicTable::new(
+        TableLimits {
+            history_per_topic: limits.history_messages_per_topic,
+            history_bytes: limits.history_bytes_per_node,
+        },
+        metrics.clone(),
+        view_of(&config.id, &config.cluster, 1),
+        link_tasks.clone(),
+    ));
+    topics.set_self();
+    let peers = Arc::new(Links::start(
+        &config.cluster,
+        LinkOptions {
+            own_id: Some(config.id.clone()),
+            psk: config.psk.clone(),
+            node: config.id.clone(),
+            metrics: peer_metrics,
+            handler: Some(Arc::new(PeerHandler::new(&topics))),
+        },
+        links_stop.clone(),
+        &link_tasks,
+    ));
+    let _ = topics.peers.set(peers.clone());
     let shared = Arc::new(Shared {
-        topics: TopicTable::new(
-            TableLimits {
-                history_per_topic: limits.history_messages_per_topic,
-                history_bytes: limits.history_bytes_per_node,
-            },
-            metrics.clone(),
-        ),
+        topics,
+        peers,
         id: config.id,
         psk: config.psk,
-        queues: config.cluster.queues.clone(),
+        queues: ArcSwap::from_pointee(config.cluster.queues.clone()),
+        cluster: ArcSwap::from_pointee(config.cluster.clone()),
         limits,
         metrics,
         stop: CancellationToken::new(),
-        tasks: TaskTracker::new(),
+        tasks,
         next_conn: AtomicU64::new(1),
     });
+    if let Some(mut updates) = config.updates {
+        let shared = shared.clone();
+        let stop = links_stop.clone();
+        link_tasks.spawn(async move {
+            let mut generation = 1;
+            loop {
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+                generation += 1;
+                let cluster = updates.borrow_and_update().clone();
+                shared.reload(cluster, generation);
+            }
+        });
+    }
+    let admin_stop = CancellationToken::new();
     if let Some(admin) = admin {
-        let router = admin::base_routes(Arc::new(registry));
-        shared
-            .tasks
-            .spawn(admin::serve(admin, router, shared.stop.clone()));
+        let status = shared.clone();
+        let router = admin::base_routes(Arc::new(registry)).route(
+            "/v1/cluster",
+            get(move || {
+                let shared = status.clone();
+                async move { Json(cluster_status(&shared)) }
+            }),
+        );
+        link_tasks.spawn(admin::serve(admin, router, admin_stop.clone()));
     }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(node = %shared.id, %addr, "consumer listening");
@@ -158,6 +241,25 @@ pub async fn run(
     {
         tracing::warn!("some connections did not close within the grace period");
     }
+    links_stop.cancel();
+    admin_stop.cancel();
+    link_tasks.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, link_tasks.wait()).await;
+}
+
+/// What `GET /v1/cluster` answers.
+fn cluster_status(shared: &Shared) -> serde_json::Value {
+    let cluster = shared.cluster.load();
+    let (owned, edges) = shared.topics.owned_and_edge_counts();
+    serde_json::json!({
+        "node": shared.id,
+        "kind": "consumer",
+        "node_list": cluster.consumer_ids(),
+        "node_list_hash": cluster.node_list_hash(),
+        "links": shared.peers.statuses(),
+        "owned_topics": owned,
+        "edge_topics": edges,
+    })
 }
 
 async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::net::channel::{Channel, Ended};
 use crate::net::conn::Connection;
 use crate::net::handshake;
+use crate::net::link::{self, Batches, InFlight, Reply, Request};
 use crate::net::outbox::FrameBatch;
 use crate::net::ws;
 use crate::server::{Endpoint, Shared};
@@ -72,14 +73,19 @@ pub(crate) async fn run(
             conn: id,
             outbox,
             legacy_name: None,
+            peer: endpoint == Endpoint::Cluster,
         },
         shared,
         endpoint,
         subscriptions: BTreeSet::new(),
+        in_flight: Arc::new(InFlight::default()),
     };
     // Boxed so that only the loop's own state stays allocated while it runs.
     let ended = Box::pin(session.serve(&mut channel)).await;
     if ended == Ended::Stopped {
+        // Answer the publishes forwarded for this connection first.
+        let patience = session.shared.limits.publish_timeout() + LINGER;
+        let _ = tokio::time::timeout(patience, session.in_flight.idle()).await;
         channel.close(CloseCode::GoingAway);
     }
     if matches!(ended, Ended::Stopped | Ended::Closed(_)) {
@@ -94,7 +100,12 @@ struct Session {
     endpoint: Endpoint,
     subscriber: Subscriber,
     subscriptions: BTreeSet<Topic>,
+    /// Publishes forwarded to their owner and not answered yet.
+    in_flight: Arc<InFlight>,
 }
+
+/// A run of publishes to one topic, in arrival order.
+type Run = (Topic, Vec<Publish>);
 
 impl Session {
     async fn serve(&mut self, channel: &mut Channel) -> Ended {
@@ -112,7 +123,8 @@ impl Session {
                 }
             }
             let mut answers = Vec::with_capacity(burst.len());
-            self.handle_burst(burst.drain(..), &mut answers);
+            let texts: Vec<Utf8Bytes> = std::mem::take(&mut burst);
+            let stopped = self.handle_burst(texts, &mut answers).await;
             if channel
                 .outbox()
                 .push_batch(&FrameBatch::new(answers))
@@ -120,32 +132,38 @@ impl Session {
             {
                 return Ended::Closed(channel.outbox().close_code().unwrap_or(CloseCode::Normal));
             }
+            if stopped {
+                return Ended::Stopped;
+            }
         }
     }
 
     /// Handles frames that arrived together, in arrival order; each run of
-    /// publishes to one topic is sequenced and fanned out as one batch.
-    fn handle_burst(&mut self, burst: impl Iterator<Item = Utf8Bytes>, answers: &mut Vec<Bytes>) {
-        let mut publishes: Vec<(Topic, Vec<Publish>)> = Vec::new();
+    /// publishes to one topic is sequenced (or forwarded) as one batch.
+    /// `true` when the node started stopping meanwhile.
+    async fn handle_burst(&mut self, burst: Vec<Utf8Bytes>, answers: &mut Vec<Bytes>) -> bool {
+        let mut runs: Vec<Run> = Vec::new();
         for text in burst {
             let answer = match Frame::decode_str(text.as_str(), self.shared.limits.max_frame_bytes)
             {
                 Ok(Frame::Publish(publish)) if self.endpoint == Endpoint::Cluster => {
-                    match publishes
-                        .iter_mut()
-                        .find(|(topic, _)| *topic == publish.topic)
-                    {
-                        Some((_, group)) => group.push(publish),
-                        None => publishes.push((publish.topic.clone(), vec![publish])),
+                    // Runs of one topic are batched; order is kept as is.
+                    match runs.last_mut() {
+                        Some((topic, group)) if *topic == publish.topic => group.push(publish),
+                        _ => runs.push((publish.topic.clone(), vec![publish])),
                     }
                     continue;
                 }
                 Ok(Frame::Subscribe(subscribe)) => {
-                    self.publish_groups(&mut publishes, answers);
-                    self.subscribe(subscribe)
+                    if self.publish_runs(&mut runs, answers).await {
+                        return true;
+                    }
+                    self.subscribe(subscribe).await
                 }
                 Ok(Frame::Unsubscribe(unsubscribe)) => {
-                    self.publish_groups(&mut publishes, answers);
+                    if self.publish_runs(&mut runs, answers).await {
+                        return true;
+                    }
                     self.unsubscribe(unsubscribe)
                 }
                 Ok(Frame::Publish(publish)) => Some(Frame::error(
@@ -153,6 +171,12 @@ impl Session {
                     ErrorCode::NotAuthorized,
                     "publish goes to a producer's /v1/publish, not /v1/subscribe",
                 )),
+                Ok(Frame::Ack(_) | Frame::Moved(_) | Frame::Message(_))
+                    if self.endpoint == Endpoint::Cluster =>
+                {
+                    // A peer's answers come on the link it opened, not here.
+                    None
+                }
                 Ok(other) => Some(Frame::error(
                     request_id(&other),
                     ErrorCode::BadFrame,
@@ -164,17 +188,17 @@ impl Session {
                 answers.push(ws::text_frame(answer.encode().as_bytes()));
             }
         }
-        self.publish_groups(&mut publishes, answers);
+        self.publish_runs(&mut runs, answers).await
     }
 
-    /// Sequences each topic's publishes as one batch and acks each.
-    fn publish_groups(
-        &mut self,
-        groups: &mut Vec<(Topic, Vec<Publish>)>,
-        answers: &mut Vec<Bytes>,
-    ) {
-        for (topic, group) in groups.drain(..) {
-            if let Err(error) = self.shared.queues.check(&topic) {
+    /// Sequences each run of the topics this node owns and acks each
+    /// publish; forwards the others to their owner (once). `true` when the
+    /// node started stopping while waiting for a forwarding slot.
+    async fn publish_runs(&mut self, runs: &mut Vec<Run>, answers: &mut Vec<Bytes>) -> bool {
+        let mut batches = Batches::default();
+        let mut stopped = false;
+        for (topic, group) in runs.drain(..) {
+            if let Err(error) = self.shared.queues.load().check(&topic) {
                 for publish in group {
                     let refusal = Frame::error(Some(publish.id), error.code(), error.to_string());
                     answers.push(ws::text_frame(refusal.encode().as_bytes()));
@@ -182,19 +206,79 @@ impl Session {
                 continue;
             }
             let payloads: Vec<&RawValue> = group.iter().map(|p| &*p.payload).collect();
-            let first = self.shared.topics.publish_many(&topic, &payloads);
-            for (publish, offset) in group.iter().zip(first.offset..) {
-                let at = Position { offset, ..first };
-                answers.push(ws::text_frame_with(64, |out| {
-                    encode_publish_ack_into(out, publish.id, at)
-                }));
+            let owner = match self.shared.topics.publish_many(&topic, &payloads) {
+                Ok(first) => {
+                    for (publish, offset) in group.iter().zip(first.offset..) {
+                        let at = Position { offset, ..first };
+                        answers.push(ws::text_frame_with(64, |out| {
+                            encode_publish_ack_into(out, publish.id, at)
+                        }));
+                    }
+                    continue;
+                }
+                Err(owner) => owner,
+            };
+            let link = owner
+                .as_deref()
+                .and_then(|owner| self.shared.peers.current().link(owner).cloned());
+            for publish in group {
+                let refusal = if stopped {
+                    Some("the consumer is shutting down".to_owned())
+                } else if publish.forwarded {
+                    Some(format!(
+                        "{} does not own {topic} in its view of the node list, and the publish was already forwarded once (views disagree; retry)",
+                        self.shared.id
+                    ))
+                } else if link.is_none() {
+                    Some(format!(
+                        "{topic} has no reachable owner in {}'s view",
+                        self.shared.id
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = refusal {
+                    let frame = Frame::error(Some(publish.id), ErrorCode::Unavailable, message);
+                    answers.push(ws::text_frame(frame.encode().as_bytes()));
+                    continue;
+                }
+                let Some(link) = &link else { continue };
+                let Some(permit) = link::permit(link, &mut batches, &self.shared.stop).await else {
+                    stopped = true;
+                    let frame = Frame::error(
+                        Some(publish.id),
+                        ErrorCode::ShuttingDown,
+                        "the consumer is shutting down",
+                    );
+                    answers.push(ws::text_frame(frame.encode().as_bytes()));
+                    continue;
+                };
+                self.in_flight.add(1);
+                self.shared.metrics.forwarded.inc();
+                let reply = Reply::Publisher {
+                    outbox: self.subscriber.outbox.clone(),
+                    id: publish.id,
+                    in_flight: self.in_flight.clone(),
+                };
+                batches.add(
+                    link,
+                    Request {
+                        topic: topic.clone(),
+                        payload: publish.payload,
+                        forwarded: true,
+                        reply,
+                        permit,
+                    },
+                );
             }
         }
+        batches.flush();
+        stopped
     }
 
-    fn subscribe(&mut self, subscribe: Subscribe) -> Option<Frame> {
+    async fn subscribe(&mut self, subscribe: Subscribe) -> Option<Frame> {
         let id = subscribe.id;
-        let topics = match self.shared.queues.expand(&subscribe.topic) {
+        let topics = match self.shared.queues.load().expand(&subscribe.topic) {
             Ok(topics) => topics,
             Err(error) => return Some(Frame::error(Some(id), error.code(), error.to_string())),
         };
@@ -217,17 +301,35 @@ impl Session {
                 format!("a connection may hold at most {cap} subscriptions"),
             ));
         }
-        // The table queues the ack itself, ahead of any message.
-        match self
-            .shared
-            .topics
-            .subscribe(&new, &self.subscriber, subscribe.since, Some(id))
-        {
-            Ok(_) => self.subscriptions.extend(new),
-            Err(_) => {
-                // The outbox overflowed while queueing the replay: the
-                // subscription was not made and the connection is closing.
+        let table = &self.shared.topics;
+        if self.subscriber.peer {
+            // Edges subscribe at the owner only; a stale view on either side
+            // is refused rather than chained.
+            if let Some(foreign) = new.iter().find(|topic| !table.owns(topic)) {
+                return Some(Frame::error(
+                    Some(id),
+                    ErrorCode::NotOwner,
+                    format!(
+                        "{} does not own {foreign} in its view of the node list",
+                        self.shared.id
+                    ),
+                ));
             }
+        } else if let Err(why) = table
+            .ready(&new, subscribe.since, self.shared.limits.publish_timeout())
+            .await
+        {
+            for topic in &new {
+                table.release(topic);
+            }
+            return Some(Frame::error(Some(id), ErrorCode::Unavailable, why));
+        }
+        // The table queues the ack itself, ahead of any message.
+        if table
+            .subscribe(&new, &self.subscriber, subscribe.since, Some(id))
+            .is_ok()
+        {
+            self.subscriptions.extend(new);
         }
         None
     }
@@ -237,7 +339,7 @@ impl Session {
         // An exact topic needs no check: it is either held or not.
         let topics = match &unsubscribe.topic {
             TopicFilter::Exact(topic) => vec![topic.clone()],
-            wildcard => match self.shared.queues.expand(wildcard) {
+            wildcard => match self.shared.queues.load().expand(wildcard) {
                 Ok(topics) => topics,
                 Err(error) => {
                     return Some(Frame::error(Some(id), error.code(), error.to_string()));

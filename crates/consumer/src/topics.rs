@@ -1,24 +1,39 @@
-//! Topic state: for each topic its epoch, its offset counter, its history
-//! ring and its subscribers; sequencing and fan-out.
+//! Topic state: for each topic this node serves, its position, its history
+//! ring and its subscribers; sequencing (on the owner) and fan-out.
+//!
+//! A node serves every topic. For the topics it owns (in its view of the
+//! node list) it is the sequencer; for the others it is an *edge*: it holds
+//! one upstream subscription at the owner over a peer link and fans out
+//! what arrives, the same bytes. The handoff between owners when the node
+//! list changes lives in [`crate::handoff`].
 //!
 //! Each topic is a [`TopicCell`] behind a `std::sync::Mutex` that is never
-//! held across an `.await`: fan-out only pushes to outboxes, which never
-//! wait. Cells live in a sharded map; a cell with no subscribers and no
-//! history is removed (a `removed` flag makes late arrivals retry).
+//! held across an `.await`: fan-out only pushes to outboxes and links send
+//! by pushing to theirs, which never wait. Cells live in a sharded map; an
+//! idle cell is removed (a `removed` flag makes late arrivals retry).
 //!
-//! Lock order: shard, then cell(s) in topic order, then the history FIFO.
+//! Lock order: shard, then cell(s) in topic order, then the history FIFO or
+//! a link's state.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use rand::RngExt;
 use shardq_protocol::frame::encode_message_into;
-use shardq_protocol::{Ack, Frame, Position, RawValue, Topic, TopicPosition, legacy};
+use shardq_protocol::{
+    Ack, CloseCode, Frame, Position, RawValue, Router, Subscribe, Topic, TopicFilter,
+    TopicPosition, Unsubscribe, legacy,
+};
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use crate::history::{FirstRetained, HistoryBudget, Retains, Ring};
 use crate::metrics::ConsumerMetrics;
+use crate::net::link::{HANDLER_ID_BIT, Links};
 use crate::net::outbox::{FrameBatch, Outbox, PushError};
 use crate::net::ws;
 
@@ -37,20 +52,123 @@ pub struct Subscriber {
     /// For legacy subscribers, the topic string they subscribed with (their
     /// frames are legacy frames carrying it).
     pub legacy_name: Option<Arc<str>>,
+    /// A peer consumer (an edge) on `/v1/cluster`: it also gets `moved`.
+    pub peer: bool,
 }
 
-struct TopicState {
-    last_offset: u64,
-    subscribers: Vec<Subscriber>,
-    ring: Ring,
-    removed: bool,
+/// This node's view of the node list: who owns which topic.
+#[derive(Debug)]
+pub struct View {
+    /// This node's id.
+    pub own_id: String,
+    /// The consumer ids, in file order.
+    pub ids: Vec<String>,
+    /// Routing over them.
+    pub router: Router,
+    /// The node list's fingerprint ([`shardq_protocol::ClusterConfig::node_list_hash`]).
+    pub hash: String,
+    /// Increases with every change.
+    pub generation: u64,
+}
+
+impl View {
+    /// The id of the topic's owner.
+    pub fn owner(&self, topic: &Topic) -> Option<&str> {
+        self.router
+            .owner(topic)
+            .map(|index| self.ids[index].as_str())
+    }
+
+    /// Whether this node owns the topic.
+    pub fn owns(&self, topic: &Topic) -> bool {
+        self.owner(topic) == Some(self.own_id.as_str())
+    }
+}
+
+/// The sequencer's state of an owned topic.
+#[derive(Debug, Default)]
+pub(crate) struct Owner {
+    /// Set while the previous owner's stream is still arriving (a fresh
+    /// owner that was an edge): what it sequences is kept, not yet sent.
+    pub deferred: Option<Deferred>,
+}
+
+/// A new owner waiting for its predecessor's `moved`.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    /// The consumer whose stream is still arriving.
+    pub predecessor: String,
+    /// The predecessor stream's last position received.
+    pub last: Position,
+    /// Ring sequence number of the first message this node sequenced.
+    pub from_seq: u64,
+}
+
+/// An edge's upstream subscription.
+#[derive(Debug, Default)]
+pub(crate) struct Edge {
+    /// The consumer it follows (or is about to).
+    pub upstream: Option<String>,
+    /// The subscribe sent to `upstream` and not answered yet.
+    pub request: Option<u64>,
+    /// `upstream` acked the subscription.
+    pub acked: bool,
+    /// The subscribe re-attached an existing stream (a gap in its answer
+    /// means local subscribers missed messages).
+    pub resuming: bool,
+    /// `upstream` sent `moved`: its epoch ended; it relays the next owner.
+    pub sealed: bool,
+    /// The old upstream, still subscribed until `upstream` acks.
+    pub previous: Option<String>,
+    /// The owner this node's view names, while waiting for `upstream`'s `moved`.
+    pub waiting: Option<String>,
+}
+
+/// What a cell does.
+#[derive(Debug)]
+pub(crate) enum Mode {
+    /// Sequences the topic.
+    Owner(Owner),
+    /// Relays the owner's stream.
+    Edge(Edge),
+}
+
+pub(crate) struct TopicState {
+    pub mode: Mode,
+    /// The latest position of the stream subscribers get (owner: the last
+    /// sequenced; edge: the last received). Epoch 0: nothing yet.
+    pub last: Position,
+    pub subscribers: Vec<Subscriber>,
+    pub ring: Ring,
+    pub removed: bool,
+    /// The view generation the mode was decided under.
+    pub generation: u64,
+}
+
+impl TopicState {
+    /// Whether a new local subscriber can be answered now.
+    pub fn is_ready(&self) -> bool {
+        match &self.mode {
+            Mode::Owner(owner) => owner.deferred.is_none(),
+            Mode::Edge(edge) => edge.acked || edge.previous.is_some(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.subscribers.is_empty()
+            && match &self.mode {
+                Mode::Owner(owner) => self.ring.is_empty() && owner.deferred.is_none(),
+                Mode::Edge(_) => true,
+            }
+    }
 }
 
 /// One topic's state.
 pub struct TopicCell {
-    topic: Topic,
-    epoch: u64,
+    pub(crate) topic: Topic,
     first_retained: FirstRetained,
+    /// Wakes subscribes waiting for the cell to become ready.
+    pub(crate) ready: Notify,
     state: Mutex<TopicState>,
 }
 
@@ -61,14 +179,14 @@ impl Retains for TopicCell {
 }
 
 impl TopicCell {
-    fn lock(&self) -> MutexGuard<'_, TopicState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, TopicState> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-/// A random epoch in 1..2^53 (exact in JavaScript numbers).
+/// A random epoch in 1..2^53 (exact in JavaScript numbers; 0 means none).
 pub fn new_epoch() -> u64 {
     rand::rng().random_range(1..(1u64 << 53))
 }
@@ -99,18 +217,37 @@ pub struct TopicTable {
     hasher: RandomState,
     budget: HistoryBudget<TopicCell>,
     limits: TableLimits,
-    metrics: Arc<ConsumerMetrics>,
+    pub(crate) metrics: Arc<ConsumerMetrics>,
+    pub(crate) view: ArcSwap<View>,
+    /// Links to the other consumers (set once at start).
+    pub(crate) peers: OnceLock<Arc<Links>>,
+    /// Upstream subscribes in flight: request id → topic.
+    pub(crate) requests: Mutex<HashMap<u64, Topic>>,
+    next_request: AtomicU64,
+    pub(crate) tasks: TaskTracker,
+    me: OnceLock<Weak<TopicTable>>,
 }
 
 impl TopicTable {
-    /// An empty table.
-    pub fn new(limits: TableLimits, metrics: Arc<ConsumerMetrics>) -> TopicTable {
+    /// An empty table for the node `view.own_id`.
+    pub fn new(
+        limits: TableLimits,
+        metrics: Arc<ConsumerMetrics>,
+        view: View,
+        tasks: TaskTracker,
+    ) -> TopicTable {
         TopicTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             budget: HistoryBudget::new(limits.history_bytes),
             limits,
             metrics,
+            view: ArcSwap::from_pointee(view),
+            peers: OnceLock::new(),
+            requests: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            tasks,
+            me: OnceLock::new(),
         }
     }
 
@@ -121,20 +258,47 @@ impl TopicTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn cell(&self, topic: &Topic) -> Arc<TopicCell> {
+    /// The cell of a topic, if it has one.
+    pub(crate) fn existing(&self, topic: &Topic) -> Option<Arc<TopicCell>> {
+        self.shard(topic).get(topic).cloned()
+    }
+
+    /// The cell of a topic, created (as owner or edge, by the current view)
+    /// when missing.
+    pub(crate) fn cell(&self, topic: &Topic) -> Arc<TopicCell> {
         let mut shard = self.shard(topic);
         if let Some(cell) = shard.get(topic) {
             return cell.clone();
         }
+        let view = self.view.load();
+        let (mode, last) = if view.owns(topic) {
+            (
+                Mode::Owner(Owner::default()),
+                Position {
+                    epoch: new_epoch(),
+                    offset: 0,
+                },
+            )
+        } else {
+            (
+                Mode::Edge(Edge::default()),
+                Position {
+                    epoch: 0,
+                    offset: 0,
+                },
+            )
+        };
         let cell = Arc::new(TopicCell {
             topic: topic.clone(),
-            epoch: new_epoch(),
             first_retained: FirstRetained::default(),
+            ready: Notify::new(),
             state: Mutex::new(TopicState {
-                last_offset: 0,
+                mode,
+                last,
                 subscribers: Vec::new(),
                 ring: Ring::default(),
                 removed: false,
+                generation: view.generation,
             }),
         });
         shard.insert(topic.clone(), cell.clone());
@@ -142,27 +306,63 @@ impl TopicTable {
         cell
     }
 
-    /// Sequences a message, fans it out, keeps it in history, and returns
-    /// its position.
-    pub fn publish(&self, topic: &Topic, payload: &RawValue) -> Position {
-        self.publish_many(topic, &[payload])
+    /// Every cell, for a pass over all topics.
+    pub(crate) fn cells(&self) -> Vec<Arc<TopicCell>> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .map(|map| map.values().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
-    /// Sequences several messages of one topic as one step (consecutive
-    /// offsets), fans them out with one push per subscriber, keeps them in
-    /// history, and returns the position of the first.
-    pub fn publish_many(&self, topic: &Topic, payloads: &[&RawValue]) -> Position {
+    /// Whether this node sequences the topic now (its cell's mode, or the
+    /// view when it has no cell).
+    pub fn owns(&self, topic: &Topic) -> bool {
+        match self.existing(topic) {
+            Some(cell) => {
+                let mut state = cell.lock();
+                self.sync(&cell, &mut state);
+                matches!(state.mode, Mode::Owner(_))
+            }
+            None => self.view.load().owns(topic),
+        }
+    }
+
+    /// Sequences a run of messages of one topic (consecutive offsets), fans
+    /// them out with one push per subscriber, keeps them in history, and
+    /// returns the position of the first. `Err` with the owner's id when
+    /// this node does not own the topic.
+    pub fn publish_many(
+        &self,
+        topic: &Topic,
+        payloads: &[&RawValue],
+    ) -> Result<Position, Option<String>> {
+        if self.existing(topic).is_none() {
+            let view = self.view.load();
+            if !view.owns(topic) {
+                return Err(view.owner(topic).map(str::to_owned));
+            }
+        }
         loop {
             let cell = self.cell(topic);
             let mut state = cell.lock();
             if state.removed {
                 continue;
             }
-            let first = Position {
-                epoch: cell.epoch,
-                offset: state.last_offset + 1,
+            self.sync(&cell, &mut state);
+            let deferred = match &state.mode {
+                Mode::Owner(owner) => owner.deferred.is_some(),
+                Mode::Edge(_) => return Err(self.view.load().owner(topic).map(str::to_owned)),
             };
-            state.last_offset += payloads.len() as u64;
+            let first = Position {
+                epoch: state.last.epoch,
+                offset: state.last.offset + 1,
+            };
+            state.last.offset += payloads.len() as u64;
             let frames: Vec<Bytes> = payloads
                 .iter()
                 .zip(first.offset..)
@@ -174,23 +374,34 @@ impl TopicTable {
                     })
                 })
                 .collect();
-            if !state.subscribers.is_empty() {
+            if !deferred && !state.subscribers.is_empty() {
                 let batch = FrameBatch::new(frames.clone());
                 self.fan_out(&state.subscribers, &batch, payloads);
             }
             for (frame, offset) in frames.into_iter().zip(first.offset..) {
-                self.retain(&cell, &mut state, offset, frame);
+                self.retain(&cell, &mut state, Position { offset, ..first }, frame);
             }
             drop(state);
             self.metrics.messages_in.inc_by(payloads.len() as u64);
             self.evict_over_budget();
-            return first;
+            return Ok(first);
         }
     }
 
-    /// Queues `frames` on every subscriber's outbox. Never waits: a full
-    /// outbox closes itself as a slow consumer and is counted.
-    fn fan_out(&self, subscribers: &[Subscriber], batch: &Arc<FrameBatch>, payloads: &[&RawValue]) {
+    /// Sequences one message (see [`publish_many`](Self::publish_many)).
+    pub fn publish(&self, topic: &Topic, payload: &RawValue) -> Result<Position, Option<String>> {
+        self.publish_many(topic, &[payload])
+    }
+
+    /// Queues a batch on every subscriber's outbox (legacy subscribers get
+    /// frames made from `payloads`, the batch's payloads in order). Never
+    /// waits: a full outbox closes itself as a slow consumer and is counted.
+    pub(crate) fn fan_out(
+        &self,
+        subscribers: &[Subscriber],
+        batch: &Arc<FrameBatch>,
+        payloads: &[&RawValue],
+    ) {
         let mut delivered = 0u64;
         let mut bytes = 0u64;
         let mut legacy_batches: Vec<(Arc<str>, Arc<FrameBatch>)> = Vec::new();
@@ -220,7 +431,7 @@ impl TopicTable {
             };
             match pushed {
                 Ok(len) => {
-                    delivered += payloads.len() as u64;
+                    delivered += batch.frames().len() as u64;
                     bytes += len as u64;
                 }
                 Err(PushError::Overflow) => {
@@ -237,8 +448,47 @@ impl TopicTable {
         self.metrics.bytes_out.inc_by(bytes);
     }
 
-    fn retain(&self, cell: &Arc<TopicCell>, state: &mut TopicState, offset: u64, frame: Bytes) {
-        let cost = state.ring.push(offset, frame);
+    /// Fans out `message` frames already encoded; legacy subscribers' frames
+    /// are made from the payloads read back out of them.
+    pub(crate) fn fan_out_frames(&self, subscribers: &[Subscriber], frames: Vec<Bytes>) {
+        if subscribers.is_empty() || frames.is_empty() {
+            return;
+        }
+        let payloads: Vec<Box<RawValue>> = if subscribers.iter().any(|s| s.legacy_name.is_some()) {
+            frames
+                .iter()
+                .filter_map(
+                    |frame| match Frame::decode(ws::payload_of(frame), usize::MAX) {
+                        Ok(Frame::Message(message)) => Some(message.payload),
+                        _ => None,
+                    },
+                )
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let payloads: Vec<&RawValue> = payloads.iter().map(|payload| &**payload).collect();
+        self.fan_out(subscribers, &FrameBatch::new(frames), &payloads);
+    }
+
+    /// A weak handle on this table, for timers.
+    pub(crate) fn weak_self(&self) -> Option<Weak<TopicTable>> {
+        self.me.get().cloned()
+    }
+
+    /// Records the `Arc` this table lives in (once, right after creating it).
+    pub fn set_self(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    pub(crate) fn retain(
+        &self,
+        cell: &Arc<TopicCell>,
+        state: &mut TopicState,
+        at: Position,
+        frame: Bytes,
+    ) {
+        let (seq, cost) = state.ring.push(at, frame);
         let mut freed = 0;
         let mut count = 0;
         while state.ring.len() > self.limits.history_per_topic {
@@ -246,25 +496,25 @@ impl TopicTable {
             count += 1;
         }
         cell.first_retained.update(&state.ring);
-        self.budget.added(Arc::downgrade(cell), offset, cost);
+        self.budget.added(Arc::downgrade(cell), seq, cost);
         if count > 0 {
             self.budget.removed(freed, count);
         }
     }
 
-    fn evict_over_budget(&self) {
+    pub(crate) fn evict_over_budget(&self) {
         while self.budget.over() {
-            let Some((cell, offset)) = self.budget.oldest() else {
+            let Some((cell, seq)) = self.budget.oldest() else {
                 break;
             };
             let mut state = cell.lock();
-            if state.ring.first_offset() == Some(offset) {
+            if state.ring.first_seq() == Some(seq) {
                 if let Some(freed) = state.ring.pop_front() {
                     self.budget.removed(freed, 1);
                 }
                 cell.first_retained.update(&state.ring);
             }
-            let idle = state.subscribers.is_empty() && state.ring.is_empty();
+            let idle = state.is_idle();
             drop(state);
             if idle {
                 self.remove_if_idle(&cell.topic);
@@ -274,6 +524,48 @@ impl TopicTable {
         self.metrics
             .history_messages
             .set(self.budget.entries() as i64);
+    }
+
+    /// Waits until every topic's cell can answer a new local subscriber: an
+    /// owned topic at once; an edge once its upstream subscription at the
+    /// owner is live (requested here when needed, with `since` for a new
+    /// edge). `Err` names what did not come in time.
+    pub async fn ready(
+        &self,
+        topics: &[Topic],
+        since: Option<Position>,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for topic in topics {
+            loop {
+                let cell = self.cell(topic);
+                let notified = cell.ready.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut state = cell.lock();
+                    if state.removed {
+                        continue;
+                    }
+                    self.sync(&cell, &mut state);
+                    if state.is_ready() {
+                        break;
+                    }
+                    self.ensure_upstream(&cell, &mut state, since);
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    let owner = self
+                        .view
+                        .load()
+                        .owner(topic)
+                        .map(str::to_owned)
+                        .unwrap_or_default();
+                    return Err(format!("{topic}: its owner {owner} did not answer in time"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Subscribes one connection to `topics` (sorted and distinct) as one
@@ -293,19 +585,24 @@ impl TopicTable {
             if states.iter().any(|state| state.removed) {
                 continue;
             }
+            for (cell, state) in cells.iter().zip(states.iter_mut()) {
+                self.sync(cell, state);
+                // A cell that lost its upstream meanwhile asks again.
+                self.ensure_upstream(cell, state, None);
+            }
             let positions: Vec<_> = cells
                 .iter()
                 .zip(&states)
                 .map(|(cell, state)| TopicPosition {
                     topic: cell.topic.clone(),
-                    epoch: cell.epoch,
-                    offset: state.last_offset,
+                    epoch: state.last.epoch,
+                    offset: state.last.offset,
                 })
                 .collect();
             let mut recovered = None;
             let mut replay: Vec<Bytes> = Vec::new();
-            if let (Some(since), [cell], [state]) = (since, &cells[..], &states[..]) {
-                let (frames, complete) = replay_after(cell.epoch, state, since);
+            if let (Some(since), [state]) = (since, &states[..]) {
+                let (frames, complete) = state.ring.replay(since, state.last);
                 replay = frames;
                 recovered = Some(complete);
             }
@@ -315,8 +612,8 @@ impl TopicTable {
                     .outbox
                     .push(ws::text_frame(ack.encode().as_bytes()))?;
             }
-            for frame in replay {
-                subscriber.outbox.push(frame)?;
+            if !replay.is_empty() {
+                subscriber.outbox.push_batch(&FrameBatch::new(replay))?;
             }
             for state in &mut states {
                 state.subscribers.push(subscriber.clone());
@@ -331,9 +628,8 @@ impl TopicTable {
 
     /// Removes one connection's subscription to a topic.
     pub fn unsubscribe(&self, topic: &Topic, conn: ConnId) {
-        let cell = match self.shard(topic).get(topic) {
-            Some(cell) => cell.clone(),
-            None => return,
+        let Some(cell) = self.existing(topic) else {
+            return;
         };
         let mut state = cell.lock();
         let before = state.subscribers.len();
@@ -343,23 +639,122 @@ impl TopicTable {
         self.metrics
             .subscriptions
             .dec_by((before - state.subscribers.len()) as i64);
-        let idle = state.subscribers.is_empty() && state.ring.is_empty();
+        let idle = state.is_idle();
         drop(state);
         if idle {
             self.remove_if_idle(topic);
         }
     }
 
-    fn remove_if_idle(&self, topic: &Topic) {
+    /// Drops a cell made for a subscription that did not happen (it stays
+    /// if anyone else uses it).
+    pub fn release(&self, topic: &Topic) {
+        self.remove_if_idle(topic);
+    }
+
+    /// Removes an idle cell; an edge drops its upstream subscriptions.
+    pub(crate) fn remove_if_idle(&self, topic: &Topic) {
         let mut shard = self.shard(topic);
         let Some(cell) = shard.get(topic).cloned() else {
             return;
         };
         let mut state = cell.lock();
-        if state.subscribers.is_empty() && state.ring.is_empty() && !state.removed {
-            state.removed = true;
-            shard.remove(topic);
-            self.metrics.topics.dec();
+        if !state.is_idle() || state.removed {
+            return;
+        }
+        state.removed = true;
+        if let Mode::Edge(edge) = &mut state.mode {
+            for peer in [edge.upstream.take(), edge.previous.take()]
+                .into_iter()
+                .flatten()
+            {
+                self.send_unsubscribe(&peer, topic);
+            }
+        }
+        let (bytes, count) = state.ring.clear();
+        self.budget.removed(bytes, count);
+        cell.first_retained.update(&state.ring);
+        shard.remove(topic);
+        self.metrics.topics.dec();
+    }
+
+    /// Makes sure an edge cell with (or about to get) subscribers has an
+    /// upstream subscription requested at the owner of this node's view.
+    pub(crate) fn ensure_upstream(
+        &self,
+        cell: &TopicCell,
+        state: &mut TopicState,
+        since: Option<Position>,
+    ) {
+        let last = state.last;
+        let Mode::Edge(edge) = &mut state.mode else {
+            return;
+        };
+        if edge.acked || edge.request.is_some() {
+            return;
+        }
+        let target = match &edge.upstream {
+            Some(upstream) => Some(upstream.clone()),
+            None => self.view.load().owner(&cell.topic).map(str::to_owned),
+        };
+        let Some(target) = target else {
+            return;
+        };
+        let since = if last.epoch != 0 { Some(last) } else { since };
+        edge.upstream = Some(target.clone());
+        edge.resuming = last.epoch != 0;
+        edge.request = self.send_subscribe(&target, &cell.topic, since);
+    }
+
+    /// Sends `subscribe` for `topic` to consumer `peer`; the request id when
+    /// it went out (when the link is down it is sent again on reconnect).
+    pub(crate) fn send_subscribe(
+        &self,
+        peer: &str,
+        topic: &Topic,
+        since: Option<Position>,
+    ) -> Option<u64> {
+        let link = self.peers.get()?.current().link(peer).cloned()?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed) | HANDLER_ID_BIT;
+        let frame = Frame::Subscribe(Subscribe {
+            id,
+            topic: TopicFilter::Exact(topic.clone()),
+            since,
+        });
+        if !link.send_frame(&frame) {
+            return None;
+        }
+        self.lock_requests().insert(id, topic.clone());
+        Some(id)
+    }
+
+    /// Sends `unsubscribe` for `topic` to consumer `peer` (best effort).
+    pub(crate) fn send_unsubscribe(&self, peer: &str, topic: &Topic) {
+        let Some(link) = self
+            .peers
+            .get()
+            .and_then(|links| links.current().link(peer).cloned())
+        else {
+            return;
+        };
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed) | HANDLER_ID_BIT;
+        link.send_frame(&Frame::Unsubscribe(Unsubscribe {
+            id,
+            topic: TopicFilter::Exact(topic.clone()),
+        }));
+    }
+
+    pub(crate) fn lock_requests(&self) -> MutexGuard<'_, HashMap<u64, Topic>> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Closes every local subscriber of a cell whose stream has a gap it
+    /// cannot tell them about: they reconnect and resume (and learn of it).
+    pub(crate) fn resync(&self, state: &mut TopicState) {
+        for subscriber in state.subscribers.drain(..) {
+            subscriber.outbox.close(CloseCode::Resync);
         }
     }
 
@@ -371,52 +766,63 @@ impl TopicTable {
             .sum()
     }
 
+    /// Topics owned and topics served as an edge.
+    pub fn owned_and_edge_counts(&self) -> (usize, usize) {
+        let mut owned = 0;
+        let mut edges = 0;
+        for cell in self.cells() {
+            match cell.lock().mode {
+                Mode::Owner(_) => owned += 1,
+                Mode::Edge(_) => edges += 1,
+            }
+        }
+        (owned, edges)
+    }
+
     /// Bytes of history retained.
     pub fn history_bytes(&self) -> usize {
         self.budget.bytes()
     }
 
-    /// The position of the last message of a topic, if it has state.
+    /// The latest position of a topic, if it has state.
     pub fn position(&self, topic: &Topic) -> Option<Position> {
-        let cell = self.shard(topic).get(topic).cloned()?;
+        let cell = self.existing(topic)?;
         let state = cell.lock();
-        Some(Position {
-            epoch: cell.epoch,
-            offset: state.last_offset,
+        Some(state.last)
+    }
+
+    /// Encodes a message received from upstream as this node's server frame.
+    pub(crate) fn frame_of(message: &shardq_protocol::Message) -> Bytes {
+        let estimate = 80 + message.topic.as_str().len() + message.payload.get().len();
+        ws::text_frame_with(estimate, |out| {
+            encode_message_into(out, &message.topic, message.position(), &message.payload)
         })
     }
-}
-
-/// The frames to replay for `since` and whether they cover the gap.
-fn replay_after(epoch: u64, state: &TopicState, since: Position) -> (Vec<Bytes>, bool) {
-    if since.epoch != epoch {
-        // Another epoch: everything this one still holds, and a gap reported.
-        return (state.ring.after(0).cloned().collect(), false);
-    }
-    if since.offset >= state.last_offset {
-        return (Vec::new(), true);
-    }
-    let complete = state
-        .ring
-        .first_offset()
-        .is_some_and(|first| first <= since.offset + 1);
-    (state.ring.after(since.offset).cloned().collect(), complete)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::outbox::Drained;
+    use crate::net::outbox::{Chunk, Drained};
     use std::collections::VecDeque;
 
     fn table(per_topic: usize, bytes: usize) -> TopicTable {
         let (metrics, _) = ConsumerMetrics::new();
+        let view = View {
+            own_id: "c".into(),
+            ids: vec!["c".into()],
+            router: Router::new(&["c"]),
+            hash: String::new(),
+            generation: 1,
+        };
         TopicTable::new(
             TableLimits {
                 history_per_topic: per_topic,
                 history_bytes: bytes,
             },
             Arc::new(metrics),
+            view,
+            TaskTracker::new(),
         )
     }
 
@@ -425,6 +831,7 @@ mod tests {
             conn,
             outbox: Arc::new(Outbox::new(limit)),
             legacy_name: None,
+            peer: false,
         }
     }
 
@@ -439,7 +846,7 @@ mod tests {
         outbox.written(bytes);
         frames
             .iter()
-            .flat_map(|chunk| chunk.frames().to_vec())
+            .flat_map(|chunk: &Chunk| chunk.frames().to_vec())
             .map(|frame| {
                 let header = if frame[1] < 126 { 2 } else { 4 };
                 String::from_utf8(frame[header..].to_vec()).unwrap()
@@ -458,8 +865,8 @@ mod tests {
         table
             .subscribe(std::slice::from_ref(&topic), &two, None, None)
             .unwrap();
-        let first = table.publish(&topic, &raw("1"));
-        let second = table.publish(&topic, &raw("2"));
+        let first = table.publish(&topic, &raw("1")).unwrap();
+        let second = table.publish(&topic, &raw("2")).unwrap();
         assert_eq!(first.epoch, second.epoch);
         assert_eq!((first.offset, second.offset), (1, 2));
         let texts = drain_texts(&one.outbox).await;
@@ -479,20 +886,16 @@ mod tests {
             offset: 0,
         };
         for i in 1..=5 {
-            last = table.publish(&topic, &raw(&i.to_string()));
+            last = table.publish(&topic, &raw(&i.to_string())).unwrap();
         }
         // The ring holds 3..=5.
         let sub = subscriber(1, 1 << 20);
+        let since = Position {
+            epoch: last.epoch,
+            offset: 2,
+        };
         let result = table
-            .subscribe(
-                std::slice::from_ref(&topic),
-                &sub,
-                Some(Position {
-                    epoch: last.epoch,
-                    offset: 2,
-                }),
-                Some(1),
-            )
+            .subscribe(std::slice::from_ref(&topic), &sub, Some(since), Some(1))
             .unwrap();
         assert_eq!(result.recovered, Some(true));
         let texts = drain_texts(&sub.outbox).await;
@@ -500,16 +903,12 @@ mod tests {
         assert!(texts[1].ends_with(r#""offset":3,"payload":3}"#));
         // Too far back: what is held, and not recovered.
         let late = subscriber(2, 1 << 20);
+        let since = Position {
+            epoch: last.epoch,
+            offset: 1,
+        };
         let result = table
-            .subscribe(
-                std::slice::from_ref(&topic),
-                &late,
-                Some(Position {
-                    epoch: last.epoch,
-                    offset: 1,
-                }),
-                Some(1),
-            )
+            .subscribe(std::slice::from_ref(&topic), &late, Some(since), Some(1))
             .unwrap();
         assert_eq!(result.recovered, Some(false));
         assert_eq!(drain_texts(&late.outbox).await.len(), 4);
@@ -522,14 +921,15 @@ mod tests {
         assert_eq!(drain_texts(&current.outbox).await.len(), 1);
         // Another epoch: the whole ring, not recovered.
         let stranger = subscriber(4, 1 << 20);
+        let since = Position {
+            epoch: last.epoch + 1,
+            offset: 4,
+        };
         let result = table
             .subscribe(
-                &[topic],
+                std::slice::from_ref(&topic),
                 &stranger,
-                Some(Position {
-                    epoch: last.epoch + 1,
-                    offset: 4,
-                }),
+                Some(since),
                 Some(1),
             )
             .unwrap();
@@ -549,7 +949,9 @@ mod tests {
             .subscribe(std::slice::from_ref(&topic), &fast, None, None)
             .unwrap();
         for _ in 0..20 {
-            table.publish(&topic, &raw(&format!("\"{}\"", "x".repeat(50))));
+            table
+                .publish(&topic, &raw(&format!("\"{}\"", "x".repeat(50))))
+                .unwrap();
         }
         assert!(slow.outbox.is_closed());
         assert!(!fast.outbox.is_closed());
@@ -562,7 +964,7 @@ mod tests {
         let table = table(1000, 10_000);
         for i in 0..500 {
             let topic = Topic::new("t", &format!("e{i}")).unwrap();
-            table.publish(&topic, &raw("\"0123456789\""));
+            table.publish(&topic, &raw("\"0123456789\"")).unwrap();
         }
         assert!(table.history_bytes() <= 10_000);
         // Evicted topics without subscribers are gone; the newest remain.
@@ -583,5 +985,35 @@ mod tests {
         table.unsubscribe(&topic, 1);
         assert_eq!(table.topic_count(), 0);
         assert_eq!(table.metrics.subscriptions.get(), 0);
+    }
+
+    #[test]
+    fn a_topic_this_node_does_not_own_is_refused_with_its_owner() {
+        let (metrics, _) = ConsumerMetrics::new();
+        let ids = ["c0", "c1", "c2"];
+        let view = View {
+            own_id: "c0".into(),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            router: Router::new(&ids),
+            hash: String::new(),
+            generation: 1,
+        };
+        let table = TopicTable::new(
+            TableLimits {
+                history_per_topic: 10,
+                history_bytes: 1 << 20,
+            },
+            Arc::new(metrics),
+            view,
+            TaskTracker::new(),
+        );
+        let router = Router::new(&ids);
+        let foreign = (0..100)
+            .map(|i| Topic::new("t", &format!("e{i}")).unwrap())
+            .find(|topic| router.owner_id(topic) != Some("c0"))
+            .unwrap();
+        let owner = router.owner_id(&foreign).map(str::to_owned);
+        assert_eq!(table.publish(&foreign, &raw("1")), Err(owner));
+        assert_eq!(table.topic_count(), 0);
     }
 }

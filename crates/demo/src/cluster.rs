@@ -106,6 +106,7 @@ impl Embedded {
                 id: entry.id,
                 cluster: config.clone(),
                 psk: psk.clone(),
+                updates: None,
             };
             tasks.push(tokio::spawn(shardq_consumer::run(
                 ws,
@@ -119,6 +120,7 @@ impl Embedded {
                 id: entry.id,
                 cluster: config.clone(),
                 psk: psk.clone(),
+                updates: None,
             };
             tasks.push(tokio::spawn(shardq_producer::run(
                 ws,

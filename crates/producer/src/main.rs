@@ -56,10 +56,12 @@ async fn start(args: NodeArgs) -> Result<(), StartError> {
     let listener = node::bind(&listen).await?;
     let admin = node::bind(&admin_listen).await?;
     tracing::info!(id = %args.id, %listen, admin = %admin_listen, "starting producer");
+    let updates = node::watch_cluster_file(args.config.clone(), cluster.clone());
     let config = ProducerConfig {
         id: args.id,
         cluster,
         psk,
+        updates: Some(updates),
     };
     run(listener, Some(admin), config, node::stop_signal()).await;
     Ok(())

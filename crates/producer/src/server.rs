@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -11,6 +12,7 @@ use shardq_consumer::net::admin;
 use shardq_consumer::net::conn::{self, ConnLimits};
 use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,13 +31,16 @@ pub struct ProducerConfig {
     pub cluster: ClusterConfig,
     /// The pre-shared key.
     pub psk: Psk,
+    /// New cluster files to follow (reloads); `None` to keep this one.
+    pub updates: Option<watch::Receiver<Arc<ClusterConfig>>>,
 }
 
 /// State shared by the producer's connections and links.
 pub(crate) struct Shared {
     pub id: String,
     pub psk: Psk,
-    pub queues: QueueConfig,
+    pub queues: ArcSwap<QueueConfig>,
+    pub cluster: ArcSwap<ClusterConfig>,
     pub limits: Limits,
     pub links: Links,
     pub metrics: Arc<ProducerMetrics>,
@@ -95,32 +100,69 @@ pub async fn run(
         links,
         id: config.id,
         psk: config.psk,
-        queues: config.cluster.queues.clone(),
+        queues: ArcSwap::from_pointee(config.cluster.queues.clone()),
+        cluster: ArcSwap::from_pointee(config.cluster.clone()),
         limits: config.cluster.limits.clone(),
         metrics,
         draining: CancellationToken::new(),
         tasks: TaskTracker::new(),
     });
-    if let Some(admin_listener) = admin {
-        let router = admin::base_routes(Arc::new(registry)).route(
-            "/readyz",
-            get({
-                let shared = shared.clone();
-                move || async move {
-                    let ready = shared.links.any_up();
-                    let body = serde_json::json!({
-                        "ready": ready,
-                        "links": shared.links.statuses(),
-                    });
-                    let status = if ready {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    (status, Json(body))
+    if let Some(mut updates) = config.updates {
+        let shared = shared.clone();
+        let stop = links_stop.clone();
+        link_tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { return },
+                    () = stop.cancelled() => return,
                 }
-            }),
-        );
+                let cluster = updates.borrow_and_update().clone();
+                tracing::info!(hash = %cluster.node_list_hash(), nodes = ?cluster.consumer_ids(), "applying node list");
+                shared.queues.store(Arc::new(cluster.queues.clone()));
+                shared.links.update(&cluster);
+                shared.cluster.store(cluster);
+                shared.metrics.reloads.inc();
+            }
+        });
+    }
+    if let Some(admin_listener) = admin {
+        let status = shared.clone();
+        let router = admin::base_routes(Arc::new(registry))
+            .route(
+                "/v1/cluster",
+                get(move || {
+                    let shared = status.clone();
+                    async move {
+                        let cluster = shared.cluster.load();
+                        Json(serde_json::json!({
+                            "node": shared.id,
+                            "kind": "producer",
+                            "node_list": cluster.consumer_ids(),
+                            "node_list_hash": cluster.node_list_hash(),
+                            "links": shared.links.statuses(),
+                        }))
+                    }
+                }),
+            )
+            .route(
+                "/readyz",
+                get({
+                    let shared = shared.clone();
+                    move || async move {
+                        let ready = shared.links.any_up();
+                        let body = serde_json::json!({
+                            "ready": ready,
+                            "links": shared.links.statuses(),
+                        });
+                        let status = if ready {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        (status, Json(body))
+                    }
+                }),
+            );
         link_tasks.spawn(admin::serve(admin_listener, router, admin_stop.clone()));
     }
     if let Ok(addr) = listener.local_addr() {

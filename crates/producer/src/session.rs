@@ -140,7 +140,7 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 ));
                 continue;
             }
-            if let Err(error) = shared.queues.check(&topic) {
+            if let Err(error) = shared.queues.load().check(&topic) {
                 answers.push(refusal(shared, id, error.code(), &error.to_string()));
                 continue;
             }
@@ -216,7 +216,7 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
         &shared.psk,
         shared.limits.max_preauth_frame_bytes,
         deadline,
-        || Ok(()),
+        || async { Ok(()) },
     ))
     .await;
     if let Err(refused) = verified {
@@ -258,7 +258,7 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
         };
         shared.metrics.publishes_in.inc();
         let topic: Topic =
-            match legacy::topic(&name).and_then(|t| shared.queues.check(&t).map(|()| t)) {
+            match legacy::topic(&name).and_then(|t| shared.queues.load().check(&t).map(|()| t)) {
                 Ok(topic) => topic,
                 Err(error) => {
                     undelivered(&shared, &error.to_string());

@@ -82,6 +82,7 @@ async fn sigterm_answers_every_publish_in_flight() {
             id: "consumer-0".into(),
             cluster: cluster.clone(),
             psk: psk.clone(),
+            updates: None,
         },
         std::future::pending(),
     ));

@@ -522,6 +522,9 @@ pub enum CloseCode {
     TopicRefused,
     /// 4008: the subscriber fell too far behind and was disconnected.
     SlowConsumer,
+    /// 4010: the node lost part of a topic's stream it relays; reconnect
+    /// and resume (the resume reports what is missing).
+    Resync,
     /// 4009: the peer stopped answering pings.
     PingTimeout,
 }
@@ -538,6 +541,7 @@ impl CloseCode {
             CloseCode::ProtocolError => 4003,
             CloseCode::TopicRefused => 4004,
             CloseCode::SlowConsumer => 4008,
+            CloseCode::Resync => 4010,
             CloseCode::PingTimeout => 4009,
         }
     }
@@ -553,6 +557,7 @@ impl CloseCode {
             CloseCode::ProtocolError => "protocol error",
             CloseCode::TopicRefused => "topic refused",
             CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::Resync => "resync",
             CloseCode::PingTimeout => "ping timeout",
         }
     }
@@ -569,6 +574,7 @@ impl CloseCode {
             CloseCode::TopicRefused,
             CloseCode::SlowConsumer,
             CloseCode::PingTimeout,
+            CloseCode::Resync,
         ]
         .into_iter()
         .find(|known| known.code() == code)
@@ -1110,7 +1116,7 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for code in [1000, 1001, 1009, 4001, 4002, 4003, 4004, 4008, 4009] {
+        for code in [1000, 1001, 1009, 4001, 4002, 4003, 4004, 4008, 4009, 4010] {
             assert_eq!(CloseCode::from_code(code).unwrap().code(), code);
         }
         assert_eq!(CloseCode::from_code(4999), None);

@@ -93,21 +93,25 @@ pub async fn accept_shardq(
 /// The legacy handshake. `on_verified` runs the moment the peer's answer
 /// checks out, before our answer tells the peer the connection is open (a
 /// legacy subscriber is subscribed there); its `Err` ends the connection.
-pub async fn accept_legacy(
+pub async fn accept_legacy<F, Fut>(
     reader: &mut Reader,
     outbox: &Outbox,
     psk: &Psk,
     preauth_limit: usize,
     deadline: Instant,
-    mut on_verified: impl FnMut() -> Result<(), ()>,
-) -> Result<(), Refused> {
+    on_verified: F,
+) -> Result<(), Refused>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ()>>,
+{
+    let mut on_verified = Some(on_verified);
     let mut handshake = LegacyHandshake::new(
         psk.clone(),
         legacy::random_challenge(),
         AnswerPolicy::AfterVerified,
     );
     send(outbox, &handshake.challenge().encode());
-    let mut verified = false;
     while !handshake.is_established() {
         let text = next_text(reader, outbox, deadline).await?;
         let frame = match LegacyFrame::decode(text.as_bytes(), preauth_limit) {
@@ -129,10 +133,12 @@ pub async fn accept_legacy(
                 return Err(Refused { auth_failed: true });
             }
         };
-        if handshake.peer_verified() && !verified {
-            verified = true;
-            if on_verified().is_err() {
-                return Err(NOT_AUTH);
+        if handshake.peer_verified() {
+            if let Some(on_verified) = on_verified.take() {
+                if on_verified().await.is_err() {
+                    outbox.close(CloseCode::TopicRefused);
+                    return Err(NOT_AUTH);
+                }
             }
         }
         if let Some(answer) = &step.send {

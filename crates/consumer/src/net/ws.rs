@@ -51,6 +51,16 @@ pub fn header_len(len: usize) -> usize {
     }
 }
 
+/// The payload of an unmasked frame built here (its header skipped).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
 /// One complete unmasked text frame carrying `payload`.
 pub fn text_frame(payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(header_len(payload.len()) + payload.len());

@@ -1,0 +1,494 @@
+//! Ownership changes and edges: what a topic's cell does when the node list
+//! changes, and the upstream streams edges receive from owners over peer
+//! links.
+//!
+//! When ownership of a topic moves from A to B:
+//! - A seals its epoch, sends `moved` to its peer subscribers (the edges),
+//!   and becomes an edge itself: it subscribes at B from the start of B's
+//!   epoch and relays it to everyone still subscribed at A.
+//! - B, if it was an edge following A, sequences at once but holds back
+//!   fan-out until A's `moved` (the rest of A's epoch reaches its
+//!   subscribers first); then it drops A and sends what it held.
+//! - Every other edge follows A until A's `moved`, then subscribes at B
+//!   (from the start of B's epoch, or from where A's relay got it) and drops
+//!   A once B acks. Duplicates are dropped by `(epoch, offset)`.
+//!
+//! B keeps its epoch's history, so nothing published between producers
+//! switching and edges arriving is lost. Waits for a `moved` are bounded
+//! ([`SEAL_PATIENCE`]) in case the old owner is gone.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use shardq_protocol::{Frame, Message, Moved, Position, Topic, TopicPosition};
+
+use crate::net::link::{ConsumerLink, LinkHandler};
+use crate::net::ws;
+use crate::topics::{
+    Deferred, Edge, Mode, Owner, TopicCell, TopicState, TopicTable, View, new_epoch,
+};
+
+/// How long a cell waits for the old owner's `moved` before moving on.
+pub const SEAL_PATIENCE: Duration = Duration::from_secs(5);
+/// Pause before asking an upstream again after it refused.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+impl TopicTable {
+    /// Brings a cell's mode in line with the current view (called with the
+    /// cell locked, on every use and for every cell after a reload).
+    pub(crate) fn sync(&self, cell: &TopicCell, state: &mut TopicState) {
+        let view = self.view.load();
+        if state.generation == view.generation {
+            return;
+        }
+        state.generation = view.generation;
+        let owner = view.owner(&cell.topic).map(str::to_owned);
+        let owns = owner.as_deref() == Some(view.own_id.as_str());
+        match (&mut state.mode, owns) {
+            (Mode::Owner(_), true) => {}
+            (Mode::Owner(_), false) => self.relinquish(cell, state, owner),
+            (Mode::Edge(_), true) => self.take_over(cell, state),
+            (Mode::Edge(edge), false) => {
+                let Some(target) = owner else { return };
+                match edge.upstream.clone() {
+                    Some(upstream) if upstream == target => {}
+                    Some(_) if edge.sealed => self.switch(cell, state, target),
+                    Some(_) => {
+                        // Follow the old owner until its epoch is sealed.
+                        edge.waiting = Some(target);
+                        self.after(SEAL_PATIENCE, &cell.topic, view.generation, |table, cell, state| {
+                            if let Mode::Edge(edge) = &mut state.mode {
+                                if let Some(target) = edge.waiting.take() {
+                                    tracing::warn!(topic = %cell.topic, "no moved from the old owner in time; switching anyway");
+                                    table.switch(cell, state, target);
+                                }
+                            }
+                        });
+                    }
+                    None => {
+                        if !state.subscribers.is_empty() {
+                            self.ensure_upstream(cell, state, None);
+                        }
+                    }
+                }
+            }
+        }
+        cell.ready.notify_waiters();
+    }
+
+    /// This node no longer owns the topic: seal, tell the edges, relay the
+    /// new owner.
+    fn relinquish(&self, cell: &TopicCell, state: &mut TopicState, owner: Option<String>) {
+        let predecessor = match &mut state.mode {
+            Mode::Owner(Owner { deferred }) => deferred.take().map(|d| d.predecessor),
+            Mode::Edge(_) => None,
+        };
+        state.ring.seal(state.last);
+        if let Some(owner) = &owner {
+            let moved = Frame::Moved(Moved {
+                topic: cell.topic.clone(),
+                epoch: state.last.epoch,
+                offset: state.last.offset,
+                owner: owner.clone(),
+            });
+            let frame = ws::text_frame(moved.encode().as_bytes());
+            for subscriber in state.subscribers.iter().filter(|s| s.peer) {
+                let _ = subscriber.outbox.push(frame.clone());
+            }
+        }
+        tracing::info!(topic = %cell.topic, ?owner, at = ?state.last, "no longer the owner; sealed and relaying");
+        let mut edge = Edge::default();
+        match predecessor {
+            // Still subscribed at the predecessor, which is the owner again.
+            Some(predecessor) if Some(&predecessor) == owner.as_ref() => {
+                edge.upstream = Some(predecessor);
+                edge.acked = true;
+            }
+            Some(predecessor) => self.send_unsubscribe(&predecessor, &cell.topic),
+            None => {}
+        }
+        state.mode = Mode::Edge(edge);
+        if !state.subscribers.is_empty() {
+            if let (Mode::Edge(edge), Some(owner)) = (&mut state.mode, owner) {
+                if edge.upstream.is_none() {
+                    // From the start of the new owner's epoch.
+                    edge.upstream = Some(owner.clone());
+                    edge.resuming = true;
+                    edge.request = self.send_subscribe(
+                        &owner,
+                        &cell.topic,
+                        Some(Position {
+                            epoch: 0,
+                            offset: 0,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// This node owns the topic now. If it was following the old owner,
+    /// it sequences at once but holds fan-out back until the old owner's
+    /// epoch is sealed.
+    fn take_over(&self, cell: &TopicCell, state: &mut TopicState) {
+        let Mode::Edge(edge) = &mut state.mode else {
+            return;
+        };
+        let predecessor = match (edge.upstream.take(), edge.acked) {
+            (Some(upstream), true) if !edge.sealed => Some(upstream),
+            (Some(upstream), _) => {
+                self.send_unsubscribe(&upstream, &cell.topic);
+                None
+            }
+            (None, _) => None,
+        };
+        if let Some(previous) = edge.previous.take() {
+            self.send_unsubscribe(&previous, &cell.topic);
+        }
+        let before = state.last;
+        if before.epoch != 0 && predecessor.is_none() {
+            state.ring.seal(before);
+        }
+        state.last = Position {
+            epoch: new_epoch(),
+            offset: 0,
+        };
+        tracing::info!(topic = %cell.topic, epoch = state.last.epoch, waiting_for = ?predecessor, "now the owner");
+        let deferred = predecessor.map(|predecessor| Deferred {
+            predecessor,
+            last: before,
+            from_seq: state.ring.next_seq(),
+        });
+        let waiting = deferred.is_some();
+        state.mode = Mode::Owner(Owner { deferred });
+        if waiting {
+            let generation = state.generation;
+            self.after(SEAL_PATIENCE, &cell.topic, generation, |table, cell, state| {
+                if matches!(&state.mode, Mode::Owner(Owner { deferred: Some(_) })) {
+                    tracing::warn!(topic = %cell.topic, "no moved from the old owner in time; sending what was held");
+                    table.end_take_over(cell, state);
+                }
+            });
+        }
+    }
+
+    /// Ends a take-over: drops the predecessor and sends what was held back.
+    fn end_take_over(&self, cell: &TopicCell, state: &mut TopicState) {
+        let Mode::Owner(owner) = &mut state.mode else {
+            return;
+        };
+        let Some(deferred) = owner.deferred.take() else {
+            return;
+        };
+        self.send_unsubscribe(&deferred.predecessor, &cell.topic);
+        let held = state.ring.from_seq(deferred.from_seq);
+        self.fan_out_frames(&state.subscribers, held);
+        cell.ready.notify_waiters();
+    }
+
+    /// Re-points an edge at `target`: subscribe there (from the start of its
+    /// epoch when the old upstream sealed its own), keep the old upstream
+    /// until `target` acks.
+    pub(crate) fn switch(&self, cell: &TopicCell, state: &mut TopicState, target: String) {
+        let last = state.last;
+        let sealed_here = last.epoch != 0 && state.ring.is_sealed(last.epoch);
+        let Mode::Edge(edge) = &mut state.mode else {
+            return;
+        };
+        if let Some(old) = edge.previous.take() {
+            self.send_unsubscribe(&old, &cell.topic);
+        }
+        edge.previous = if edge.acked {
+            edge.upstream.take()
+        } else {
+            None
+        };
+        if let Some(stale) = edge.upstream.take() {
+            self.send_unsubscribe(&stale, &cell.topic);
+        }
+        let since = if last.epoch == 0 {
+            None
+        } else if sealed_here {
+            Some(Position {
+                epoch: 0,
+                offset: 0,
+            })
+        } else {
+            Some(last)
+        };
+        edge.upstream = Some(target.clone());
+        edge.acked = false;
+        edge.sealed = false;
+        edge.waiting = None;
+        edge.resuming = last.epoch != 0;
+        edge.request = self.send_subscribe(&target, &cell.topic, since);
+        tracing::info!(topic = %cell.topic, %target, ?since, "edge re-pointed");
+    }
+
+    /// Runs `action` on the topic's cell after `delay`, unless the view
+    /// changed again meanwhile.
+    fn after(
+        &self,
+        delay: Duration,
+        topic: &Topic,
+        generation: u64,
+        action: impl FnOnce(&TopicTable, &TopicCell, &mut TopicState) + Send + 'static,
+    ) {
+        let Some(table) = self.weak_self() else {
+            return;
+        };
+        let topic = topic.clone();
+        self.tasks.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let Some(table) = table.upgrade() else { return };
+            let Some(cell) = table.existing(&topic) else {
+                return;
+            };
+            let mut state = cell.lock();
+            if state.generation == generation && !state.removed {
+                action(&table, &cell, &mut state);
+            }
+        });
+    }
+
+    /// A new node list: every cell follows it.
+    pub fn apply_view(&self, view: View) {
+        tracing::info!(hash = %view.hash, nodes = ?view.ids, "applying node list");
+        self.view.store(Arc::new(view));
+        for cell in self.cells() {
+            let mut state = cell.lock();
+            if !state.removed {
+                self.sync(&cell, &mut state);
+            }
+            let idle = state.subscribers.is_empty() && matches!(state.mode, Mode::Edge(_));
+            drop(state);
+            if idle {
+                self.remove_if_idle(&cell.topic);
+            }
+        }
+    }
+
+    /// A message from an upstream (or a predecessor still finishing).
+    fn on_message(&self, from: &str, message: Message) {
+        let Some(cell) = self.existing(&message.topic) else {
+            return;
+        };
+        let mut state = cell.lock();
+        if state.removed {
+            return;
+        }
+        self.sync(&cell, &mut state);
+        let at = message.position();
+        match &mut state.mode {
+            Mode::Edge(edge) => {
+                let from_us = edge.upstream.as_deref() == Some(from)
+                    || edge.previous.as_deref() == Some(from);
+                let old = at.epoch == state.last.epoch && at.offset <= state.last.offset;
+                let sealed_epoch = at.epoch != state.last.epoch && state.ring.is_sealed(at.epoch);
+                if !from_us || old || sealed_epoch {
+                    return;
+                }
+                let last = state.last;
+                if at.epoch != last.epoch && last.epoch != 0 && !state.ring.is_sealed(last.epoch) {
+                    // A new epoch without a seal of the one before: the old
+                    // upstream's tail is unknown from here on.
+                    state.ring.seal(last);
+                }
+                state.last = at;
+            }
+            Mode::Owner(Owner {
+                deferred: Some(deferred),
+            }) => {
+                let in_order = at.epoch != deferred.last.epoch || at.offset > deferred.last.offset;
+                if deferred.predecessor != from || !in_order {
+                    return;
+                }
+                deferred.last = at;
+            }
+            Mode::Owner(_) => return,
+        }
+        let frame = TopicTable::frame_of(&message);
+        if !state.subscribers.is_empty() {
+            let batch = crate::net::outbox::FrameBatch::new(vec![frame.clone()]);
+            self.fan_out(&state.subscribers, &batch, &[&*message.payload]);
+        }
+        self.retain(&cell, &mut state, at, frame);
+        drop(state);
+        self.evict_over_budget();
+    }
+
+    /// The answer to an upstream subscribe.
+    fn on_answer(&self, id: u64, positions: Option<Vec<TopicPosition>>, recovered: Option<bool>) {
+        let Some(topic) = self.lock_requests().remove(&id) else {
+            return;
+        };
+        let Some(cell) = self.existing(&topic) else {
+            return;
+        };
+        let mut state = cell.lock();
+        self.sync(&cell, &mut state);
+        let last = state.last;
+        let Mode::Edge(edge) = &mut state.mode else {
+            return;
+        };
+        if edge.request != Some(id) {
+            return;
+        }
+        edge.request = None;
+        match positions {
+            Some(positions) => {
+                edge.acked = true;
+                if let Some(previous) = edge.previous.take() {
+                    self.send_unsubscribe(&previous, &topic);
+                }
+                let resumed = edge.resuming;
+                edge.resuming = false;
+                if last.epoch == 0 {
+                    if let Some(position) = positions.first() {
+                        state.last = Position {
+                            epoch: position.epoch,
+                            offset: position.offset,
+                        };
+                    }
+                }
+                if resumed && recovered == Some(false) {
+                    tracing::warn!(%topic, "upstream could not replay what this edge missed; subscribers resync");
+                    self.resync(&mut state);
+                }
+                cell.ready.notify_waiters();
+            }
+            None => {
+                // Refused (not the owner yet, or unavailable): ask again soon.
+                let generation = state.generation;
+                self.after(RETRY_AFTER, &topic, generation, |table, cell, state| {
+                    table.ensure_upstream(cell, state, None);
+                });
+            }
+        }
+    }
+
+    /// The upstream's epoch ended (`moved`).
+    fn on_moved(&self, from: &str, moved: Moved) {
+        let Some(cell) = self.existing(&moved.topic) else {
+            return;
+        };
+        let mut state = cell.lock();
+        self.sync(&cell, &mut state);
+        let end = Position {
+            epoch: moved.epoch,
+            offset: moved.offset,
+        };
+        match &mut state.mode {
+            Mode::Edge(edge) if edge.upstream.as_deref() == Some(from) => {
+                edge.sealed = true;
+                let waiting = edge.waiting.take();
+                state.ring.seal(end);
+                // Edges relaying through this node learn of it too.
+                let frame = ws::text_frame(Frame::Moved(moved).encode().as_bytes());
+                for subscriber in state.subscribers.iter().filter(|s| s.peer) {
+                    let _ = subscriber.outbox.push(frame.clone());
+                }
+                if let Some(target) = waiting {
+                    self.switch(&cell, &mut state, target);
+                }
+            }
+            Mode::Owner(Owner {
+                deferred: Some(deferred),
+            }) if deferred.predecessor == from => {
+                state.ring.seal(end);
+                self.end_take_over(&cell, &mut state);
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer link (re)connected: send what its edges need.
+    fn on_link_up(&self, peer: &str) {
+        for cell in self.cells() {
+            let mut state = cell.lock();
+            if state.removed || state.subscribers.is_empty() {
+                continue;
+            }
+            self.sync(&cell, &mut state);
+            if let Mode::Edge(edge) = &state.mode {
+                if edge.upstream.as_deref() == Some(peer) && !edge.acked && edge.request.is_none() {
+                    self.ensure_upstream(&cell, &mut state, None);
+                }
+            }
+        }
+    }
+
+    /// A peer link broke: its edges wait for it to come back (and then
+    /// resume); a take-over waiting on it stops waiting.
+    fn on_link_down(&self, peer: &str) {
+        for cell in self.cells() {
+            let mut state = cell.lock();
+            match &mut state.mode {
+                Mode::Edge(edge) => {
+                    if edge.previous.as_deref() == Some(peer) {
+                        edge.previous = None;
+                    }
+                    if edge.upstream.as_deref() == Some(peer) {
+                        edge.acked = false;
+                        edge.request = None;
+                    }
+                }
+                Mode::Owner(Owner {
+                    deferred: Some(deferred),
+                }) if deferred.predecessor == peer => {
+                    tracing::warn!(topic = %cell.topic, %peer, "old owner unreachable during take-over; sending what was held");
+                    self.end_take_over(&cell, &mut state);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The consumer's handler for its peer links.
+pub struct PeerHandler {
+    table: Weak<TopicTable>,
+}
+
+impl PeerHandler {
+    /// A handler feeding `table`.
+    pub fn new(table: &Arc<TopicTable>) -> PeerHandler {
+        PeerHandler {
+            table: Arc::downgrade(table),
+        }
+    }
+}
+
+impl LinkHandler for PeerHandler {
+    fn on_up(&self, link: &Arc<ConsumerLink>) {
+        if let Some(table) = self.table.upgrade() {
+            table.on_link_up(&link.id);
+        }
+    }
+
+    fn on_down(&self, link: &Arc<ConsumerLink>) {
+        if let Some(table) = self.table.upgrade() {
+            table.on_link_down(&link.id);
+        }
+    }
+
+    fn on_frame(&self, link: &Arc<ConsumerLink>, frame: Frame) {
+        let Some(table) = self.table.upgrade() else {
+            return;
+        };
+        match frame {
+            Frame::Message(message) => table.on_message(&link.id, message),
+            Frame::Moved(moved) => table.on_moved(&link.id, moved),
+            Frame::Ack(ack) => {
+                table.on_answer(ack.id, Some(ack.topics.unwrap_or_default()), ack.recovered)
+            }
+            Frame::Error(error) => {
+                if let Some(id) = error.id {
+                    tracing::debug!(link = %link.id, code = %error.code, message = %error.message, "upstream refused");
+                    table.on_answer(id, None, None);
+                }
+            }
+            _ => {}
+        }
+    }
+}
