@@ -18,6 +18,16 @@ use tokio::task::JoinHandle;
 
 pub use raw::{LegacyClient, RawClient};
 
+/// Logs to the test's output, filtered by `RUST_LOG` (nothing by default).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// How long a test waits for anything before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -75,6 +75,20 @@ impl RawClient {
         next_text(&mut self.socket).await
     }
 
+    /// The next text frame if one arrives within `wait`, else `None`.
+    pub async fn recv_within(&mut self, wait: std::time::Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return None,
+                Ok(Some(Ok(Message::Text(text)))) => return Some(text.to_string()),
+                Ok(Some(Ok(Message::Close(frame)))) => panic!("closed: {frame:?}"),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => panic!("connection lost"),
+            }
+        }
+    }
+
     /// Reads until the connection closes; the close code.
     pub async fn closed(&mut self) -> Option<u16> {
         loop {

@@ -20,6 +20,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use shardq_protocol::{Frame, Message, Moved, Position, Topic, TopicPosition};
 
 use crate::net::link::{ConsumerLink, LinkHandler};
@@ -157,7 +158,7 @@ impl TopicTable {
         let deferred = predecessor.map(|predecessor| Deferred {
             predecessor,
             last: before,
-            from_seq: state.ring.next_seq(),
+            held: Vec::new(),
         });
         let waiting = deferred.is_some();
         state.mode = Mode::Owner(Owner { deferred });
@@ -181,8 +182,15 @@ impl TopicTable {
             return;
         };
         self.send_unsubscribe(&deferred.predecessor, &cell.topic);
-        let held = state.ring.from_seq(deferred.from_seq);
-        self.fan_out_frames(&state.subscribers, held);
+        let frames: Vec<Bytes> = deferred
+            .held
+            .iter()
+            .map(|(_, frame)| frame.clone())
+            .collect();
+        self.fan_out_frames(&state.subscribers, frames);
+        for (at, frame) in deferred.held {
+            self.retain(cell, state, at, frame);
+        }
         cell.ready.notify_waiters();
     }
 
@@ -320,14 +328,20 @@ impl TopicTable {
     /// The answer to an upstream subscribe.
     fn on_answer(&self, id: u64, positions: Option<Vec<TopicPosition>>, recovered: Option<bool>) {
         let Some(topic) = self.lock_requests().remove(&id) else {
+            tracing::debug!(
+                id = id & !crate::net::link::HANDLER_ID_BIT,
+                "answer to an unknown upstream request"
+            );
             return;
         };
         let Some(cell) = self.existing(&topic) else {
+            tracing::debug!(%topic, "upstream answered for a topic no longer served");
             return;
         };
         let mut state = cell.lock();
         self.sync(&cell, &mut state);
         let last = state.last;
+        tracing::debug!(%topic, id = id & !crate::net::link::HANDLER_ID_BIT, ?positions, ?recovered, ?last, "upstream answered");
         let Mode::Edge(edge) = &mut state.mode else {
             return;
         };
@@ -406,7 +420,7 @@ impl TopicTable {
     fn on_link_up(&self, peer: &str) {
         for cell in self.cells() {
             let mut state = cell.lock();
-            if state.removed || state.subscribers.is_empty() {
+            if state.removed {
                 continue;
             }
             self.sync(&cell, &mut state);

@@ -100,8 +100,9 @@ pub(crate) struct Deferred {
     pub predecessor: String,
     /// The predecessor stream's last position received.
     pub last: Position,
-    /// Ring sequence number of the first message this node sequenced.
-    pub from_seq: u64,
+    /// What this node sequenced meanwhile, sent (and kept) on release, so
+    /// the ring holds each epoch as one run.
+    pub held: Vec<(Position, Bytes)>,
 }
 
 /// An edge's upstream subscription.
@@ -166,6 +167,7 @@ impl TopicState {
 /// One topic's state.
 pub struct TopicCell {
     pub(crate) topic: Topic,
+    me: OnceLock<Weak<TopicCell>>,
     first_retained: FirstRetained,
     /// Wakes subscribes waiting for the cell to become ready.
     pub(crate) ready: Notify,
@@ -179,6 +181,11 @@ impl Retains for TopicCell {
 }
 
 impl TopicCell {
+    /// A weak handle on the cell (for the history FIFO).
+    fn weak(&self) -> Weak<TopicCell> {
+        self.me.get().cloned().unwrap_or_default()
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, TopicState> {
         self.state
             .lock()
@@ -290,6 +297,7 @@ impl TopicTable {
         };
         let cell = Arc::new(TopicCell {
             topic: topic.clone(),
+            me: OnceLock::new(),
             first_retained: FirstRetained::default(),
             ready: Notify::new(),
             state: Mutex::new(TopicState {
@@ -301,6 +309,7 @@ impl TopicTable {
                 generation: view.generation,
             }),
         });
+        let _ = cell.me.set(Arc::downgrade(&cell));
         shard.insert(topic.clone(), cell.clone());
         self.metrics.topics.inc();
         cell
@@ -374,12 +383,23 @@ impl TopicTable {
                     })
                 })
                 .collect();
-            if !deferred && !state.subscribers.is_empty() {
-                let batch = FrameBatch::new(frames.clone());
-                self.fan_out(&state.subscribers, &batch, payloads);
-            }
-            for (frame, offset) in frames.into_iter().zip(first.offset..) {
-                self.retain(&cell, &mut state, Position { offset, ..first }, frame);
+            if deferred {
+                if let Mode::Owner(Owner {
+                    deferred: Some(deferred),
+                }) = &mut state.mode
+                {
+                    for (frame, offset) in frames.into_iter().zip(first.offset..) {
+                        deferred.held.push((Position { offset, ..first }, frame));
+                    }
+                }
+            } else {
+                if !state.subscribers.is_empty() {
+                    let batch = FrameBatch::new(frames.clone());
+                    self.fan_out(&state.subscribers, &batch, payloads);
+                }
+                for (frame, offset) in frames.into_iter().zip(first.offset..) {
+                    self.retain(&cell, &mut state, Position { offset, ..first }, frame);
+                }
             }
             drop(state);
             self.metrics.messages_in.inc_by(payloads.len() as u64);
@@ -483,7 +503,7 @@ impl TopicTable {
 
     pub(crate) fn retain(
         &self,
-        cell: &Arc<TopicCell>,
+        cell: &TopicCell,
         state: &mut TopicState,
         at: Position,
         frame: Bytes,
@@ -496,7 +516,7 @@ impl TopicTable {
             count += 1;
         }
         cell.first_retained.update(&state.ring);
-        self.budget.added(Arc::downgrade(cell), seq, cost);
+        self.budget.added(cell.weak(), seq, cost);
         if count > 0 {
             self.budget.removed(freed, count);
         }
@@ -537,6 +557,15 @@ impl TopicTable {
         timeout: std::time::Duration,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Ask every upstream first, then wait: the round trips overlap.
+        for topic in topics {
+            let cell = self.cell(topic);
+            let mut state = cell.lock();
+            if !state.removed {
+                self.sync(&cell, &mut state);
+                self.ensure_upstream(&cell, &mut state, since);
+            }
+        }
         for topic in topics {
             loop {
                 let cell = self.cell(topic);
@@ -602,7 +631,19 @@ impl TopicTable {
             let mut recovered = None;
             let mut replay: Vec<Bytes> = Vec::new();
             if let (Some(since), [state]) = (since, &states[..]) {
-                let (frames, complete) = state.ring.replay(since, state.last);
+                // Messages a new owner holds back are not in its ring yet;
+                // they reach this subscriber when released.
+                let held = match &state.mode {
+                    Mode::Owner(Owner {
+                        deferred: Some(deferred),
+                    }) => deferred.held.len() as u64,
+                    _ => 0,
+                };
+                let current = Position {
+                    offset: state.last.offset - held,
+                    ..state.last
+                };
+                let (frames, complete) = state.ring.replay(since, current);
                 replay = frames;
                 recovered = Some(complete);
             }
@@ -676,6 +717,8 @@ impl TopicTable {
         cell.first_retained.update(&state.ring);
         shard.remove(topic);
         self.metrics.topics.dec();
+        // Anyone waiting on this cell retries on a fresh one.
+        cell.ready.notify_waiters();
     }
 
     /// Makes sure an edge cell with (or about to get) subscribers has an
@@ -687,6 +730,8 @@ impl TopicTable {
         since: Option<Position>,
     ) {
         let last = state.last;
+        // After a sealed epoch, the next stream starts at its epoch's start.
+        let sealed = last.epoch != 0 && state.ring.is_sealed(last.epoch);
         let Mode::Edge(edge) = &mut state.mode else {
             return;
         };
@@ -700,7 +745,16 @@ impl TopicTable {
         let Some(target) = target else {
             return;
         };
-        let since = if last.epoch != 0 { Some(last) } else { since };
+        let since = if sealed {
+            Some(Position {
+                epoch: 0,
+                offset: 0,
+            })
+        } else if last.epoch != 0 {
+            Some(last)
+        } else {
+            since
+        };
         edge.upstream = Some(target.clone());
         edge.resuming = last.epoch != 0;
         edge.request = self.send_subscribe(&target, &cell.topic, since);
@@ -724,6 +778,7 @@ impl TopicTable {
         if !link.send_frame(&frame) {
             return None;
         }
+        tracing::debug!(%topic, %peer, ?since, id = id & !HANDLER_ID_BIT, "upstream subscribe sent");
         self.lock_requests().insert(id, topic.clone());
         Some(id)
     }

@@ -728,9 +728,16 @@ struct LinkContext {
     tasks: TaskTracker,
 }
 
+/// How long a link to a consumer that left the node list stays open: it
+/// still carries that consumer's `moved` and relayed streams while the
+/// topics it owned hand over.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(15);
+
 /// The links of one node list, and the routing over it.
 pub struct LinkSet {
     links: Vec<Arc<ConsumerLink>>,
+    /// Links to consumers that left the list, open a while longer.
+    retiring: Vec<Arc<ConsumerLink>>,
     router: Router,
     ids: Vec<String>,
 }
@@ -748,9 +755,12 @@ impl LinkSet {
         self.link(self.owner_id(topic)?)
     }
 
-    /// The link to consumer `id`.
+    /// The link to consumer `id` (also while it retires).
     pub fn link(&self, id: &str) -> Option<&Arc<ConsumerLink>> {
-        self.links.iter().find(|link| link.id == id)
+        self.links
+            .iter()
+            .chain(&self.retiring)
+            .find(|link| link.id == id)
     }
 
     /// Every link.
@@ -800,6 +810,7 @@ impl Links {
         let links = Links {
             current: ArcSwap::from_pointee(LinkSet {
                 links: Vec::new(),
+                retiring: Vec::new(),
                 router: Router::new::<&str>(&[]),
                 ids: Vec::new(),
             }),
@@ -825,7 +836,9 @@ impl Links {
 
     /// Follows a new node list: keeps the links that did not change, opens
     /// links to new consumers, and retires links to removed (or moved)
-    /// consumers once their publishes in flight are answered.
+    /// consumers after [`RETIRE_AFTER`], once their publishes in flight are
+    /// answered (until then they are not routed to, but still carry what
+    /// the departing consumer sends).
     pub fn update(&self, cluster: &ClusterConfig) {
         let _serialized = self
             .update
@@ -837,10 +850,10 @@ impl Links {
             if Some(&entry.id) == self.own_id.as_ref() {
                 continue;
             }
-            let kept = old
-                .links
-                .iter()
-                .find(|link| link.id == entry.id && link.url == entry.endpoint("/v1/cluster"));
+            let url = entry.endpoint("/v1/cluster");
+            let kept = old.links.iter().chain(&old.retiring).find(|link| {
+                link.id == entry.id && link.url == url && !link.retired.is_cancelled()
+            });
             match kept {
                 Some(link) => links.push(link.clone()),
                 None => {
@@ -856,22 +869,33 @@ impl Links {
                 }
             }
         }
-        for link in &old.links {
-            if !links.iter().any(|kept| Arc::ptr_eq(kept, link)) {
-                let link = link.clone();
-                let patience = link.limits.publish_timeout();
-                self.ctx.tasks.spawn(async move {
-                    let deadline = Instant::now() + patience;
-                    while !link.lock().pending.is_empty() && Instant::now() < deadline {
-                        tokio::time::sleep(SWEEP_EVERY).await;
-                    }
-                    tracing::info!(link = %link.id, "consumer left the node list; link retired");
-                    link.retired.cancel();
-                });
+        let mut retiring = Vec::new();
+        for link in old.links.iter().chain(&old.retiring) {
+            if links.iter().any(|kept| Arc::ptr_eq(kept, link)) || link.retired.is_cancelled() {
+                continue;
             }
+            retiring.push(link.clone());
+            if old.retiring.iter().any(|held| Arc::ptr_eq(held, link)) {
+                continue; // its retirement is already scheduled
+            }
+            let link = link.clone();
+            let patience = link.limits.publish_timeout();
+            self.ctx.tasks.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(RETIRE_AFTER) => {}
+                    () = link.retired.cancelled() => return,
+                }
+                let deadline = Instant::now() + patience;
+                while !link.lock().pending.is_empty() && Instant::now() < deadline {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                }
+                tracing::info!(link = %link.id, "consumer left the node list; link retired");
+                link.retired.cancel();
+            });
         }
         self.current.store(Arc::new(LinkSet {
             links,
+            retiring,
             router: Router::new(&cluster.consumer_ids()),
             ids: cluster.consumer_ids(),
         }));
