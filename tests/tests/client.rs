@@ -263,3 +263,47 @@ async fn a_consumer_restart_is_reported_as_a_gap() {
     assert_eq!((after.epoch, after.offset), (ack.epoch, ack.offset));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_starts_when_the_first_consumer_is_down() {
+    let mut cluster = Cluster::builder().consumers(3).producers(1).start().await;
+    cluster.stop_consumer(0).await;
+    let subscriber = Subscriber::connect(SubscriberConfig::from_cluster(
+        &cluster.config,
+        cluster.psk.clone(),
+    ))
+    .await
+    .expect("consumers 1 and 2 are up");
+    // A topic consumer 0 does not own flows as usual.
+    let event = ["create", "read", "update", "delete", "error"]
+        .into_iter()
+        .find(|event| cluster.owner(&format!("database/{event}")) != 0)
+        .unwrap();
+    let mut subscription = subscriber.subscribe("database", event).await.unwrap();
+    let publisher = Publisher::connect(publisher_config(&cluster))
+        .await
+        .unwrap();
+    let ack = publisher.publish("database", event, &1).await.unwrap();
+    let message = next_message(&mut subscription).await;
+    assert_eq!((message.epoch, message.offset), (ack.epoch, ack.offset));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_with_no_consumer_up_says_so() {
+    let mut cluster = Cluster::builder().consumers(2).producers(1).start().await;
+    cluster.stop_consumer(0).await;
+    cluster.stop_consumer(1).await;
+    let error = Subscriber::connect(SubscriberConfig::from_cluster(
+        &cluster.config,
+        cluster.psk.clone(),
+    ))
+    .await
+    .err()
+    .expect("no consumer is up");
+    assert!(
+        matches!(error, shardq::connection::ConnectError::Unreachable { .. }),
+        "{error}"
+    );
+    cluster.shutdown().await;
+}

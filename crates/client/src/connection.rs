@@ -63,6 +63,9 @@ pub enum ConnectError {
         /// The time allowed.
         timeout: Duration,
     },
+    /// The configuration names no consumer to connect to.
+    #[error("no consumers configured")]
+    NoConsumers,
 }
 
 fn close_reason(code: Option<u16>) -> String {

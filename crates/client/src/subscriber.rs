@@ -260,8 +260,21 @@ impl Subscriber {
             live: Arc::new(Mutex::new(BTreeMap::new())),
         });
         let subscriber = Subscriber { inner };
-        subscriber.conn(0).await?;
-        Ok(subscriber)
+        // Any consumer serves any topic, so one reachable consumer is enough
+        // to start; the others are connected on first use.
+        let mut last_error = None;
+        for index in 0..subscriber.inner.config.consumers.len() {
+            match subscriber.conn(index).await {
+                Ok(_) => return Ok(subscriber),
+                // A wrong key is wrong everywhere: say so at once.
+                Err(error) if error.is_auth_failure() => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, consumer = %subscriber.inner.config.consumers[index].id, "consumer unreachable; trying the next");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.unwrap_or(ConnectError::NoConsumers))
     }
 
     /// The connection to consumer `index`, opened on first use.
