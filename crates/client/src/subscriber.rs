@@ -292,9 +292,17 @@ impl Subscriber {
         )
         .await?;
         let (commands, inbox) = mpsc::channel(256);
+        // Its own consumer first, then the others in list order.
+        let urls = (0..config.consumers.len())
+            .map(|offset| {
+                config.consumers[(index + offset) % config.consumers.len()]
+                    .url
+                    .clone()
+            })
+            .collect();
         let task = tokio::spawn(
             Conn {
-                url,
+                urls,
                 config: config.clone(),
                 topics: HashMap::new(),
                 live: self.inner.live.clone(),
@@ -457,7 +465,10 @@ enum Waiting {
 
 /// The task behind one consumer connection.
 struct Conn {
-    url: String,
+    /// Where it reconnects: its own consumer first, then the others (any
+    /// consumer serves any topic, so a consumer that is gone for good, e.g.
+    /// removed from the node list, does not strand its subscriptions).
+    urls: Vec<String>,
     config: SubscriberConfig,
     topics: HashMap<Topic, TopicSub>,
     live: Arc<Mutex<BTreeMap<Topic, u64>>>,
@@ -466,19 +477,24 @@ struct Conn {
 impl Conn {
     async fn run(mut self, mut socket: WsStream, mut inbox: mpsc::Receiver<Command>) {
         let mut backoff = Duration::from_millis(100);
+        // Index into `urls` of the consumer connected to.
+        let mut current = 0;
         loop {
             match self.serve(&mut socket, &mut inbox).await {
                 Ok(()) => {
-                    tracing::warn!(url = %self.url, "subscriber connection lost; reconnecting")
+                    tracing::warn!(url = %self.urls[current], "subscriber connection lost; reconnecting")
                 }
                 Err(()) => return,
             }
+            // Two attempts at the same consumer (a restart), then the next.
+            let mut attempts = 0;
             socket = loop {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 let config = &self.config;
+                let url = &self.urls[current];
                 match connection::connect(
-                    &self.url,
+                    url,
                     &config.psk,
                     config.name.as_deref(),
                     config.connect_timeout,
@@ -489,7 +505,13 @@ impl Conn {
                         backoff = Duration::from_millis(100);
                         break conn.socket;
                     }
-                    Err(error) => tracing::warn!(%error, "consumer unreachable; retrying"),
+                    Err(error) => {
+                        attempts += 1;
+                        if attempts % 2 == 0 {
+                            current = (current + 1) % self.urls.len();
+                        }
+                        tracing::warn!(%error, next = %self.urls[current], "consumer unreachable; retrying");
+                    }
                 }
             };
         }
