@@ -6,6 +6,7 @@ mod bench;
 mod bench_consumer;
 mod bench_producer;
 mod cluster;
+mod cluster_view;
 mod e2e;
 mod health;
 mod lean;
@@ -39,6 +40,18 @@ enum Command {
     Sub(pubsub::SubArgs),
     /// Print the id of the consumer that owns a topic.
     Owner(pubsub::OwnerArgs),
+    /// Show every node's view of the cluster side by side; warn where they disagree.
+    ///
+    /// Asks every node of the cluster file that has an `admin` URL for its
+    /// `GET /v1/cluster`, all at once, each within --timeout, and compares
+    /// the node lists they run with the file's and with each other's.
+    ///
+    /// Exit status: 0 when every node with an admin URL answered, as the node
+    /// the file names, with the file's node list; 1 when one is unreachable,
+    /// answers as another node, or runs another node list (or the file
+    /// cannot be read, or no node has an admin URL). Links that are down and
+    /// nodes without an admin URL are warned about but do not change it.
+    Cluster(cluster_view::ClusterViewArgs),
     /// Exit 0 when an HTTP URL answers 200 (container healthchecks).
     Health {
         /// e.g. http://127.0.0.1:9100/healthz
@@ -86,6 +99,7 @@ fn main() -> ExitCode {
         Command::Pub(args) => block_on(pubsub::publish(args)),
         Command::Sub(args) => block_on(pubsub::subscribe(args)),
         Command::Owner(args) => pubsub::owner(args),
+        Command::Cluster(args) => block_on(cluster_view::run(args)),
         Command::Health { url } => block_on(async move { health::run(&url).await }),
         Command::Bench(args) => {
             let json = args.json;

@@ -146,3 +146,190 @@ fn mistakes_get_one_clear_line() {
     assert!(text(&bad_url.stderr).contains("only http:// URLs"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Writes `text` as `shardq.toml` in a fresh directory named after `name`.
+fn cluster_file(name: &str, text: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("shardq-demo-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("shardq.toml");
+    std::fs::write(&path, text).unwrap();
+    let file = path.to_str().unwrap().to_owned();
+    (dir, file)
+}
+
+async fn demo_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        demo(&args, None)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_shows_every_nodes_view_and_names_the_one_that_disagrees() {
+    let cluster = Cluster::builder().consumers(3).producers(2).start().await;
+    let (dir, file) = cluster_file("cluster-view", &cluster.config.to_toml());
+    let ids = [
+        "consumer-0",
+        "consumer-1",
+        "consumer-2",
+        "producer-0",
+        "producer-1",
+    ];
+    let file_hash = cluster.config.node_list_hash();
+
+    let agree = demo_async(vec!["cluster".into(), "--config".into(), file.clone()]).await;
+    let stdout = text(&agree.stdout);
+    assert!(agree.status.success(), "{stdout}\n{}", text(&agree.stderr));
+    for id in ids {
+        assert!(
+            stdout.contains(&format!("\n{id} ")),
+            "{id} missing:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains(&file_hash), "{stdout}");
+    assert!(
+        stdout.contains("5 of 5 nodes answered; all run the file's node list"),
+        "{stdout}"
+    );
+
+    let json = demo_async(vec![
+        "cluster".into(),
+        "--config".into(),
+        file.clone(),
+        "--json".into(),
+    ])
+    .await;
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["node_list_hash"], file_hash.as_str(), "{report}");
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5, "{report}");
+    for (node, id) in nodes.iter().zip(ids) {
+        assert_eq!(node["id"], id, "{report}");
+        assert_eq!(node["reachable"], true, "{report}");
+        assert_eq!(
+            node["answer"]["node_list_hash"],
+            file_hash.as_str(),
+            "{report}"
+        );
+    }
+
+    // consumer-1 alone is handed a list without consumer-2.
+    let mut shrunk = cluster.config.clone();
+    shrunk.consumers.pop();
+    cluster.consumers[1].reload(&shrunk);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = shardq_tests::http_get(cluster.consumers[1].admin, "/v1/cluster").await;
+        if body.contains(&shrunk.node_list_hash()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer-1 never applied the new list: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let disagree = demo_async(vec!["cluster".into(), "--config".into(), file.clone()]).await;
+    let stdout = text(&disagree.stdout);
+    let stderr = text(&disagree.stderr);
+    assert_eq!(disagree.status.code(), Some(1), "{stdout}\n{stderr}");
+    let warning = format!(
+        "consumer-1 runs node list {} [consumer-0, consumer-1], not the file's {} \
+         [consumer-0, consumer-1, consumer-2]: missing consumer-2",
+        &shrunk.node_list_hash()[..8],
+        &file_hash[..8]
+    );
+    assert!(stdout.contains(&warning), "{stdout}");
+    assert!(
+        stdout.contains("the nodes route with 2 different node lists"),
+        "{stdout}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("the cluster is not consistent: 1 of 5 nodes (1 on another node list)"),
+        "{stderr}"
+    );
+
+    let json = demo_async(vec![
+        "cluster".into(),
+        "--config".into(),
+        file,
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(json.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    let node_list = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|warning| warning["kind"] == "node_list")
+        .unwrap();
+    assert_eq!(node_list["nodes"], serde_json::json!(["consumer-1"]));
+    assert_eq!(node_list["fails"], true);
+
+    cluster.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cluster_reports_unreachable_and_unchecked_nodes_and_exits_1() {
+    // Accepts connections (the kernel does) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (dir, file) = cluster_file(
+        "cluster-unreachable",
+        &format!(
+            "[[consumers]]\nid = \"c\"\nurl = \"ws://127.0.0.1:1\"\nadmin = \"http://127.0.0.1:1\"\n\
+             [[consumers]]\nid = \"d\"\nurl = \"ws://127.0.0.1:1\"\n\
+             [[producers]]\nid = \"p\"\nurl = \"ws://127.0.0.1:2\"\nadmin = \"http://{silent_addr}/\"\n"
+        ),
+    );
+    let output = demo(&["cluster", "--config", &file, "--timeout", "200ms"], None);
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("c is unreachable: GET http://127.0.0.1:1/v1/cluster: "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "p is unreachable: GET http://{silent_addr}/v1/cluster: no answer within 200ms"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("d has no admin URL in the cluster file; its view cannot be checked"),
+        "{stdout}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("the cluster is not consistent: 2 of 3 nodes (2 unreachable)"),
+        "{stderr}"
+    );
+    drop(silent);
+
+    let (no_admin_dir, no_admin) = cluster_file(
+        "cluster-no-admin",
+        "[[consumers]]\nid = \"c\"\nurl = \"ws://127.0.0.1:1\"\n",
+    );
+    let output = demo(&["cluster", "--config", &no_admin], None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("nothing to check: no node in"),
+        "{}",
+        text(&output.stderr)
+    );
+    let bad_timeout = demo(&["cluster", "--config", &file, "--timeout", "soon"], None);
+    assert!(!bad_timeout.status.success());
+    assert!(text(&bad_timeout.stderr).contains("is not a duration"));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(no_admin_dir);
+}
