@@ -85,6 +85,13 @@ pub struct Cluster {
     pub producers: Vec<Node>,
 }
 
+/// A consumer named in a cluster file but not started yet.
+pub struct PlannedConsumer {
+    id: String,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
 /// How to build a [`Cluster`].
 pub struct ClusterBuilder {
     consumers: usize,
@@ -246,6 +253,36 @@ impl Cluster {
         let node = self.spawn_consumer_with(id, &grown, ws, admin);
         self.consumers.push(node);
         grown
+    }
+
+    /// Plans one more consumer without starting it: the grown cluster file
+    /// names it at a free port that nothing listens on yet. Start it with
+    /// [`Cluster::start_planned`].
+    pub async fn plan_consumer(&mut self) -> (ClusterConfig, PlannedConsumer) {
+        let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let planned = PlannedConsumer {
+            id: format!("consumer-{}", self.consumers.len()),
+            addr: ws.local_addr().unwrap(),
+            admin: admin.local_addr().unwrap(),
+        };
+        let mut grown = self.config.clone();
+        grown.consumers.push(NodeEntry {
+            id: planned.id.clone(),
+            url: format!("ws://{}", planned.addr),
+            admin: Some(format!("http://{}", planned.admin)),
+            listen: None,
+        });
+        (grown, planned)
+    }
+
+    /// Starts a consumer planned with [`Cluster::plan_consumer`], with the
+    /// cluster file `cluster`.
+    pub async fn start_planned(&mut self, planned: PlannedConsumer, cluster: &ClusterConfig) {
+        let ws = bind_again(planned.addr).await;
+        let admin = bind_again(planned.admin).await;
+        let node = self.spawn_consumer_with(planned.id, cluster, ws, admin);
+        self.consumers.push(node);
     }
 
     /// Hands every node (consumers first, then producers) a new cluster

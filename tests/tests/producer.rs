@@ -171,6 +171,41 @@ async fn a_down_consumer_fails_fast_and_recovers_without_a_producer_restart() {
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_to_a_new_consumer_wait_for_its_first_connection() {
+    let mut cluster = Cluster::builder()
+        .consumers(1)
+        .producers(1)
+        .queues(open_queues())
+        .start()
+        .await;
+    // The node list names consumer-1 before it listens (it is starting).
+    let (grown, planned) = cluster.plan_consumer().await;
+    cluster.reload(grown.clone());
+    let topic = (0..100)
+        .map(|i| format!("late/t{i}"))
+        .find(|topic| cluster.owner(topic) == 1)
+        .unwrap();
+    let mut publisher = cluster.publisher(0).await;
+    publisher
+        .send_text(&format!(
+            r#"{{"type":"publish","id":1,"topic":"{topic}","payload":"early"}}"#
+        ))
+        .await;
+    // Still unanswered while consumer-1 is not up: held, not refused.
+    assert!(
+        publisher
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "answered before the owner was up"
+    );
+    cluster.start_planned(planned, &grown).await;
+    let ack = expect_ack(publisher.recv().await);
+    assert_eq!((ack.id, ack.offset), (1, Some(1)));
+    cluster.shutdown().await;
+}
+
 #[tokio::test]
 async fn all_consumers_down_is_not_ready_but_the_producer_serves() {
     let mut cluster = Cluster::builder().producers(1).start().await;

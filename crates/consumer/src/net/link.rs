@@ -240,6 +240,12 @@ pub struct LinkStatus {
 struct LinkState {
     conn: Option<Arc<Outbox>>,
     pending: PendingRing<Pending>,
+    /// Whether the link was ever up. Until it is, publishes wait for the
+    /// first connection (a consumer just added to the node list, or this
+    /// node just started) instead of failing at once.
+    connected_once: bool,
+    /// Publishes waiting for the first connection: their pending id and frame.
+    held: Vec<(u64, Bytes)>,
     last_error: Option<String>,
     reconnects: u64,
 }
@@ -278,6 +284,8 @@ impl ConsumerLink {
             state: Mutex::new(LinkState {
                 conn: None,
                 pending: PendingRing::default(),
+                connected_once: false,
+                held: Vec::new(),
                 last_error: Some("not connected yet".into()),
                 reconnects: 0,
             }),
@@ -336,14 +344,24 @@ impl ConsumerLink {
         }
     }
 
-    /// Sends publishes over the link as one batch. If the link is down they
-    /// are answered `unavailable` at once (so a publisher's other topics
-    /// keep flowing instead of queueing behind a dead consumer).
+    /// Sends publishes over the link as one batch. If the link went down
+    /// they are answered `unavailable` at once (so a publisher's other
+    /// topics keep flowing instead of queueing behind a dead consumer); if
+    /// it was never up yet they wait for its first connection, up to the
+    /// publish timeout.
     pub fn send(&self, requests: Vec<Request>) {
         if requests.is_empty() {
             return;
         }
         let mut state = self.lock();
+        if state.conn.is_none() && !state.connected_once && !self.retired.is_cancelled() {
+            let deadline = Instant::now() + self.limits.publish_timeout();
+            for request in requests {
+                let frame = self.publish_frame(&mut state, deadline, request);
+                state.held.push(frame);
+            }
+            return;
+        }
         let Some(outbox) = state.conn.clone() else {
             let reason = format!(
                 "consumer {} is unreachable: {}",
@@ -364,26 +382,10 @@ impl ConsumerLink {
             return;
         };
         let deadline = Instant::now() + self.limits.publish_timeout();
-        let mut frames = Vec::with_capacity(requests.len());
-        let mut json = Vec::with_capacity(256);
-        for request in requests {
-            let id = state.pending.push(
-                deadline,
-                Pending {
-                    reply: request.reply,
-                    _permit: request.permit,
-                },
-            );
-            json.clear();
-            encode_publish_into(
-                &mut json,
-                id,
-                &request.topic,
-                request.forwarded,
-                &request.payload,
-            );
-            frames.push(ws::masked_text_frame(&json));
-        }
+        let frames: Vec<Bytes> = requests
+            .into_iter()
+            .map(|request| self.publish_frame(&mut state, deadline, request).1)
+            .collect();
         // Pushed under the lock, so frames leave in id order.
         let _ = outbox.push_batch(&FrameBatch::new(frames));
         let in_flight = state.pending.len();
@@ -392,6 +394,31 @@ impl ConsumerLink {
             .in_flight
             .get_or_create(&self.label)
             .set(in_flight as i64);
+    }
+
+    /// Enters a publish in the pending table; its id and its frame.
+    fn publish_frame(
+        &self,
+        state: &mut LinkState,
+        deadline: Instant,
+        request: Request,
+    ) -> (u64, Bytes) {
+        let id = state.pending.push(
+            deadline,
+            Pending {
+                reply: request.reply,
+                _permit: request.permit,
+            },
+        );
+        let mut json = Vec::with_capacity(64 + request.payload.get().len());
+        encode_publish_into(
+            &mut json,
+            id,
+            &request.topic,
+            request.forwarded,
+            &request.payload,
+        );
+        (id, ws::masked_text_frame(&json))
     }
 
     /// Sends each answer to its publisher: one batch per publisher outbox.
@@ -511,7 +538,15 @@ impl ConsumerLink {
     }
 
     fn expire(&self) {
-        let expired = self.lock().pending.expire(Instant::now());
+        let expired = {
+            let mut state = self.lock();
+            let expired = state.pending.expire(Instant::now());
+            if !state.held.is_empty() {
+                let LinkState { held, pending, .. } = &mut *state;
+                held.retain(|(id, _)| pending.contains(*id));
+            }
+            expired
+        };
         if expired.is_empty() {
             return;
         }
@@ -536,6 +571,7 @@ impl ConsumerLink {
     fn down(self: &Arc<Self>, reason: String, code: ErrorCode) {
         let mut state = self.lock();
         state.conn = None;
+        state.held.clear();
         let broken = state.pending.drain();
         state.last_error = Some(reason.clone());
         drop(state);
@@ -564,6 +600,8 @@ impl ConsumerLink {
     async fn run(self: Arc<Self>, ctx: LinkContext) {
         let mut backoff = BACKOFF_START;
         let mut connected_before = false;
+        let mut sweep = interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let attempt = connection::connect(
                 &self.url,
@@ -571,9 +609,17 @@ impl ConsumerLink {
                 Some(&ctx.node),
                 self.limits.handshake_timeout(),
             );
-            let result = tokio::select! {
-                result = attempt => result,
-                () = self.retired.cancelled() => return,
+            tokio::pin!(attempt);
+            // Publishes held for the first connection expire meanwhile.
+            let result = loop {
+                tokio::select! {
+                    result = &mut attempt => break result,
+                    () = self.retired.cancelled() => {
+                        self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
+                        return;
+                    }
+                    _ = sweep.tick() => self.expire(),
+                }
             };
             match result {
                 Ok(conn) => {
@@ -609,9 +655,17 @@ impl ConsumerLink {
             let jitter = rand::rng().random_range(0.5..1.5);
             let pause = backoff.mul_f64(jitter);
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = self.retired.cancelled() => return,
+            let resume = tokio::time::sleep(pause);
+            tokio::pin!(resume);
+            loop {
+                tokio::select! {
+                    () = &mut resume => break,
+                    () = self.retired.cancelled() => {
+                        self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
+                        return;
+                    }
+                    _ = sweep.tick() => self.expire(),
+                }
             }
         }
     }
@@ -641,6 +695,16 @@ impl ConsumerLink {
             let mut state = self.lock();
             state.conn = Some(outbox.clone());
             state.last_error = None;
+            state.connected_once = true;
+            let held = std::mem::take(&mut state.held);
+            if !held.is_empty() {
+                let frames = held
+                    .into_iter()
+                    .filter(|(id, _)| state.pending.contains(*id))
+                    .map(|(_, frame)| frame)
+                    .collect();
+                let _ = outbox.push_batch(&FrameBatch::new(frames));
+            }
         }
         self.metrics.up.get_or_create(&self.label).set(1);
         tracing::info!(link = %self.id, url = %self.url, "consumer link up");

@@ -83,6 +83,14 @@ impl<T> PendingRing<T> {
         }
     }
 
+    /// Whether the entry with this id is still there.
+    pub fn contains(&self, id: u64) -> bool {
+        id.checked_sub(self.base)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|index| self.slots.get(index))
+            .is_some_and(Option::is_some)
+    }
+
     /// Entries in flight.
     pub fn len(&self) -> usize {
         self.live
