@@ -109,6 +109,15 @@ impl RawClient {
         self.recv().await
     }
 
+    /// Sends `unsubscribe` and returns the answer.
+    pub async fn unsubscribe(&mut self, id: u64, topic: &str) -> Frame {
+        self.send_text(&format!(
+            r#"{{"type":"unsubscribe","id":{id},"topic":"{topic}"}}"#
+        ))
+        .await;
+        self.recv().await
+    }
+
     /// Sends `subscribe` and returns the answer.
     pub async fn subscribe(&mut self, id: u64, topic: &str) -> Frame {
         self.send_text(&format!(
