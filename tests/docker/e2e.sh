@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Docker end-to-end test of deploy/: the image, the compose cluster, a dead
-# consumer, its recovery, and a scale-out — against real containers.
+# consumer and its recovery, then a scale-out to four consumers and a
+# scale-in back to three *under load*, by deploy/README.md's procedure
+# (replace the live node list, SIGHUP; no node restarts), checking that
+# every acked publish reached every subscriber exactly once and in order.
 #
 # Usage: tests/docker/e2e.sh
 #
@@ -9,10 +12,16 @@
 #   CARGO_TARGET_DIR         passed through to deploy/build.sh
 #
 # Without a reachable Docker daemon (or without compose) it prints a SKIPPED
-# banner and exits 0. It never touches deploy/.env or a running `shardq`
-# project: it runs under its own project name, with a fresh random psk in a
-# temporary env file and host ports chosen by Docker, and removes its
-# containers, network and volumes on the way out, also when a step fails.
+# banner and exits 0. It never touches deploy/.env, deploy/cluster/ or a
+# running `shardq` project: it runs under its own project name, with a fresh
+# random psk in a temporary env file, its own live node list in a temporary
+# directory (SHARDQ_CLUSTER_DIR) and host ports chosen by Docker, and
+# removes its containers, network and volumes on the way out, also when a
+# step fails.
+#
+# The load during the node-list changes (subscribers, publishers) runs on
+# this host: the image's own shardq-demo, copied out of it, against the
+# ports published on 127.0.0.1. So the Docker engine must be this Linux host.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -61,7 +70,11 @@ done
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/shardq-e2e.XXXXXX")"
 env_file="$work/e2e.env"
+# The live node list every node follows (SHARDQ_CLUSTER_DIR): the test's
+# own, so deploy/cluster/ is never touched.
+cluster_dir="$work/cluster"
 files=(-f "$deploy/compose.yaml")
+nodes=(consumer-0 consumer-1 consumer-2 producer-0 producer-1)
 failed=1
 
 dc() { "${compose_cmd[@]}" --project-name "$project" --env-file "$env_file" "${files[@]}" "$@"; }
@@ -106,6 +119,7 @@ cleanup() {
         dc down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1
         # Whatever `down` left (one-off containers killed mid-run, say).
         docker ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r docker rm -f >/dev/null 2>&1
+        docker ps -aq --filter "label=shardq-e2e=$project" | xargs -r docker rm -f >/dev/null 2>&1
         docker network ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker network rm >/dev/null 2>&1
         docker volume ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker volume rm >/dev/null 2>&1
         if [[ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$project")" ]]; then
@@ -202,11 +216,33 @@ wait_healthy() {
     done
 }
 
+# The host address (127.0.0.1:N) Docker published CONTAINER_PORT of SERVICE
+# on. `compose port` is slow (docker-compose v1 starts Python each time), so
+# cache_ports looks the nodes' ports up once per container start; host_port
+# asks compose only for what is not cached.
+declare -A port_cache=()
+cache_ports() {
+    local svc port ports
+    for svc in "$@"; do
+        if [[ $svc == producer-* ]]; then ports=(7000 9000); else ports=(7100 9100); fi
+        for port in "${ports[@]}"; do
+            port_cache[$svc:$port]="$(dc port "$svc" "$port" 2>/dev/null | tail -n 1)"
+        done
+    done
+}
+host_port() {
+    if [[ -n "${port_cache[$1:$2]:-}" ]]; then
+        printf '%s\n' "${port_cache[$1:$2]}"
+    else
+        dc port "$1" "$2" 2>/dev/null | tail -n 1
+    fi
+}
+
 # GET PATH from the admin port PORT of SERVICE, as published on 127.0.0.1
 # (pure bash: no curl needed). Prints the body.
 admin_get() {
     local addr host port
-    addr="$(dc port "$1" "$2" 2>/dev/null | tail -n 1)"
+    addr="$(host_port "$1" "$2")"
     host="${addr%:*}" port="${addr##*:}"
     [[ -n "$port" ]] || return 1
     timeout 5 bash -c '
@@ -229,6 +265,215 @@ wait_links_up() {
 
 started_at() { docker inspect -f '{{.State.StartedAt}} restarts={{.RestartCount}}' "$(cid "$1")"; }
 
+# ------------------------------------------------------- node-list helpers
+
+# Replaces the live node list with deploy/FILE the way deploy/README.md
+# says: a new file, then a rename, so a node never reads half a file.
+set_node_list() {
+    install -m 644 "$deploy/$1" "$cluster_dir/shardq.toml.new"
+    mv -f "$cluster_dir/shardq.toml.new" "$cluster_dir/shardq.toml"
+}
+
+# SERVICE's `GET /v1/cluster` (admin port 9100 on consumers, 9000 on producers).
+view_of() {
+    local port=9100
+    [[ $1 == producer-* ]] && port=9000
+    admin_get "$1" "$port" /v1/cluster
+}
+# Fields of a /v1/cluster body: the node list (ids, comma-separated), its
+# hash, a counter (owned_topics, edge_topics), the ids of the node's links.
+view_list() { sed -n 's/.*"node_list":\[\([^]]*\)\].*/\1/p' <<<"$1" | tr -d '"'; }
+view_hash() { sed -n 's/.*"node_list_hash":"\([^"]*\)".*/\1/p' <<<"$1"; }
+view_count() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" <<<"$1"; }
+view_links() {
+    sed -n 's/.*"links":\[\([^]]*\)\].*/\1/p' <<<"$1" | grep -o '"id":"[^"]*"' | cut -d'"' -f4 | tr '\n' ' ' || true
+}
+
+# Waits until every SERVICE answers /v1/cluster with the node list WANT
+# (ids, comma-separated) and they all show the same node_list_hash.
+wait_views() {
+    local want=$1 deadline=$((SECONDS + 90)) svc body list hash first summary agreed
+    shift
+    while :; do
+        agreed=1 first="" summary=""
+        for svc in "$@"; do
+            body="$(view_of "$svc" || true)"
+            list="$(view_list "$body")" hash="$(view_hash "$body")"
+            summary+="$svc=[$list] "
+            [[ -z "$first" ]] && first=$hash
+            if [[ "$list" != "$want" || -z "$hash" || "$hash" != "$first" ]]; then
+                agreed=0
+            fi
+        done
+        ((agreed)) && break
+        ((SECONDS < deadline)) || fail "the nodes' views still disagree after 90 s: $summary"
+        sleep 0.5
+    done
+    ok "all $# nodes route by [$want] (node_list_hash $first)"
+    for svc in "$@"; do
+        body="$(view_of "$svc" || true)"
+        if [[ $svc == consumer-* ]]; then
+            info "$svc: owned_topics $(view_count "$body" owned_topics), edge_topics $(view_count "$body" edge_topics), links: $(view_links "$body")"
+        else
+            info "$svc: links: $(view_links "$body")"
+        fi
+    done
+}
+
+# `shardq-demo cluster` (every node's view; exit 1 when they disagree) in a
+# one-off demo container, as deploy/README.md runs it.
+cluster_check() {
+    demo cluster --config "$config" | tee "$work/cluster-$1.out" ||
+        fail "shardq-demo cluster: the nodes' views disagree (or a node is unreachable)"
+    ok "shardq-demo cluster: every node's view agrees"
+}
+
+# ----------------------------------------------------------- load helpers
+# Subscribers and publishers run on this host (the image's shardq-demo,
+# copied out), against the ports published on 127.0.0.1, so they can run
+# for the whole change without a container per publish.
+demo_bin="$work/shardq-demo"
+subs=()
+
+# Writes OUT: deploy/shardq.toml's [queues] and the entries of SERVICEs with
+# their published host ports (ids unchanged: routing hashes ids).
+host_file() {
+    local out=$1 svc kind ws admin
+    shift
+    awk '/^\[\[/ { exit } { print }' "$deploy/shardq.toml" >"$out"
+    for svc in "$@"; do
+        if [[ $svc == producer-* ]]; then kind=producers ws=7000 admin=9000; else kind=consumers ws=7100 admin=9100; fi
+        printf '\n[[%s]]\nid = "%s"\nurl = "ws://%s"\nadmin = "http://%s"\n' "$kind" "$svc" \
+            "$(host_port "$svc" "$ws")" "$(host_port "$svc" "$admin")" >>"$out"
+    done
+}
+
+# A `sub` to every event of QUEUE at CONSUMER only (its cluster file lists
+# just that consumer), in the background, until killed; returns once the
+# subscriptions are in place. RUST_LOG=warn makes a reconnect visible.
+start_subscriber() {
+    local consumer=$1 queue=$2 name="sub-$1-$2" deadline=$((SECONDS + 30))
+    host_file "$work/$name.toml" "$consumer"
+    RUST_LOG=warn "$demo_bin" sub --config "$work/$name.toml" --timeout-ms 3600000 "$queue" '*' \
+        </dev/null >"$work/$name.jsonl" 2>"$work/$name.err" &
+    sub_pids+=($!)
+    subs+=("$name")
+    until grep -q '^subscribed to' "$work/$name.err"; do
+        kill -0 "${sub_pids[-1]}" 2>/dev/null || fail "sub at $consumer exited early: $(tail -n 3 "$work/$name.err")"
+        ((SECONDS < deadline)) || fail "sub at $consumer not subscribed after 30 s"
+        sleep 0.2
+    done
+    ok "subscribed to $queue/* at $consumer only (host sub, $name)"
+}
+
+# Publishes through PRODUCER until $work/stop-PHASE exists: round after
+# round, 5 messages to each topic per `pub` run, each payload a unique id
+# PRODUCER.PHASE.N. Every answer goes to $work/pub-PRODUCER-PHASE.log as
+# "topic id status" (status: ok, an error code, or none when pub printed
+# no answer for it).
+publish_loop() {
+    local producer=$1 phase=$2 n=0 topic k
+    local batch="$work/batch-$producer" log="$work/pub-$producer-$phase.log"
+    : >"$log"
+    while [[ ! -e "$work/stop-$phase" ]]; do
+        for topic in "${topics[@]}"; do
+            : >"$batch.in"
+            for ((k = 0; k < 5; k++)); do
+                n=$((n + 1))
+                printf '{"scale":"%s.%s.%d"}\n' "$producer" "$phase" "$n" >>"$batch.in"
+            done
+            "$demo_bin" pub --config "$work/pub.toml" --producer "$producer" "${topic%%/*}" "${topic#*/}" \
+                <"$batch.in" >"$batch.out" 2>>"$work/pub-$producer.err" || true
+            paste -d ' ' "$batch.in" "$batch.out" | awk -v topic="$topic" '{
+                id = $1; sub(/.*"scale":"/, "", id); sub(/".*/, "", id)
+                status = "none"
+                if ($0 ~ /"ok":true/) status = "ok"
+                else if (match($0, /"code":"[^"]*"/)) status = substr($0, RSTART + 8, RLENGTH - 9)
+                print topic, id, status
+            }' >>"$log"
+        done
+        sleep 0.2 # leave the shared machine some air: this is about loss, not speed
+    done
+}
+
+start_load() {
+    local phase=$1 producer deadline=$((SECONDS + 60))
+    load_pids=()
+    for producer in producer-0 producer-1; do
+        publish_loop "$producer" "$phase" &
+        load_pids+=($!)
+    done
+    # Flowing: a first round through every topic acked via both producers.
+    for producer in producer-0 producer-1; do
+        until (($(awk '$3 == "ok" && !($1 in t) { t[$1] = 1; n++ } END { print n + 0 }' "$work/pub-$producer-$phase.log" 2>/dev/null || echo 0) == ${#topics[@]})); do
+            ((SECONDS < deadline)) || fail "load phase $phase: $producer not acking every topic after 60 s: $(tail -n 3 "$work/pub-$producer-$phase.log")"
+            sleep 0.2
+        done
+    done
+    ok "load phase $phase: publishing to all ${#topics[@]} topics through producer-0 and producer-1"
+}
+
+stop_load() {
+    touch "$work/stop-$1"
+    wait "${load_pids[@]}" || fail "a publisher loop of phase $1 failed: $(tail -n 3 "$work"/pub-*.err)"
+    awk '{ n[$3]++ } END { for (s in n) printf "%s %d  ", s, n[s]; print "" }' "$work"/pub-*-"$1".log >"$work/load-$1.sum"
+    ok "load phase $1 stopped; answers: $(cat "$work/load-$1.sum")"
+}
+
+# What subscriber NAME (of QUEUE) got, against every publish so far:
+# "acked delivered missing duplicates out_of_order gaps misrouted [examples]".
+delivery_stats() {
+    awk -v queue="$2" -v published="$work/published.log" '
+        FILENAME == published {
+            if (index($1, queue "/") == 1) { topic_of[$2] = $1; if ($3 == "ok") ok[$2] = 1 }
+            next
+        }
+        /"gap":true/ { gaps++; next }
+        match($0, /"scale":"[^"]*"/) {
+            id = substr($0, RSTART + 9, RLENGTH - 10)
+            match($0, /"topic":"[^"]*"/)
+            topic = substr($0, RSTART + 9, RLENGTH - 10)
+            delivered++
+            if (++seen[id] == 2) duplicates++
+            split(id, part, ".")
+            key = topic " " part[1] " " part[2]
+            if ((key in last) && part[3] + 0 <= last[key]) disorder++
+            last[key] = part[3] + 0
+            if ((id in topic_of) && topic_of[id] != topic) misrouted++
+        }
+        END {
+            for (id in ok) {
+                acked++
+                if (!(id in seen) && ++missing <= 3) examples = examples " " topic_of[id] "#" id
+            }
+            printf "%d %d %d %d %d %d %d%s\n", acked, delivered, missing, duplicates, disorder, gaps, misrouted, examples
+        }' "$work/published.log" "$work/$1.jsonl"
+}
+
+# Waits (60 s at most) until every subscriber has every acked publish, then
+# fails on anything missing, duplicated, out of order or reported as a gap.
+check_deliveries() {
+    local deadline=$((SECONDS + 60)) name complete acked delivered missing duplicates disorder gaps misrouted examples
+    cat "$work"/pub-*.log >"$work/published.log"
+    while :; do
+        complete=1
+        for name in "${subs[@]}"; do
+            read -r _ _ missing _ <<<"$(delivery_stats "$name" "${name##*-}")"
+            ((missing == 0)) || complete=0
+        done
+        ((complete)) && break
+        ((SECONDS < deadline)) || break
+        sleep 0.5
+    done
+    for name in "${subs[@]}"; do
+        read -r acked delivered missing duplicates disorder gaps misrouted examples <<<"$(delivery_stats "$name" "${name##*-}")"
+        if ((missing + duplicates + disorder + gaps + misrouted > 0)); then
+            fail "$name: of $acked acked publishes, $missing missing (e.g.${examples:- none}), $duplicates duplicated, $disorder out of order, $gaps gap events, $misrouted on the wrong topic"
+        fi
+        ok "$name: all $acked acked publishes of ${name##*-}/* delivered once, in order ($delivered delivered; no gap)"
+    done
+}
+
 # ------------------------------------------------------------------- build
 step "image $image"
 if [[ "${SHARDQ_REUSE_IMAGE:-0}" == 1 ]] && docker image inspect "$image" >/dev/null 2>&1; then
@@ -236,11 +481,11 @@ if [[ "${SHARDQ_REUSE_IMAGE:-0}" == 1 ]] && docker image inspect "$image" >/dev/
 else
     "$deploy/build.sh" "$image"
 fi
-for command in e2e pub sub owner health; do
+for command in e2e pub sub owner health cluster; do
     docker run --rm --network none "$image" /shardq-demo "$command" --help >/dev/null 2>&1 ||
         fail "$image's shardq-demo has no \`$command\` subcommand: rebuild it (unset SHARDQ_REUSE_IMAGE)"
 done
-ok "$image has shardq-consumer, shardq-producer and shardq-demo (e2e pub sub owner health)"
+ok "$image has shardq-consumer, shardq-producer and shardq-demo (e2e pub sub owner health cluster)"
 
 # --------------------------------------------------------------------- up
 step "compose up: 3 consumers, 2 producers (project $project, ${compose_cmd[*]})"
@@ -249,6 +494,7 @@ psk="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
     echo "SHARDQ_PSK=$psk"
     echo "SHARDQ_IMAGE=$image"
     echo "RUST_LOG=info"
+    echo "SHARDQ_CLUSTER_DIR=$cluster_dir"
     # Empty host ports: Docker picks free ones, so a running cluster on the
     # default ports is left alone.
     for node in PRODUCER_0 PRODUCER_1 CONSUMER_0 CONSUMER_1 CONSUMER_2 CONSUMER_3; do
@@ -257,6 +503,10 @@ psk="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
     done
 } >"$env_file"
 chmod 600 "$env_file"
+# The live node list, as deploy/README.md sets it up: a directory holding a
+# world-readable copy of shardq.toml (the containers run as uid 10001).
+install -D -m 644 "$deploy/shardq.toml" "$cluster_dir/shardq.toml"
+chmod 755 "$cluster_dir"
 # Variables in the environment beat the env file: make them agree.
 set -a
 # shellcheck disable=SC1090
@@ -264,8 +514,26 @@ set -a
 set +a
 dc up -d
 wait_healthy consumer-0 consumer-1 consumer-2 producer-0 producer-1
+cache_ports "${nodes[@]}"
 wait_links_up producer-0 3
 wait_links_up producer-1 3
+
+# ----------------------------------------------------------- file polling
+step "the nodes follow the live node list without a signal (a file replaced by rename)"
+# The same consumers in reverse order: a different file and a different
+# list for the nodes (so they reload and /v1/cluster shows the new order),
+# the same routing (rendezvous hashing ignores order; so does the hash).
+awk 'BEGIN { RS = ""; ORS = "\n\n" }
+    /^\[\[consumers\]\]/ { consumers[++n] = $0; next }
+    /^\[\[producers\]\]/ && !done { for (i = n; i >= 1; i--) print consumers[i]; done = 1 }
+    { print }
+    END { if (!done) for (i = n; i >= 1; i--) print consumers[i] }' "$deploy/shardq.toml" >"$cluster_dir/shardq.toml.new"
+chmod 644 "$cluster_dir/shardq.toml.new"
+mv -f "$cluster_dir/shardq.toml.new" "$cluster_dir/shardq.toml"
+wait_views consumer-2,consumer-1,consumer-0 "${nodes[@]}"
+set_node_list shardq.toml
+wait_views consumer-0,consumer-1,consumer-2 "${nodes[@]}"
+ok "no SIGHUP needed: every node picked up both renamed files by polling"
 
 # -------------------------------------------------------------- e2e check
 step "shardq-demo e2e (the demo service) against the 3-consumer cluster"
@@ -338,6 +606,7 @@ sed 's/^/       /' "$work/sub-up.jsonl"
 step "start $victim again: its topics flow again, no producer restart"
 dc start "$victim" 2>/dev/null
 wait_healthy "$victim"
+cache_ports "$victim" # a restarted container gets new host ports
 subscribe_bg sub-back "$down_topic" 2 45000
 for producer in producer-0 producer-1; do
     deadline=$((SECONDS + 30))
@@ -364,32 +633,129 @@ producers_after="$(started_at producer-0) $(started_at producer-1)"
 ok "producers never restarted (started/restarts unchanged: $producers_after)"
 wait_links_up producer-0 3
 
-# ---------------------------------------------------------------- scale out
-step "scale out to 4 consumers (compose.scale.yaml, shardq.scale.toml)"
+# ------------------------------------------------------ scale out, under load
+step "scale out to 4 consumers under load: new node list + SIGHUP, no restarts"
 files=(-f "$deploy/compose.yaml" -f "$deploy/compose.scale.yaml")
-moved=0
+moved_topics=()
 for topic in "${topics[@]}"; do
     new_owner="$(owner_of shardq.scale.toml "$topic")"
     if [[ "$new_owner" != "${owner[$topic]}" ]]; then
-        moved=$((moved + 1))
+        moved_topics+=("$topic")
         info "$topic moves: ${owner[$topic]} -> $new_owner"
         [[ "$new_owner" == consumer-3 ]] || fail "$topic moved to $new_owner: only moves to consumer-3 are expected"
     fi
 done
-info "$moved of ${#topics[@]} topics move to consumer-3; no topic moves between the old consumers"
-info "the README's procedure: new consumer first, then one producer at a time"
-dc up -d --no-deps consumer-3
-wait_healthy consumer-3
-for producer in producer-0 producer-1; do
-    dc up -d --no-deps "$producer"
-    wait_healthy "$producer"
-    wait_links_up "$producer" 4
+((${#moved_topics[@]} > 0)) || fail "no declared topic moves to consumer-3: declare more events"
+info "${#moved_topics[@]} of ${#topics[@]} topics move to consumer-3; no topic moves between the old consumers"
+
+# The image's shardq-demo, for the load on this host.
+tools="$(docker create --label "shardq-e2e=$project" "$image")"
+docker cp "$tools:/shardq-demo" "$demo_bin" >/dev/null
+docker rm "$tools" >/dev/null
+"$demo_bin" --version >/dev/null 2>&1 ||
+    fail "cannot run the image's shardq-demo on this host: the load needs a local Linux Docker engine"
+host_file "$work/pub.toml" consumer-0 consumer-1 consumer-2 producer-0 producer-1
+
+nodes_before="$(for svc in "${nodes[@]}"; do echo "$svc $(started_at "$svc")"; done)"
+sub_pids=()
+queues=()
+mapfile -t queues < <(printf '%s\n' "${topics[@]%%/*}" | sort -u)
+# A subscriber on every topic at each old consumer: for every moved topic
+# one sits at its old owner (which becomes an edge), the others at edges
+# that re-point to the new owner.
+for consumer in consumer-0 consumer-1 consumer-2; do
+    for queue in "${queues[@]}"; do
+        start_subscriber "$consumer" "$queue"
+    done
 done
-step "shardq-demo e2e (the demo service) against the 4-consumer node list"
+start_load 1
+
+info "the README's procedure: replace the live list, start consumer-3, SIGHUP every node"
+change_started=$SECONDS
+set_node_list shardq.scale.toml
+dc up -d --no-deps consumer-3
+dc kill -s HUP "${nodes[@]}" consumer-3
+info "consumer-3 started and every node signalled $((SECONDS - change_started)) s after the list changed"
+wait_healthy consumer-3
+cache_ports consumer-3
+wait_links_up producer-0 4
+wait_links_up producer-1 4
+wait_views consumer-0,consumer-1,consumer-2,consumer-3 "${nodes[@]}" consumer-3
+deadline=$((SECONDS + 60))
+while owned="$(view_count "$(view_of consumer-3 || true)" owned_topics)"; ((${owned:-0} == 0)); do
+    ((SECONDS < deadline)) || fail "consumer-3 owns no topic 60 s after the change"
+    sleep 0.5
+done
+ok "consumer-3 owns $owned topic(s) now; the change took $((SECONDS - change_started)) s"
+cluster_check scaled-out
+sleep 3 # more load on the 4-consumer layout
+stop_load 1
+check_deliveries
+
+# ---------------------------------------------------------------- 4 consumers
+step "shardq-demo e2e (the demo service) against the 4-consumer node list (load paused)"
 dc run --rm -T --no-deps demo </dev/null 2>>"$work/oneoff.err" | tee "$work/e2e-2.out" ||
     fail "shardq-demo e2e failed against the scaled-out cluster"
 grep -q 'consumer-3' "$work/e2e-2.out" || fail "the e2e run never mentions consumer-3"
 ok "e2e passed with 4 consumers"
+
+# ------------------------------------------------------- scale in, under load
+step "scale in to 3 consumers under load: old node list + SIGHUP, then stop consumer-3"
+start_load 2
+change_started=$SECONDS
+set_node_list shardq.toml
+dc kill -s HUP "${nodes[@]}" consumer-3
+wait_views consumer-0,consumer-1,consumer-2 "${nodes[@]}" consumer-3
+# consumer-3 may stop once it owns nothing and no node links to it.
+deadline=$((SECONDS + 90))
+while :; do
+    body="$(view_of consumer-3 || true)"
+    owned="$(view_count "$body" owned_topics)"
+    linked=""
+    for svc in "${nodes[@]}"; do
+        [[ " $(view_links "$(view_of "$svc" || true)") " == *" consumer-3 "* ]] && linked+="$svc "
+    done
+    [[ "$owned" == 0 && -z "$linked" ]] && break
+    ((SECONDS < deadline)) || fail "consumer-3 not drained after 90 s: owned_topics ${owned:-?}, still linked from: ${linked:-none}"
+    sleep 0.5
+done
+ok "consumer-3 owns no topic and no node links to it ($((SECONDS - change_started)) s after the change)"
+dc stop consumer-3
+dc rm -f consumer-3
+ok "consumer-3 stopped and removed"
+cluster_check scaled-in
+sleep 3 # more load on the 3-consumer layout, without consumer-3
+stop_load 2
+
+# --------------------------------------------------------------- the verdict
+step "every acked publish delivered exactly once; no node restarted; no subscriber reconnected"
+check_deliveries
+# Refusals: only `unavailable` on a moving topic (while its new owner is
+# not reachable yet) and `timeout` (a slow machine) are acceptable.
+refused="$(awk -v moved=" ${moved_topics[*]} " '
+    $3 == "ok" || $3 == "timeout" { next }
+    $3 == "unavailable" && index(moved, " " $1 " ") { next }
+    { print }' "$work"/pub-*.log)"
+[[ -z "$refused" ]] || fail "publishes refused other than \`unavailable\` on a moving topic: $(head -n 10 <<<"$refused")"
+for topic in "${moved_topics[@]}"; do
+    for phase in 1 2; do
+        acked="$(awk -v t="$topic" '$1 == t && $3 == "ok"' "$work"/pub-*-"$phase".log | wc -l)"
+        ((acked > 0)) || fail "$topic: nothing acked in load phase $phase"
+    done
+    info "$topic (moved): $(awk -v t="$topic" '$1 == t { n[$3]++ } END { for (s in n) printf "%s %d  ", s, n[s] }' "$work"/pub-*.log)"
+done
+nodes_after="$(for svc in "${nodes[@]}"; do echo "$svc $(started_at "$svc")"; done)"
+[[ "$nodes_before" == "$nodes_after" ]] ||
+    fail "a node restarted during the scale-out/in: before [$nodes_before] after [$nodes_after]"
+ok "no consumer or producer restarted (start times and restart counts unchanged)"
+for index in "${!sub_pids[@]}"; do
+    kill -0 "${sub_pids[$index]}" 2>/dev/null || fail "${subs[$index]} exited: $(tail -n 3 "$work/${subs[$index]}.err")"
+    kill "${sub_pids[$index]}" 2>/dev/null || true
+    wait "${sub_pids[$index]}" 2>/dev/null || true
+done
+noise="$(for name in "${subs[@]}"; do grep -v '^subscribed to' "$work/$name.err" | sed "s/^/$name: /"; done || true)"
+[[ -z "$noise" ]] || fail "a subscriber logged (reconnect, gap or error): $(head -n 5 <<<"$noise")"
+ok "all ${#subs[@]} subscribers kept their one connection: no reconnect, no gap, no error logged"
 
 failed=0
 step "tear down (containers, network, volumes)"

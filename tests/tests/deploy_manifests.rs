@@ -1,7 +1,9 @@
 //! The deployment artifacts under `deploy/` agree with each other: every
 //! YAML document parses, every cluster file validates as the nodes validate
-//! it, and the compose services and Kubernetes manifests name the same nodes
-//! on the same ports as the cluster file they mount.
+//! it, the compose services and Kubernetes manifests name the same nodes on
+//! the same ports as their cluster file, and every node mounts its cluster
+//! file in a way that lets a changed node list reach the running node (a
+//! directory, never a single file or a `subPath`).
 //!
 //! Needs no Docker and no Kubernetes: it only reads files. The Docker
 //! end-to-end run is `tests/docker/e2e.sh`.
@@ -13,8 +15,11 @@ use serde_norway::{Mapping, Value};
 use shardq_protocol::ClusterConfig;
 use shardq_protocol::config::url_port;
 
-/// Where every compose service and pod mounts the cluster file.
+/// Where every compose service and pod reads the cluster file.
 const CONFIG_PATH: &str = "/etc/shardq/shardq.toml";
+/// The directory every compose service mounts there: the live node list,
+/// `${SHARDQ_CLUSTER_DIR}` with this default.
+const COMPOSE_CLUSTER_DIR: &str = "./cluster";
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -289,10 +294,9 @@ fn merge_compose(base: &Value, over: &Value) -> Mapping {
         for (key, value) in service {
             match (key.as_str(), merged.get_mut(key)) {
                 (Some("volumes"), Some(Value::Sequence(volumes))) => {
-                    let target = |volume: &Value| {
-                        volume
-                            .as_str()
-                            .and_then(|text| text.split(':').nth(1).map(str::to_owned))
+                    let target = |volume: &Value| match volume.as_str() {
+                        Some(text) => text.split(':').nth(1).map(str::to_owned),
+                        None => volume["target"].as_str().map(str::to_owned),
                     };
                     for volume in value.as_sequence().into_iter().flatten() {
                         volumes.retain(|existing| target(existing) != target(volume));
@@ -313,11 +317,67 @@ fn merge_compose(base: &Value, over: &Value) -> Mapping {
     services
 }
 
-/// Checks a compose project's services against the cluster file they mount
-/// (`toml`, relative to deploy/).
+/// What is wrong with a service's `volumes` for following the live node
+/// list: it must bind the directory `${SHARDQ_CLUSTER_DIR:-./cluster}`
+/// read-only at the cluster file's directory (long syntax, so a missing
+/// directory is an error rather than an empty one), and must not bind the
+/// cluster file itself: a single-file bind mount pins the file's inode, so a
+/// list replaced by rename would never reach the container.
+fn cluster_dir_mount_problems(volumes: &Value) -> Vec<String> {
+    let config_dir = Path::new(CONFIG_PATH)
+        .parent()
+        .map(|dir| dir.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    let volumes = volumes.as_sequence().cloned().unwrap_or_default();
+    let target_of = |volume: &Value| match volume.as_str() {
+        Some(text) => text.split(':').nth(1).unwrap_or("").to_owned(),
+        None => volume["target"].as_str().unwrap_or("").to_owned(),
+    };
+    if volumes
+        .iter()
+        .any(|volume| target_of(volume) == CONFIG_PATH)
+    {
+        problems.push(format!(
+            "binds the single file {CONFIG_PATH}: mount its directory instead (a file replaced by rename would never be seen)"
+        ));
+    }
+    let dir_mounts: Vec<&Value> = volumes
+        .iter()
+        .filter(|volume| target_of(volume) == config_dir)
+        .collect();
+    match dir_mounts.as_slice() {
+        [mount] => {
+            let source = mount["source"].as_str().unwrap_or("");
+            if mount["type"].as_str() != Some("bind") {
+                problems.push(format!(
+                    "{config_dir}: must be a long-syntax `type: bind` mount"
+                ));
+            }
+            if !source.starts_with("${SHARDQ_CLUSTER_DIR")
+                || default_of(source) != COMPOSE_CLUSTER_DIR
+            {
+                problems.push(format!(
+                    "{config_dir}: source {source:?} must be ${{SHARDQ_CLUSTER_DIR:-{COMPOSE_CLUSTER_DIR}}}"
+                ));
+            }
+            if mount["read_only"].as_bool() != Some(true) {
+                problems.push(format!("{config_dir}: must be read_only: true"));
+            }
+        }
+        [] => problems.push(format!(
+            "must mount ${{SHARDQ_CLUSTER_DIR:-{COMPOSE_CLUSTER_DIR}}} at {config_dir}"
+        )),
+        _ => problems.push(format!("mounts {config_dir} more than once")),
+    }
+    problems
+}
+
+/// Checks a compose project's services against the cluster file of its
+/// layout (`toml`, relative to deploy/; the nodes follow a copy of it in the
+/// live node-list directory).
 fn check_compose(services: &Mapping, config: &ClusterConfig, toml: &str) -> Vec<String> {
     let mut errors = Vec::new();
-    let mount = format!("./{toml}:{CONFIG_PATH}:ro");
     let mut host_ports: BTreeMap<String, String> = BTreeMap::new();
     let nodes = config
         .consumers
@@ -363,9 +423,8 @@ fn check_compose(services: &Mapping, config: &ClusterConfig, toml: &str) -> Vec<
         if flag_value(&argv, "--config") != Some(CONFIG_PATH) {
             problem(format!("command {argv:?} must pass --config {CONFIG_PATH}"));
         }
-        let volumes = strings(&service["volumes"]);
-        if !volumes.contains(&mount) {
-            problem(format!("volumes {volumes:?} must contain {mount}"));
+        for what in cluster_dir_mount_problems(&service["volumes"]) {
+            problem(what);
         }
         let mut container_ports = BTreeSet::new();
         for spec in strings(&service["ports"]) {
@@ -432,8 +491,8 @@ fn check_compose(services: &Mapping, config: &ClusterConfig, toml: &str) -> Vec<
             if argv != expected {
                 errors.push(format!("demo: command {argv:?} != {expected:?}"));
             }
-            if !strings(&demo["volumes"]).contains(&mount) {
-                errors.push(format!("demo: must mount {mount}"));
+            for what in cluster_dir_mount_problems(&demo["volumes"]) {
+                errors.push(format!("demo: {what}"));
             }
             if !strings(&demo["profiles"]).iter().any(|p| p == "demo")
                 && demo["restart"].as_str() != Some("no")
@@ -479,6 +538,43 @@ fn compose_scale_override_matches_the_scale_cluster_file() {
             "shardq.scale.toml",
         ),
     );
+}
+
+/// The scale-out procedure starts consumer-3 with `up -d --no-deps
+/// consumer-3` and changes the other nodes' list through the file they
+/// follow: the override must not change another node's service, or a later
+/// `up` with both files would recreate (restart) it and drop its
+/// subscribers and history.
+#[test]
+fn compose_scale_override_only_adds_consumer_3() {
+    let base = yaml("compose.yaml");
+    let over = yaml("compose.scale.yaml");
+    let mut errors = Vec::new();
+    for (name, service) in over["services"].as_mapping().into_iter().flatten() {
+        let name = name.as_str().unwrap_or("?");
+        let keys: Vec<&str> = service
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter_map(|(key, _)| key.as_str())
+            .collect();
+        match name {
+            "consumer-3" => {
+                if !base["services"][name].is_null() {
+                    errors.push("consumer-3 must not be in compose.yaml".into());
+                }
+            }
+            // Only the one-off demo may change, and only what it waits for.
+            "demo" if keys == ["depends_on"] => {}
+            _ => errors.push(format!(
+                "compose.scale.yaml changes service {name} ({keys:?}): it may only add consumer-3 and the demo's depends_on"
+            )),
+        }
+    }
+    if over["services"]["consumer-3"].is_null() {
+        errors.push("compose.scale.yaml must define consumer-3".into());
+    }
+    finish("compose.scale.yaml", errors);
 }
 
 #[test]
@@ -573,19 +669,28 @@ fn check_pod(
         .parent()
         .map(|dir| dir.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mounted = container["volumeMounts"]
+    let mount = container["volumeMounts"]
         .as_sequence()
         .into_iter()
         .flatten()
-        .any(|mount| {
+        .find(|mount| {
             mount["mountPath"].as_str() == Some(config_dir.as_str())
                 && pod["volumes"].as_sequence().into_iter().flatten().any(|v| {
                     v["name"] == mount["name"]
                         && v["configMap"]["name"].as_str() == Some(config_map)
                 })
         });
-    if !mounted {
-        problem(format!("must mount ConfigMap {config_map} at {config_dir}"));
+    match mount {
+        None => problem(format!("must mount ConfigMap {config_map} at {config_dir}")),
+        // The kubelet updates a ConfigMap volume by swapping a symlink; a
+        // subPath mount is a bind of one file and never sees an update, so
+        // the nodes would never learn a new node list.
+        Some(mount) if !mount["subPath"].is_null() || !mount["subPathExpr"].is_null() => {
+            problem(format!(
+                "ConfigMap {config_map} must be mounted as a directory, without subPath: a subPath mount never sees an update"
+            ));
+        }
+        Some(_) => {}
     }
     let psk = container["env"]
         .as_sequence()

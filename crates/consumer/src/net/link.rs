@@ -277,6 +277,7 @@ impl ConsumerLink {
             link: entry.id.clone(),
         };
         metrics.up.get_or_create(&label).set(0);
+        metrics.in_flight.get_or_create(&label).set(0);
         ConsumerLink {
             id: entry.id.clone(),
             url: entry.endpoint("/v1/cluster"),
@@ -360,6 +361,12 @@ impl ConsumerLink {
                 let frame = self.publish_frame(&mut state, deadline, request);
                 state.held.push(frame);
             }
+            let in_flight = state.pending.len();
+            drop(state);
+            self.metrics
+                .in_flight
+                .get_or_create(&self.label)
+                .set(in_flight as i64);
             return;
         }
         let Some(outbox) = state.conn.clone() else {
