@@ -85,11 +85,12 @@ pub(crate) async fn run(
     if ended == Ended::Stopped {
         // Answer the publishes forwarded for this connection first.
         let patience = session.shared.limits.publish_timeout() + LINGER;
-        let _ = tokio::time::timeout(patience, session.in_flight.idle()).await;
+        // Boxed, like the ending below: rare, and a timer is not small.
+        let _ = Box::pin(tokio::time::timeout(patience, session.in_flight.idle())).await;
         channel.close(CloseCode::GoingAway);
     }
     if matches!(ended, Ended::Stopped | Ended::Closed(_)) {
-        channel.linger(LINGER).await;
+        Box::pin(channel.linger(LINGER)).await;
     }
     tracing::debug!(?ended, "connection ended");
     session.unsubscribe_all();
@@ -124,7 +125,10 @@ impl Session {
             }
             let mut answers = Vec::with_capacity(burst.len());
             let texts: Vec<Utf8Bytes> = std::mem::take(&mut burst);
-            let stopped = self.handle_burst(texts, &mut answers).await;
+            // Boxed: a burst's state (a subscribe waiting for its upstream,
+            // a forward waiting for a window slot) is large and short-lived,
+            // and must not be part of every idle connection's future.
+            let stopped = Box::pin(self.handle_burst(texts, &mut answers)).await;
             if channel
                 .outbox()
                 .push_batch(&FrameBatch::new(answers))
