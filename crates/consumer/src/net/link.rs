@@ -357,8 +357,9 @@ impl ConsumerLink {
         let mut state = self.lock();
         if state.conn.is_none() && !state.connected_once && !self.retired.is_cancelled() {
             let deadline = Instant::now() + self.limits.publish_timeout();
+            let mut json = Vec::with_capacity(256);
             for request in requests {
-                let frame = self.publish_frame(&mut state, deadline, request);
+                let frame = self.publish_frame(&mut state, deadline, request, &mut json);
                 state.held.push(frame);
             }
             let in_flight = state.pending.len();
@@ -389,9 +390,13 @@ impl ConsumerLink {
             return;
         };
         let deadline = Instant::now() + self.limits.publish_timeout();
+        let mut json = Vec::with_capacity(256);
         let frames: Vec<Bytes> = requests
             .into_iter()
-            .map(|request| self.publish_frame(&mut state, deadline, request).1)
+            .map(|request| {
+                self.publish_frame(&mut state, deadline, request, &mut json)
+                    .1
+            })
             .collect();
         // Pushed under the lock, so frames leave in id order.
         let _ = outbox.push_batch(&FrameBatch::new(frames));
@@ -403,12 +408,14 @@ impl ConsumerLink {
             .set(in_flight as i64);
     }
 
-    /// Enters a publish in the pending table; its id and its frame.
+    /// Enters a publish in the pending table; its id and its frame
+    /// (encoded in `json`, a scratch buffer reused across a batch).
     fn publish_frame(
         &self,
         state: &mut LinkState,
         deadline: Instant,
         request: Request,
+        json: &mut Vec<u8>,
     ) -> (u64, Bytes) {
         let id = state.pending.push(
             deadline,
@@ -417,15 +424,15 @@ impl ConsumerLink {
                 _permit: request.permit,
             },
         );
-        let mut json = Vec::with_capacity(64 + request.payload.get().len());
+        json.clear();
         encode_publish_into(
-            &mut json,
+            json,
             id,
             &request.topic,
             request.forwarded,
             &request.payload,
         );
-        (id, ws::masked_text_frame(&json))
+        (id, ws::masked_text_frame(json))
     }
 
     /// Sends each answer to its publisher: one batch per publisher outbox.
