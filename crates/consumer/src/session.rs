@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use shardq_protocol::frame::encode_publish_ack_into;
 use shardq_protocol::{
     Ack, CloseCode, ErrorCode, Frame, Position, Publish, RawValue, Subscribe, Topic, TopicFilter,
@@ -18,7 +17,7 @@ use crate::net::conn::Connection;
 use crate::net::handshake;
 use crate::net::link::{self, Batches, InFlight, Reply, Request};
 use crate::net::outbox::FrameBatch;
-use crate::net::ws;
+use crate::net::ws::{FrameBuf, Role};
 use crate::server::{Endpoint, Shared};
 use crate::topics::Subscriber;
 
@@ -123,16 +122,17 @@ impl Session {
                     None => break,
                 }
             }
-            let mut answers = Vec::with_capacity(burst.len());
+            let mut answers = FrameBuf::new(Role::Server, 64 * burst.len());
             let texts: Vec<Utf8Bytes> = std::mem::take(&mut burst);
             // Boxed: a burst's state (a subscribe waiting for its upstream,
             // a forward waiting for a window slot) is large and short-lived,
             // and must not be part of every idle connection's future.
             let stopped = Box::pin(self.handle_burst(texts, &mut answers)).await;
-            if channel
-                .outbox()
-                .push_batch(&FrameBatch::new(answers))
-                .is_err()
+            if !answers.is_empty()
+                && channel
+                    .outbox()
+                    .push_batch(&FrameBatch::new(vec![answers.into_bytes()]))
+                    .is_err()
             {
                 return Ended::Closed(channel.outbox().close_code().unwrap_or(CloseCode::Normal));
             }
@@ -145,7 +145,7 @@ impl Session {
     /// Handles frames that arrived together, in arrival order; each run of
     /// publishes to one topic is sequenced (or forwarded) as one batch.
     /// `true` when the node started stopping meanwhile.
-    async fn handle_burst(&mut self, burst: Vec<Utf8Bytes>, answers: &mut Vec<Bytes>) -> bool {
+    async fn handle_burst(&mut self, burst: Vec<Utf8Bytes>, answers: &mut FrameBuf) -> bool {
         let mut runs: Vec<Run> = Vec::new();
         for text in burst {
             let answer = match Frame::decode_str(text.as_str(), self.shared.limits.max_frame_bytes)
@@ -189,7 +189,7 @@ impl Session {
                 Err(error) => Some(error.to_frame()),
             };
             if let Some(answer) = answer {
-                answers.push(ws::text_frame(answer.encode().as_bytes()));
+                answers.push(answer.encode().as_bytes());
             }
         }
         self.publish_runs(&mut runs, answers).await
@@ -198,14 +198,14 @@ impl Session {
     /// Sequences each run of the topics this node owns and acks each
     /// publish; forwards the others to their owner (once). `true` when the
     /// node started stopping while waiting for a forwarding slot.
-    async fn publish_runs(&mut self, runs: &mut Vec<Run>, answers: &mut Vec<Bytes>) -> bool {
+    async fn publish_runs(&mut self, runs: &mut Vec<Run>, answers: &mut FrameBuf) -> bool {
         let mut batches = Batches::default();
         let mut stopped = false;
         for (topic, group) in runs.drain(..) {
             if let Err(error) = self.shared.queues.load().check(&topic) {
                 for publish in group {
                     let refusal = Frame::error(Some(publish.id), error.code(), error.to_string());
-                    answers.push(ws::text_frame(refusal.encode().as_bytes()));
+                    answers.push(refusal.encode().as_bytes());
                 }
                 continue;
             }
@@ -214,9 +214,7 @@ impl Session {
                 Ok(first) => {
                     for (publish, offset) in group.iter().zip(first.offset..) {
                         let at = Position { offset, ..first };
-                        answers.push(ws::text_frame_with(64, |out| {
-                            encode_publish_ack_into(out, publish.id, at)
-                        }));
+                        answers.push_with(|out| encode_publish_ack_into(out, publish.id, at));
                     }
                     continue;
                 }
@@ -243,7 +241,7 @@ impl Session {
                 };
                 if let Some(message) = refusal {
                     let frame = Frame::error(Some(publish.id), ErrorCode::Unavailable, message);
-                    answers.push(ws::text_frame(frame.encode().as_bytes()));
+                    answers.push(frame.encode().as_bytes());
                     continue;
                 }
                 let Some(link) = &link else { continue };
@@ -254,7 +252,7 @@ impl Session {
                         ErrorCode::ShuttingDown,
                         "the consumer is shutting down",
                     );
-                    answers.push(ws::text_frame(frame.encode().as_bytes()));
+                    answers.push(frame.encode().as_bytes());
                     continue;
                 };
                 self.in_flight.add(1);

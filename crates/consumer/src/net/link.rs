@@ -49,7 +49,7 @@ use super::channel::{Channel, Ended};
 use super::conn::{Reader, spawn_writer};
 use super::outbox::{FrameBatch, Outbox};
 use super::pending::PendingRing;
-use super::ws::{self, Role};
+use super::ws::{self, FrameBuf, Role};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -359,8 +359,8 @@ impl ConsumerLink {
             let deadline = Instant::now() + self.limits.publish_timeout();
             let mut json = Vec::with_capacity(256);
             for request in requests {
-                let frame = self.publish_frame(&mut state, deadline, request, &mut json);
-                state.held.push(frame);
+                let id = self.enter_pending(&mut state, deadline, request, &mut json);
+                state.held.push((id, ws::masked_text_frame(&json)));
             }
             let in_flight = state.pending.len();
             drop(state);
@@ -391,15 +391,18 @@ impl ConsumerLink {
         };
         let deadline = Instant::now() + self.limits.publish_timeout();
         let mut json = Vec::with_capacity(256);
-        let frames: Vec<Bytes> = requests
-            .into_iter()
-            .map(|request| {
-                self.publish_frame(&mut state, deadline, request, &mut json)
-                    .1
-            })
-            .collect();
+        // The whole batch as consecutive frames in one buffer.
+        let estimate = requests
+            .iter()
+            .map(|request| request.payload.get().len() + request.topic.as_str().len() + 64)
+            .sum();
+        let mut frames = FrameBuf::new(Role::Client, estimate);
+        for request in requests {
+            self.enter_pending(&mut state, deadline, request, &mut json);
+            frames.push(&json);
+        }
         // Pushed under the lock, so frames leave in id order.
-        let _ = outbox.push_batch(&FrameBatch::new(frames));
+        let _ = outbox.push_batch(&FrameBatch::new(vec![frames.into_bytes()]));
         let in_flight = state.pending.len();
         drop(state);
         self.metrics
@@ -408,15 +411,15 @@ impl ConsumerLink {
             .set(in_flight as i64);
     }
 
-    /// Enters a publish in the pending table; its id and its frame
-    /// (encoded in `json`, a scratch buffer reused across a batch).
-    fn publish_frame(
+    /// Enters a publish in the pending table and encodes it into `json`
+    /// (a scratch buffer reused across a batch); its id.
+    fn enter_pending(
         &self,
         state: &mut LinkState,
         deadline: Instant,
         request: Request,
         json: &mut Vec<u8>,
-    ) -> (u64, Bytes) {
+    ) -> u64 {
         let id = state.pending.push(
             deadline,
             Pending {
@@ -432,17 +435,18 @@ impl ConsumerLink {
             request.forwarded,
             &request.payload,
         );
-        (id, ws::masked_text_frame(json))
+        id
     }
 
     /// Sends each answer to its publisher: one batch per publisher outbox.
     fn answer(&self, answers: Vec<(Reply, Answer)>) {
-        let mut batches: Vec<(Arc<Outbox>, Arc<InFlight>, Vec<Bytes>)> = Vec::new();
+        // Per publisher: its answers as consecutive frames in one buffer,
+        // and how many.
+        let mut batches: Vec<(Arc<Outbox>, Arc<InFlight>, FrameBuf)> = Vec::new();
+        let mut acked = 0;
         for (reply, answer) in answers {
             match &answer {
-                Answer::Acked(_) => {
-                    self.metrics.acked.inc();
-                }
+                Answer::Acked(_) => acked += 1,
                 Answer::Failed(code, _) => self.metrics.error(code.as_str()),
             }
             match reply {
@@ -457,27 +461,37 @@ impl ConsumerLink {
                     id,
                     in_flight,
                 } => {
-                    let frame = match answer {
-                        Answer::Acked(at) => {
-                            ws::text_frame_with(64, |out| encode_publish_ack_into(out, id, at))
+                    let index = match batches.iter().position(|(o, ..)| Arc::ptr_eq(o, &outbox)) {
+                        Some(index) => index,
+                        None => {
+                            batches.push((outbox, in_flight, FrameBuf::new(Role::Server, 4096)));
+                            batches.len() - 1
                         }
-                        Answer::Failed(code, message) => ws::text_frame(
-                            Frame::error(Some(id), code, message).encode().as_bytes(),
-                        ),
                     };
-                    match batches.iter_mut().find(|(o, _, _)| Arc::ptr_eq(o, &outbox)) {
-                        Some((_, _, frames)) => frames.push(frame),
-                        None => batches.push((outbox, in_flight, vec![frame])),
+                    let frames = &mut batches[index].2;
+                    match answer {
+                        Answer::Acked(at) => {
+                            frames.push_with(|out| encode_publish_ack_into(out, id, at))
+                        }
+                        Answer::Failed(code, message) => {
+                            frames.push(Frame::error(Some(id), code, message).encode().as_bytes())
+                        }
                     }
                 }
             }
         }
+        if acked > 0 {
+            self.metrics.acked.inc_by(acked);
+        }
         for (outbox, in_flight, frames) in batches {
-            let n = frames.len();
-            if outbox.push_batch(&FrameBatch::new(frames)).is_err() {
+            let count = frames.len();
+            if outbox
+                .push_batch(&FrameBatch::new(vec![frames.into_bytes()]))
+                .is_err()
+            {
                 tracing::debug!("publisher gone before its answers");
             }
-            in_flight.done(n);
+            in_flight.done(count);
         }
     }
 

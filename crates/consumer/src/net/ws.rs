@@ -29,7 +29,7 @@ pub enum Role {
     Client,
 }
 
-fn header(out: &mut BytesMut, opcode: u8, len: usize) {
+fn header(out: &mut impl BufMut, opcode: u8, len: usize) {
     out.put_u8(FIN | opcode);
     if len < 126 {
         out.put_u8(len as u8);
@@ -97,6 +97,77 @@ pub fn close_frame(code: CloseCode, role: Role) -> Bytes {
 /// A ping frame with an empty payload.
 pub fn ping_frame(role: Role) -> Bytes {
     frame(OP_PING, &[], role)
+}
+
+/// Appends one complete text frame carrying `payload` to `out`, masked when
+/// `role` is [`Role::Client`]: a batch of frames in one buffer costs one
+/// allocation, not one per frame.
+fn append_text_frame(out: &mut Vec<u8>, payload: &[u8], role: Role) {
+    let start = out.len();
+    header(out, OP_TEXT, payload.len());
+    match role {
+        Role::Server => out.extend_from_slice(payload),
+        Role::Client => {
+            out[start + 1] |= MASKED;
+            let key = mask_key();
+            out.extend_from_slice(&key);
+            let at = out.len();
+            out.extend_from_slice(payload);
+            apply_mask(&mut out[at..], key);
+        }
+    }
+}
+
+/// Text frames appended one after another into one buffer: a batch of
+/// answers or publishes costs one allocation, not one per frame.
+pub struct FrameBuf {
+    role: Role,
+    frames: Vec<u8>,
+    /// Where each payload is encoded before it is framed.
+    scratch: Vec<u8>,
+    count: usize,
+}
+
+impl FrameBuf {
+    /// An empty buffer for frames sent as `role`, with room for `bytes`.
+    pub fn new(role: Role, bytes: usize) -> FrameBuf {
+        FrameBuf {
+            role,
+            frames: Vec::with_capacity(bytes),
+            scratch: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Appends a frame carrying `payload`.
+    pub fn push(&mut self, payload: &[u8]) {
+        append_text_frame(&mut self.frames, payload, self.role);
+        self.count += 1;
+    }
+
+    /// Appends a frame whose payload `fill` writes.
+    pub fn push_with(&mut self, fill: impl FnOnce(&mut Vec<u8>)) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        fill(&mut scratch);
+        self.push(&scratch);
+        self.scratch = scratch;
+    }
+
+    /// How many frames it holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether it holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The frames, back to back.
+    pub fn into_bytes(self) -> Bytes {
+        Bytes::from(self.frames)
+    }
 }
 
 /// One complete text frame masked as a client must send it.
@@ -301,6 +372,44 @@ mod tests {
             apply_mask(&mut body, key);
             assert_eq!(body, payload, "len {len}");
         }
+    }
+
+    #[test]
+    fn a_frame_buffer_holds_the_same_frames_back_to_back() {
+        let lens = [0, 1, 125, 126, 65_535, 65_536, 9];
+        let payloads: Vec<Vec<u8>> = lens.iter().map(|&len| vec![b'q'; len]).collect();
+        let mut server = FrameBuf::new(Role::Server, 0);
+        let mut client = FrameBuf::new(Role::Client, 0);
+        for payload in &payloads {
+            server.push(payload);
+            client.push_with(|out| out.extend_from_slice(payload));
+        }
+        assert_eq!(server.len(), lens.len());
+        let expected: Vec<u8> = payloads
+            .iter()
+            .flat_map(|p| text_frame(p).to_vec())
+            .collect();
+        assert_eq!(server.into_bytes(), expected);
+        // Masked frames: walk them one by one and unmask each.
+        let bytes = client.into_bytes();
+        let mut at = 0;
+        for payload in &payloads {
+            let frame = &bytes[at..];
+            assert_eq!(frame[0], FIN | OP_TEXT);
+            assert_eq!(frame[1] & MASKED, MASKED);
+            let header = header_len(payload.len());
+            let key = [
+                frame[header],
+                frame[header + 1],
+                frame[header + 2],
+                frame[header + 3],
+            ];
+            let mut body = frame[header + 4..header + 4 + payload.len()].to_vec();
+            apply_mask(&mut body, key);
+            assert_eq!(&body, payload);
+            at += header + 4 + payload.len();
+        }
+        assert_eq!(at, bytes.len());
     }
 
     #[test]
