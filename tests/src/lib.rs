@@ -214,26 +214,19 @@ impl Cluster {
         ws: TcpListener,
         admin: TcpListener,
     ) -> Node {
-        let (addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel();
-        let (updates, watching) = watch::channel(Arc::new(cluster.clone()));
-        let config = shardq_consumer::ConsumerConfig {
+        let config = |updates| shardq_consumer::ConsumerConfig {
             id: id.clone(),
             cluster: cluster.clone(),
             psk: self.psk.clone(),
-            updates: Some(watching),
+            updates: Some(updates),
         };
-        let task = tokio::spawn(shardq_consumer::run(ws, Some(admin), config, async move {
-            let _ = stopped.await;
-        }));
-        Node {
-            id,
-            addr,
-            admin: admin_addr,
-            stop: Some(stop),
-            task: Some(task),
-            updates,
-        }
+        spawn_node(
+            id.clone(),
+            cluster,
+            ws,
+            admin,
+            |ws, admin, updates, stop| shardq_consumer::run(ws, Some(admin), config(updates), stop),
+        )
     }
 
     /// Starts one more consumer, named after the count, already running
@@ -243,13 +236,7 @@ impl Cluster {
         let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let id = format!("consumer-{}", self.consumers.len());
-        let mut grown = self.config.clone();
-        grown.consumers.push(NodeEntry {
-            id: id.clone(),
-            url: format!("ws://{}", ws.local_addr().unwrap()),
-            admin: Some(format!("http://{}", admin.local_addr().unwrap())),
-            listen: None,
-        });
+        let grown = self.grown(&id, ws.local_addr().unwrap(), admin.local_addr().unwrap());
         let node = self.spawn_consumer_with(id, &grown, ws, admin);
         self.consumers.push(node);
         grown
@@ -266,14 +253,20 @@ impl Cluster {
             addr: ws.local_addr().unwrap(),
             admin: admin.local_addr().unwrap(),
         };
+        let grown = self.grown(&planned.id, planned.addr, planned.admin);
+        (grown, planned)
+    }
+
+    /// The cluster file with one more consumer at these addresses.
+    fn grown(&self, id: &str, addr: SocketAddr, admin: SocketAddr) -> ClusterConfig {
         let mut grown = self.config.clone();
         grown.consumers.push(NodeEntry {
-            id: planned.id.clone(),
-            url: format!("ws://{}", planned.addr),
-            admin: Some(format!("http://{}", planned.admin)),
+            id: id.to_owned(),
+            url: format!("ws://{addr}"),
+            admin: Some(format!("http://{admin}")),
             listen: None,
         });
-        (grown, planned)
+        grown
     }
 
     /// Starts a consumer planned with [`Cluster::plan_consumer`], with the
@@ -296,26 +289,19 @@ impl Cluster {
 
     fn spawn_producer(&self, index: usize, ws: TcpListener, admin: TcpListener) -> Node {
         let id = self.config.producers[index].id.clone();
-        let (addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel();
-        let (updates, watching) = watch::channel(Arc::new(self.config.clone()));
-        let config = shardq_producer::ProducerConfig {
+        let config = |updates| shardq_producer::ProducerConfig {
             id: id.clone(),
             cluster: self.config.clone(),
             psk: self.psk.clone(),
-            updates: Some(watching),
+            updates: Some(updates),
         };
-        let task = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
-            let _ = stopped.await;
-        }));
-        Node {
-            id,
-            addr,
-            admin: admin_addr,
-            stop: Some(stop),
-            task: Some(task),
-            updates,
-        }
+        spawn_node(
+            id.clone(),
+            &self.config,
+            ws,
+            admin,
+            |ws, admin, updates, stop| shardq_producer::run(ws, Some(admin), config(updates), stop),
+        )
     }
 
     /// Waits until producer `index` has `up` consumer links up (per its `/readyz`).
@@ -403,6 +389,45 @@ async fn stop_node(node: &mut Node) {
 }
 
 /// Binds an address that was just released (retrying while the OS frees it).
+/// Starts a node task with `start(ws, admin, updates, stop)`; the node
+/// follows `cluster` until [`Node::reload`] hands it another.
+fn spawn_node<F, Fut>(
+    id: String,
+    cluster: &ClusterConfig,
+    ws: TcpListener,
+    admin: TcpListener,
+    start: F,
+) -> Node
+where
+    F: FnOnce(
+        TcpListener,
+        TcpListener,
+        watch::Receiver<Arc<ClusterConfig>>,
+        std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (updates, watching) = watch::channel(Arc::new(cluster.clone()));
+    let task = tokio::spawn(start(
+        ws,
+        admin,
+        watching,
+        Box::pin(async move {
+            let _ = stopped.await;
+        }),
+    ));
+    Node {
+        id,
+        addr,
+        admin: admin_addr,
+        stop: Some(stop),
+        task: Some(task),
+        updates,
+    }
+}
+
 async fn bind_again(addr: SocketAddr) -> TcpListener {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {

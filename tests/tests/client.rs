@@ -11,6 +11,10 @@ use shardq::{
 use shardq_tests::proxy::Proxy;
 use shardq_tests::{Cluster, PATIENCE};
 
+fn subscriber_config(cluster: &Cluster) -> SubscriberConfig {
+    SubscriberConfig::from_cluster(&cluster.config, cluster.psk.clone())
+}
+
 fn publisher_config(cluster: &Cluster) -> PublisherConfig {
     PublisherConfig::from_cluster(&cluster.config, cluster.psk.clone())
 }
@@ -32,12 +36,9 @@ async fn next_message(subscription: &mut shardq::Subscription) -> shardq::Messag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_through_the_owner() {
     let cluster = Cluster::builder().consumers(3).producers(2).start().await;
-    let subscriber = Subscriber::connect(SubscriberConfig::from_cluster(
-        &cluster.config,
-        cluster.psk.clone(),
-    ))
-    .await
-    .unwrap();
+    let subscriber = Subscriber::connect(subscriber_config(&cluster))
+        .await
+        .unwrap();
     let mut saves = subscriber.subscribe("files", "save").await.unwrap();
     assert_eq!(subscriber.subscriptions().len(), 1);
     let publisher = Publisher::connect(publisher_config(&cluster))
@@ -69,12 +70,9 @@ async fn round_trip_through_the_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_cover_every_declared_event_across_owners() {
     let cluster = Cluster::builder().consumers(3).producers(1).start().await;
-    let subscriber = Subscriber::connect(SubscriberConfig::from_cluster(
-        &cluster.config,
-        cluster.psk.clone(),
-    ))
-    .await
-    .unwrap();
+    let subscriber = Subscriber::connect(subscriber_config(&cluster))
+        .await
+        .unwrap();
     let mut database = subscriber.subscribe("database", "*").await.unwrap();
     assert_eq!(database.topics().len(), 5);
     let publisher = Publisher::connect(publisher_config(&cluster))
@@ -90,7 +88,7 @@ async fn wildcards_cover_every_declared_event_across_owners() {
     seen.sort();
     assert_eq!(seen, ["create", "delete", "error", "read", "update"]);
     // Several consumers without the queue list cannot expand queue/*.
-    let mut config = SubscriberConfig::from_cluster(&cluster.config, cluster.psk.clone());
+    let mut config = subscriber_config(&cluster);
     config.queues = None;
     let blind = Subscriber::connect(config).await.unwrap();
     assert!(matches!(
@@ -268,12 +266,9 @@ async fn a_consumer_restart_is_reported_as_a_gap() {
 async fn a_subscriber_starts_when_the_first_consumer_is_down() {
     let mut cluster = Cluster::builder().consumers(3).producers(1).start().await;
     cluster.stop_consumer(0).await;
-    let subscriber = Subscriber::connect(SubscriberConfig::from_cluster(
-        &cluster.config,
-        cluster.psk.clone(),
-    ))
-    .await
-    .expect("consumers 1 and 2 are up");
+    let subscriber = Subscriber::connect(subscriber_config(&cluster))
+        .await
+        .expect("consumers 1 and 2 are up");
     // A topic consumer 0 does not own flows as usual.
     let event = ["create", "read", "update", "delete", "error"]
         .into_iter()
@@ -294,13 +289,10 @@ async fn a_subscriber_with_no_consumer_up_says_so() {
     let mut cluster = Cluster::builder().consumers(2).producers(1).start().await;
     cluster.stop_consumer(0).await;
     cluster.stop_consumer(1).await;
-    let error = Subscriber::connect(SubscriberConfig::from_cluster(
-        &cluster.config,
-        cluster.psk.clone(),
-    ))
-    .await
-    .err()
-    .expect("no consumer is up");
+    let error = Subscriber::connect(subscriber_config(&cluster))
+        .await
+        .err()
+        .expect("no consumer is up");
     assert!(
         matches!(error, shardq::connection::ConnectError::Unreachable { .. }),
         "{error}"
@@ -316,12 +308,9 @@ async fn a_subscription_outlives_its_consumer_leaving_the_cluster() {
         .map(|event| ("database", event))
         .find(|(queue, event)| cluster.owner(&format!("{queue}/{event}")) == 2)
         .expect("consumer 2 owns one of the five database topics");
-    let subscriber = Subscriber::connect(SubscriberConfig::from_cluster(
-        &cluster.config,
-        cluster.psk.clone(),
-    ))
-    .await
-    .unwrap();
+    let subscriber = Subscriber::connect(subscriber_config(&cluster))
+        .await
+        .unwrap();
     let mut subscription = subscriber.subscribe(queue, event).await.unwrap();
     let publisher = Publisher::connect(publisher_config(&cluster))
         .await

@@ -276,8 +276,9 @@ impl TopicTable {
         }
     }
 
-    /// A message from an upstream (or a predecessor still finishing).
-    fn on_message(&self, from: &str, message: Message) {
+    /// A message from an upstream (or a predecessor still finishing);
+    /// `text` is its frame as it arrived, relayed byte for byte.
+    fn on_message(&self, from: &str, message: Message, text: &str) {
         let Some(cell) = self.existing(&message.topic) else {
             return;
         };
@@ -315,7 +316,7 @@ impl TopicTable {
             }
             Mode::Owner(_) => return,
         }
-        let frame = TopicTable::frame_of(&message);
+        let frame = ws::text_frame(text.as_bytes());
         if !state.subscribers.is_empty() {
             let batch = crate::net::outbox::FrameBatch::new(vec![frame.clone()]);
             self.fan_out(&state.subscribers, &batch, &[&*message.payload]);
@@ -486,12 +487,12 @@ impl LinkHandler for PeerHandler {
         }
     }
 
-    fn on_frame(&self, link: &Arc<ConsumerLink>, frame: Frame) {
+    fn on_frame(&self, link: &Arc<ConsumerLink>, frame: Frame, text: &str) {
         let Some(table) = self.table.upgrade() else {
             return;
         };
         match frame {
-            Frame::Message(message) => table.on_message(&link.id, message),
+            Frame::Message(message) => table.on_message(&link.id, message, text),
             Frame::Moved(moved) => table.on_moved(&link.id, moved),
             Frame::Ack(ack) => {
                 table.on_answer(ack.id, Some(ack.topics.unwrap_or_default()), ack.recovered)

@@ -72,6 +72,7 @@ async fn serve(
         &shared.psk,
         shared.limits.max_preauth_frame_bytes,
         deadline,
+        &shared.metrics.auth_failures,
         || async {
             let Some(Ok((name, topic))) = &path_topic else {
                 return Ok(());
@@ -80,10 +81,7 @@ async fn serve(
         },
     ))
     .await;
-    if let Err(refused) = verified {
-        if refused.auth_failed {
-            shared.metrics.auth_failures.inc();
-        }
+    if verified.is_err() {
         return;
     }
     if let Some(Err(error)) = &path_topic {
@@ -91,14 +89,7 @@ async fn serve(
         outbox.close(CloseCode::TopicRefused);
         return;
     }
-    reader.authenticated();
-    let mut channel = Channel::new(
-        reader,
-        outbox,
-        shared.limits.ping_interval(),
-        shared.limits.max_missed_pongs,
-        shared.stop.clone(),
-    );
+    let mut channel = Channel::new(reader, outbox, &shared.limits, shared.stop.clone());
     loop {
         let text = match channel.next_text().await {
             Ok(text) => text,

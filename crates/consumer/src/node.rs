@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardq::cluster_file::{self, ClusterFileError};
-use shardq_protocol::{ClusterConfig, Psk};
+use shardq_protocol::{ClusterConfig, NodeEntry, Psk};
 use tokio::sync::watch;
 
 /// Options every node takes, as flags or `SHARDQ_*` environment variables.
@@ -21,7 +21,8 @@ pub struct NodeArgs {
     /// Bind the WebSocket port here instead of the entry's address.
     #[arg(long, env = "SHARDQ_LISTEN")]
     pub listen: Option<String>,
-    /// Bind the admin HTTP port here (default: the entry's `admin` port, else 0.0.0.0:9100).
+    /// Bind the admin HTTP port here (default: the entry's `admin` port, else
+    /// 0.0.0.0:9100 on consumers and 0.0.0.0:9000 on producers).
     #[arg(long, env = "SHARDQ_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
 }
@@ -53,6 +54,101 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Which kind of node a binary runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// `shardq-consumer`.
+    Consumer,
+    /// `shardq-producer`.
+    Producer,
+}
+
+impl NodeKind {
+    fn name(self) -> &'static str {
+        match self {
+            NodeKind::Consumer => "consumer",
+            NodeKind::Producer => "producer",
+        }
+    }
+
+    /// The cluster file's table of this kind: `consumers` or `producers`.
+    fn table(self) -> &'static str {
+        match self {
+            NodeKind::Consumer => "consumers",
+            NodeKind::Producer => "producers",
+        }
+    }
+
+    fn entries(self, cluster: &ClusterConfig) -> &[NodeEntry] {
+        match self {
+            NodeKind::Consumer => &cluster.consumers,
+            NodeKind::Producer => &cluster.producers,
+        }
+    }
+
+    fn default_admin(self) -> &'static str {
+        match self {
+            NodeKind::Consumer => "0.0.0.0:9100",
+            NodeKind::Producer => "0.0.0.0:9000",
+        }
+    }
+}
+
+/// What a node needs to run, read and bound from its options.
+pub struct Prepared {
+    /// Its id.
+    pub id: String,
+    /// The cluster file as it was at start.
+    pub cluster: ClusterConfig,
+    /// The psk.
+    pub psk: Psk,
+    /// The bound WebSocket listener.
+    pub listener: tokio::net::TcpListener,
+    /// The bound admin listener.
+    pub admin: tokio::net::TcpListener,
+    /// Later versions of the cluster file (SIGHUP, or a change on disk).
+    pub updates: watch::Receiver<Arc<ClusterConfig>>,
+}
+
+/// Loads the cluster file and the psk, finds this node's entry, binds both
+/// ports and starts following the cluster file.
+pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartError> {
+    let cluster = load_cluster(&args.config)?;
+    let entries = kind.entries(&cluster);
+    let entry = entries
+        .iter()
+        .find(|entry| entry.id == args.id)
+        .cloned()
+        .ok_or_else(|| StartError::UnknownId {
+            id: args.id.clone(),
+            kind: kind.table(),
+            path: args.config.clone(),
+            known: entries
+                .iter()
+                .map(|entry| entry.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let psk = load_psk(std::env::var("SHARDQ_PSK").ok(), &cluster, &args.config)?;
+    let listen = args.listen.unwrap_or_else(|| entry.listen_addr());
+    let admin_listen = args
+        .admin_listen
+        .or_else(|| entry.admin_listen_addr())
+        .unwrap_or_else(|| kind.default_admin().to_owned());
+    let listener = bind(&listen).await?;
+    let admin = bind(&admin_listen).await?;
+    tracing::info!(id = %args.id, %listen, admin = %admin_listen, "starting {}", kind.name());
+    let updates = watch_cluster_file(args.config.clone(), cluster.clone());
+    Ok(Prepared {
+        id: args.id,
+        cluster,
+        psk,
+        listener,
+        admin,
+        updates,
+    })
 }
 
 /// Reads and validates the cluster file.

@@ -108,14 +108,6 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn conn_limits(&self) -> ConnLimits {
-        ConnLimits {
-            preauth_frame_bytes: self.limits.max_preauth_frame_bytes,
-            max_frame_bytes: self.limits.max_frame_bytes,
-            outbox_bytes: self.limits.subscriber_buffer_bytes,
-        }
-    }
-
     /// Follows a new cluster file: queues, peer links, topic ownership.
     fn reload(&self, cluster: Arc<ClusterConfig>, generation: u64) {
         if cluster.consumer(&self.id).is_none() {
@@ -229,7 +221,7 @@ pub async fn run(
     }
     tokio::select! {
         () = shutdown => {}
-        () = accept_loop(&listener, &shared) => {}
+        () = conn::accept_loop(&listener, &shared.tasks, |stream| serve(shared.clone(), stream)) => {}
     }
     tracing::info!(node = %shared.id, "consumer shutting down");
     drop(listener);
@@ -262,29 +254,13 @@ fn cluster_status(shared: &Shared) -> serde_json::Value {
     })
 }
 
-async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let shared_for_task = shared.clone();
-                shared.tasks.spawn(serve(shared_for_task, stream));
-            }
-            Err(error) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::error!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
     // Boxed: the upgrade's state is large and only needed for a moment, so
     // it must not stay part of every connection's long-lived future.
     let connection = match Box::pin(conn::upgrade(
         stream,
-        &shared.conn_limits(),
+        &ConnLimits::from(&shared.limits),
         deadline,
         |path| Endpoint::parse(path).map(|endpoint| endpoint.read_buffer()),
         &shared.tasks,

@@ -45,28 +45,13 @@ pub(crate) async fn run(
         &shared.id,
         shared.limits.max_preauth_frame_bytes,
         deadline,
+        &shared.metrics.auth_failures,
     ))
     .await;
-    match accepted {
-        Ok(client) => {
-            tracing::Span::current().record("client", client.as_deref().unwrap_or("-"));
-            tracing::debug!("authenticated");
-        }
-        Err(refused) => {
-            if refused.auth_failed {
-                shared.metrics.auth_failures.inc();
-            }
-            return;
-        }
+    if accepted.is_err() {
+        return;
     }
-    reader.authenticated();
-    let mut channel = Channel::new(
-        reader,
-        outbox.clone(),
-        shared.limits.ping_interval(),
-        shared.limits.max_missed_pongs,
-        shared.stop.clone(),
-    );
+    let mut channel = Channel::new(reader, outbox.clone(), &shared.limits, shared.stop.clone());
     let mut session = Session {
         subscriber: Subscriber {
             conn: id,

@@ -845,14 +845,6 @@ impl TopicTable {
         let state = cell.lock();
         Some(state.last)
     }
-
-    /// Encodes a message received from upstream as this node's server frame.
-    pub(crate) fn frame_of(message: &shardq_protocol::Message) -> Bytes {
-        let estimate = 80 + message.topic.as_str().len() + message.payload.get().len();
-        ws::text_frame_with(estimate, |out| {
-            encode_message_into(out, &message.topic, message.position(), &message.payload)
-        })
-    }
 }
 
 #[cfg(test)]

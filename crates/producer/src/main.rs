@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shardq_consumer::node::{self, NodeArgs, StartError};
+use shardq_consumer::node::{self, NodeArgs, NodeKind, StartError};
 use shardq_producer::{ProducerConfig, run};
 
 #[global_allocator]
@@ -32,37 +32,13 @@ async fn main() -> ExitCode {
 }
 
 async fn start(args: NodeArgs) -> Result<(), StartError> {
-    let cluster = node::load_cluster(&args.config)?;
-    let entry = cluster
-        .producer(&args.id)
-        .cloned()
-        .ok_or_else(|| StartError::UnknownId {
-            id: args.id.clone(),
-            kind: "producers",
-            path: args.config.clone(),
-            known: cluster
-                .producers
-                .iter()
-                .map(|entry| entry.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-    let psk = node::load_psk(std::env::var("SHARDQ_PSK").ok(), &cluster, &args.config)?;
-    let listen = args.listen.unwrap_or_else(|| entry.listen_addr());
-    let admin_listen = args
-        .admin_listen
-        .or_else(|| entry.admin_listen_addr())
-        .unwrap_or_else(|| "0.0.0.0:9000".to_owned());
-    let listener = node::bind(&listen).await?;
-    let admin = node::bind(&admin_listen).await?;
-    tracing::info!(id = %args.id, %listen, admin = %admin_listen, "starting producer");
-    let updates = node::watch_cluster_file(args.config.clone(), cluster.clone());
+    let node = node::prepare(args, NodeKind::Producer).await?;
     let config = ProducerConfig {
-        id: args.id,
-        cluster,
-        psk,
-        updates: Some(updates),
+        id: node.id,
+        cluster: node.cluster,
+        psk: node.psk,
+        updates: Some(node.updates),
     };
-    run(listener, Some(admin), config, node::stop_signal()).await;
+    run(node.listener, Some(node.admin), config, node::stop_signal()).await;
     Ok(())
 }

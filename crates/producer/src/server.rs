@@ -170,7 +170,7 @@ pub async fn run(
     }
     tokio::select! {
         () = shutdown => {}
-        () = accept_loop(&listener, &shared) => {}
+        () = conn::accept_loop(&listener, &shared.tasks, |stream| serve(shared.clone(), stream)) => {}
     }
     tracing::info!(node = %shared.id, in_flight = shared.links.in_flight(), "producer shutting down");
     drop(listener);
@@ -189,27 +189,9 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), link_tasks.wait()).await;
 }
 
-async fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                shared.tasks.spawn(serve(shared.clone(), stream));
-            }
-            Err(error) => {
-                tracing::error!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
-    let limits = ConnLimits {
-        preauth_frame_bytes: shared.limits.max_preauth_frame_bytes,
-        max_frame_bytes: shared.limits.max_frame_bytes,
-        outbox_bytes: shared.limits.subscriber_buffer_bytes,
-    };
+    let limits = ConnLimits::from(&shared.limits);
     // Publishers send in bulk: a large read buffer.
     let route = |path: &str| Endpoint::parse(path).map(|_| 64 << 10);
     let connection = match Box::pin(conn::upgrade(

@@ -49,25 +49,16 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
         &shared.id,
         shared.limits.max_preauth_frame_bytes,
         deadline,
+        &shared.metrics.auth_failures,
     ))
     .await;
-    match accepted {
-        Ok(client) => {
-            tracing::Span::current().record("client", client.as_deref().unwrap_or("-"));
-        }
-        Err(refused) => {
-            if refused.auth_failed {
-                shared.metrics.auth_failures.inc();
-            }
-            return;
-        }
+    if accepted.is_err() {
+        return;
     }
-    reader.authenticated();
     let mut channel = Channel::new(
         reader,
         outbox.clone(),
-        shared.limits.ping_interval(),
-        shared.limits.max_missed_pongs,
+        &shared.limits,
         shared.draining.clone(),
     );
     let in_flight = Arc::new(InFlight::default());
@@ -216,23 +207,14 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
         &shared.psk,
         shared.limits.max_preauth_frame_bytes,
         deadline,
+        &shared.metrics.auth_failures,
         || async { Ok(()) },
     ))
     .await;
-    if let Err(refused) = verified {
-        if refused.auth_failed {
-            shared.metrics.auth_failures.inc();
-        }
+    if verified.is_err() {
         return;
     }
-    reader.authenticated();
-    let mut channel = Channel::new(
-        reader,
-        outbox,
-        shared.limits.ping_interval(),
-        shared.limits.max_missed_pongs,
-        shared.draining.clone(),
-    );
+    let mut channel = Channel::new(reader, outbox, &shared.limits, shared.draining.clone());
     let mut batches = Batches::default();
     loop {
         let text = match channel.next_text().await {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use shardq_protocol::{CloseCode, Frame};
+use shardq_protocol::{CloseCode, Frame, Limits};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -39,14 +39,17 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Wraps an authenticated connection.
+    /// Wraps a connection whose handshake just succeeded: lifts the
+    /// pre-auth limits and pings every `limits.ping_interval_ms`.
     pub fn new(
-        reader: Reader,
+        mut reader: Reader,
         outbox: Arc<Outbox>,
-        ping_interval: Duration,
-        max_missed_pongs: u32,
+        limits: &Limits,
         stop: CancellationToken,
     ) -> Channel {
+        reader.authenticated();
+        let ping_interval = limits.ping_interval();
+        let max_missed_pongs = limits.max_missed_pongs;
         let mut ping = interval_at(Instant::now() + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Channel {

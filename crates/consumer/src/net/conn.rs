@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use shardq_protocol::CloseCode;
+use shardq_protocol::{CloseCode, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -38,6 +38,37 @@ pub struct ConnLimits {
     pub max_frame_bytes: usize,
     /// Outbox bound (the slow-consumer threshold).
     pub outbox_bytes: usize,
+}
+
+impl From<&Limits> for ConnLimits {
+    fn from(limits: &Limits) -> ConnLimits {
+        ConnLimits {
+            preauth_frame_bytes: limits.max_preauth_frame_bytes,
+            max_frame_bytes: limits.max_frame_bytes,
+            outbox_bytes: limits.subscriber_buffer_bytes,
+        }
+    }
+}
+
+/// Accepts connections forever, each served by `serve` in a task of
+/// `tasks`. A failed accept (out of file descriptors and the like) is
+/// logged, and accepting resumes after a pause.
+pub async fn accept_loop<F, Fut>(listener: &TcpListener, tasks: &TaskTracker, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tasks.spawn(serve(stream));
+            }
+            Err(error) => {
+                tracing::error!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Why an incoming connection did not become a WebSocket.

@@ -1,8 +1,9 @@
 //! The server side of both handshakes, run on a freshly upgraded
 //! connection under the connection's deadline. Failures queue their error
-//! (or decoy) and close on the outbox; the caller only learns whether the
-//! peer was refused for a wrong psk, to count it.
+//! (or decoy) and close on the outbox, and a wrong psk is counted; the
+//! caller only learns that the connection is closing.
 
+use prometheus_client::metrics::counter::Counter;
 use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
 use shardq_protocol::{CloseCode, ErrorCode, Frame, Nonce, Psk, ServerHandshake};
 use tokio::time::{Instant, timeout_at};
@@ -13,12 +14,7 @@ use super::ws;
 
 /// The handshake did not complete; the connection is closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    /// The peer's proof (or legacy answer) was wrong.
-    pub auth_failed: bool,
-}
-
-const NOT_AUTH: Refused = Refused { auth_failed: false };
+pub struct Refused;
 
 fn send(outbox: &Outbox, text: &str) {
     let _ = outbox.push_unbounded(ws::text_frame(text.as_bytes()));
@@ -35,23 +31,24 @@ async fn next_text(
         Err(_) => {
             tracing::debug!("handshake timed out");
             outbox.close(CloseCode::HandshakeTimeout);
-            Err(NOT_AUTH)
+            Err(Refused)
         }
         Ok(Incoming::Text(text)) => Ok(text.to_string()),
         Ok(Incoming::Violation(code, why)) => {
             tracing::debug!(%why, "handshake refused");
             outbox.close(code);
-            Err(NOT_AUTH)
+            Err(Refused)
         }
         Ok(_) => {
             outbox.finish();
-            Err(NOT_AUTH)
+            Err(Refused)
         }
     }
 }
 
-/// The shardq/1 handshake: `hello`, the client's `auth`, `welcome`. Returns
-/// the name the client gave, if any.
+/// The shardq/1 handshake: `hello`, the client's `auth`, `welcome`. The
+/// name the client gave goes into the current span's `client` field; a
+/// wrong proof is counted in `auth_failures`.
 pub async fn accept_shardq(
     reader: &mut Reader,
     outbox: &Outbox,
@@ -59,7 +56,8 @@ pub async fn accept_shardq(
     node: &str,
     preauth_limit: usize,
     deadline: Instant,
-) -> Result<Option<String>, Refused> {
+    auth_failures: &Counter,
+) -> Result<(), Refused> {
     let server = ServerHandshake::new(psk.clone(), node, Nonce::random());
     send(outbox, &server.hello().encode());
     let text = next_text(reader, outbox, deadline).await?;
@@ -68,24 +66,27 @@ pub async fn accept_shardq(
         Err(error) => {
             send(outbox, &error.to_frame().encode());
             outbox.close(CloseCode::ProtocolError);
-            return Err(NOT_AUTH);
+            return Err(Refused);
         }
     };
     match server.receive(frame) {
         Ok(accepted) => {
             send(outbox, &accepted.welcome.encode());
-            Ok(accepted.peer_node)
+            let client = accepted.peer_node.as_deref().unwrap_or("-");
+            tracing::Span::current().record("client", client);
+            tracing::debug!("authenticated");
+            Ok(())
         }
         Err(error) => {
-            let auth_failed = error.code() == ErrorCode::AuthFailed;
-            if auth_failed {
+            if error.code() == ErrorCode::AuthFailed {
                 tracing::info!("authentication failed");
+                auth_failures.inc();
             } else {
                 tracing::debug!(%error, "handshake failed");
             }
             send(outbox, &error.to_frame().encode());
             outbox.close(error.close_code());
-            Err(Refused { auth_failed })
+            Err(Refused)
         }
     }
 }
@@ -93,12 +94,14 @@ pub async fn accept_shardq(
 /// The legacy handshake. `on_verified` runs the moment the peer's answer
 /// checks out, before our answer tells the peer the connection is open (a
 /// legacy subscriber is subscribed there); its `Err` ends the connection.
+/// A wrong answer is counted in `auth_failures`.
 pub async fn accept_legacy<F, Fut>(
     reader: &mut Reader,
     outbox: &Outbox,
     psk: &Psk,
     preauth_limit: usize,
     deadline: Instant,
+    auth_failures: &Counter,
     on_verified: F,
 ) -> Result<(), Refused>
 where
@@ -119,25 +122,26 @@ where
             Ok(_) | Err(_) => {
                 tracing::debug!("legacy frame before the handshake completed");
                 outbox.close(CloseCode::ProtocolError);
-                return Err(NOT_AUTH);
+                return Err(Refused);
             }
         };
         let step = match handshake.receive(&frame) {
             Ok(step) => step,
             Err(failed) => {
                 tracing::info!("legacy authentication failed");
+                auth_failures.inc();
                 if let Some(decoy) = &failed.decoy {
                     send(outbox, &decoy.encode());
                 }
                 outbox.close(failed.close_code());
-                return Err(Refused { auth_failed: true });
+                return Err(Refused);
             }
         };
         if handshake.peer_verified() {
             if let Some(on_verified) = on_verified.take() {
                 if on_verified().await.is_err() {
                     outbox.close(CloseCode::TopicRefused);
-                    return Err(NOT_AUTH);
+                    return Err(Refused);
                 }
             }
         }

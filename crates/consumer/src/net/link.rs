@@ -135,8 +135,10 @@ pub trait LinkHandler: Send + Sync + 'static {
     fn on_up(&self, link: &Arc<ConsumerLink>);
     /// The link broke or was retired.
     fn on_down(&self, link: &Arc<ConsumerLink>);
-    /// A message, a `moved`, or the answer to a request with [`HANDLER_ID_BIT`].
-    fn on_frame(&self, link: &Arc<ConsumerLink>, frame: Frame);
+    /// A message, a `moved`, or the answer to a request with
+    /// [`HANDLER_ID_BIT`]; `text` is the frame as it arrived (a message is
+    /// relayed as is, not encoded again).
+    fn on_frame(&self, link: &Arc<ConsumerLink>, frame: Frame, text: &str);
 }
 
 /// Publishes a publisher connection has in flight, so it can wait for all
@@ -548,7 +550,7 @@ impl ConsumerLink {
                         answers.push((pending.reply, answer));
                     }
                 }
-                None => for_handler.push(frame),
+                None => for_handler.push((frame, text)),
             }
         }
         let in_flight = state.pending.len();
@@ -559,8 +561,8 @@ impl ConsumerLink {
             .set(in_flight as i64);
         self.answer(answers);
         if let Some(handler) = &self.handler {
-            for frame in for_handler {
-                handler.on_frame(self, frame);
+            for (frame, text) in for_handler {
+                handler.on_frame(self, frame, text.as_str());
             }
         }
     }
@@ -712,13 +714,7 @@ impl ConsumerLink {
         let outbox = Arc::new(Outbox::with_role(outbox_limit, Role::Client));
         spawn_writer(write, outbox.clone(), &ctx.tasks);
         let reader = Reader::client(read, outbox.clone(), self.limits.max_frame_bytes).await;
-        let mut channel = Channel::new(
-            reader,
-            outbox.clone(),
-            self.limits.ping_interval(),
-            self.limits.max_missed_pongs,
-            self.retired.clone(),
-        );
+        let mut channel = Channel::new(reader, outbox.clone(), &self.limits, self.retired.clone());
         {
             let mut state = self.lock();
             state.conn = Some(outbox.clone());
