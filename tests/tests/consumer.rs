@@ -396,6 +396,86 @@ async fn unknown_paths_get_404_and_health_answers() {
     cluster.shutdown().await;
 }
 
+/// Sends `request` on a fresh socket; what the node answers until it stops
+/// sending for a moment (or closes).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        socket.read(&mut chunk),
+    )
+    .await
+    {
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+    }
+    received
+}
+
+fn upgrade_request(path: &str, version: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn upgrades_are_checked_and_frames_sent_with_the_request_are_kept() {
+    let cluster = Cluster::builder().start().await;
+    let addr = cluster.consumers[0].addr;
+    let status = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    let plain = raw_exchange(addr, b"GET /v1/subscribe HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(status(&plain), "HTTP/1.1 400 Bad Request");
+    let post = raw_exchange(addr, b"POST /v1/subscribe HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(status(&post), "HTTP/1.1 400 Bad Request");
+    let old = raw_exchange(addr, upgrade_request("/v1/subscribe", "8").as_bytes()).await;
+    assert_eq!(status(&old), "HTTP/1.1 426 Upgrade Required");
+    assert!(String::from_utf8_lossy(&old).contains("Sec-WebSocket-Version: 13\r\n"));
+    let nowhere = raw_exchange(addr, upgrade_request("/nope?x=1", "13").as_bytes()).await;
+    assert_eq!(status(&nowhere), "HTTP/1.1 404 Not Found");
+    assert!(String::from_utf8_lossy(&nowhere).ends_with("no endpoint at /nope\n"));
+    let huge = format!(
+        "GET /v1/subscribe HTTP/1.1\r\nX: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(
+        status(&raw_exchange(addr, huge.as_bytes()).await),
+        "HTTP/1.1 400 Bad Request"
+    );
+
+    // The upgrade and a masked ping in one write: the ping is not lost
+    // with the request head, and the pong echoes its payload.
+    let mut request = upgrade_request("/v1/subscribe", "13").into_bytes();
+    request.extend_from_slice(&[0x89, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]);
+    let answer = raw_exchange(addr, &request).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{text}"
+    );
+    // RFC 6455's own example key and accept value.
+    assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    let frames = &answer[text.find("\r\n\r\n").unwrap() + 4..];
+    assert!(
+        frames.windows(4).any(|w| w == [0x8a, 2, b'h', b'i']),
+        "no pong in {frames:02x?}"
+    );
+    cluster.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_connections_with_going_away() {
     let mut cluster = Cluster::builder().start().await;

@@ -1,6 +1,6 @@
-//! One server-side WebSocket connection: the HTTP upgrade, the writer task
-//! that owns the socket's write half, and a reader that turns the read half
-//! into text messages and keepalive events.
+//! One WebSocket connection: the HTTP upgrade (server side), the writer
+//! task that owns the socket's write half, and a reader that turns the read
+//! half into text messages and keepalive events.
 
 use std::collections::VecDeque;
 use std::io;
@@ -8,21 +8,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::{Buf, Bytes, BytesMut};
 use shardq_protocol::{CloseCode, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout_at};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::task::TaskTracker;
 
+use super::decode::{Decoder, WsError, WsMessage};
 use super::outbox::{Chunk, Drained, Outbox};
-use super::ws::{self, BUDGET_EXCEEDED, SocketIo};
+use super::ws;
 
 /// Most bytes an HTTP upgrade request may take.
 const UPGRADE_REQUEST_BUDGET: usize = 8 << 10;
@@ -77,12 +75,43 @@ pub enum UpgradeError {
     /// The upgrade did not finish before the deadline.
     #[error("upgrade timed out")]
     Timeout,
-    /// Not a valid WebSocket upgrade, or a path this node does not serve.
+    /// Not a WebSocket upgrade this node accepts; the HTTP refusal was sent.
     #[error("upgrade refused: {0}")]
-    Refused(#[source] tungstenite::Error),
+    Refused(#[from] Refusal),
     /// The socket failed.
     #[error("socket: {0}")]
     Io(#[from] io::Error),
+}
+
+/// An HTTP refusal of an upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The request is not an HTTP/1.1 WebSocket upgrade (400).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The node serves nothing at this path (404).
+    #[error("no endpoint at {0}")]
+    NotFound(String),
+    /// A WebSocket version other than 13 (426).
+    #[error("unsupported websocket version")]
+    Version,
+}
+
+impl Refusal {
+    /// The complete HTTP response.
+    fn response(&self) -> Bytes {
+        let (status, extra) = match self {
+            Refusal::BadRequest(_) => ("400 Bad Request", ""),
+            Refusal::NotFound(_) => ("404 Not Found", ""),
+            Refusal::Version => ("426 Upgrade Required", "Sec-WebSocket-Version: 13\r\n"),
+        };
+        let body = format!("{self}\n");
+        Bytes::from(format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Connection: close\r\n{extra}\r\n{body}",
+            body.len()
+        ))
+    }
 }
 
 /// An upgraded connection.
@@ -98,14 +127,15 @@ pub struct Connection {
 }
 
 /// Upgrades an accepted socket to a WebSocket if `route(path)` names a
-/// read buffer size for the path, otherwise answers 404. The writer task is
-/// spawned on `tasks` first (it also sends the upgrade response).
+/// read buffer size for the path, otherwise answers 404 (400 or 426 for a
+/// request that is no WebSocket upgrade). The writer task is spawned on
+/// `tasks` first (it also sends the upgrade response).
 ///
-/// The request line is read here first, so each endpoint gets the read
-/// buffer it needs: small for subscribers (most of a node's connections, and
-/// mostly idle), large for the publishing links.
+/// The read buffer size lets each endpoint read as it needs: small for
+/// subscribers (most of a node's connections, and mostly idle), large for
+/// the publishing links.
 pub async fn upgrade(
-    mut stream: TcpStream,
+    stream: TcpStream,
     limits: &ConnLimits,
     deadline: Instant,
     route: impl Fn(&str) -> Option<usize>,
@@ -113,98 +143,155 @@ pub async fn upgrade(
 ) -> Result<Connection, UpgradeError> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
-    let head = match timeout_at(deadline, read_request_line(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_) => return Err(UpgradeError::Timeout),
-    };
-    let read_buffer = request_path(&head).and_then(&route);
-    let (read, write) = stream.into_split();
+    let (mut read, write) = stream.into_split();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
     tasks.spawn(run_writer(write, outbox.clone()));
-    let budget = UPGRADE_REQUEST_BUDGET.saturating_sub(head.len());
-    let io = SocketIo::new(read, head, outbox.clone(), budget);
-
-    let mut path = None;
-    // tungstenite's refusal type is an HTTP response: large, but built once.
-    #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, response: Response| {
-        let requested = request.uri().path();
-        if read_buffer.is_some() {
-            path = Some(requested.to_owned());
-            Ok(response)
-        } else {
-            let mut refusal = ErrorResponse::new(Some(format!("no endpoint at {requested}\n")));
-            *refusal.status_mut() = StatusCode::NOT_FOUND;
-            Err(refusal)
+    let mut buffer = BytesMut::with_capacity(1024);
+    let head = match timeout_at(deadline, read_head(&mut read, &mut buffer)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(UpgradeError::Refused(refusal))) => {
+            return Err(refuse(read, &outbox, refusal).await);
         }
-    };
-    let config = WebSocketConfig::default()
-        .read_buffer_size(read_buffer.unwrap_or(1024))
-        .write_buffer_size(0)
-        .max_message_size(Some(limits.max_frame_bytes))
-        .max_frame_size(Some(limits.max_frame_bytes));
-    let upgraded = timeout_at(
-        deadline,
-        tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(config)),
-    )
-    .await;
-    let mut socket = match upgraded {
-        Ok(Ok(socket)) => socket,
         Ok(Err(error)) => {
             outbox.finish();
-            return Err(UpgradeError::Refused(error));
+            return Err(error);
         }
         Err(_) => {
             outbox.finish();
             return Err(UpgradeError::Timeout);
         }
     };
-    // Frame header (at most 14 bytes from a client) plus the pre-auth limit.
-    socket.get_mut().set_budget(limits.preauth_frame_bytes + 14);
+    let accepted = accept_request(&buffer[..head]).and_then(|(path, key)| match route(&path) {
+        Some(read_chunk) => Ok((path, key, read_chunk)),
+        None => Err(Refusal::NotFound(path)),
+    });
+    let (path, accept_key, read_chunk) = match accepted {
+        Ok(accepted) => accepted,
+        Err(refusal) => return Err(refuse(read, &outbox, refusal).await),
+    };
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    );
+    let _ = outbox.push_unbounded(Bytes::from(response));
+    // Bytes after the request head are the first frames.
+    buffer.advance(head);
+    let decoder = Decoder::new(true, limits.preauth_frame_bytes, buffer);
     Ok(Connection {
-        path: path.unwrap_or_default(),
+        path,
         peer,
         reader: Reader {
-            socket,
-            preauth_limit: Some(limits.preauth_frame_bytes),
+            read,
+            decoder,
+            outbox: outbox.clone(),
+            read_chunk: PREAUTH_READ_CHUNK,
+            authenticated_chunk: read_chunk,
+            max_frame_bytes: limits.max_frame_bytes,
+            authenticated: false,
         },
         outbox,
     })
 }
 
-/// Reads from the socket until the HTTP request line is complete (the bytes
-/// read are handed on to the upgrade).
-async fn read_request_line(stream: &mut TcpStream) -> Result<Vec<u8>, UpgradeError> {
-    let mut head = Vec::with_capacity(256);
+/// How long a refused request's sender gets to take the refusal.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+/// Most bytes read and dropped while it does.
+const REFUSAL_DISCARD: usize = 64 << 10;
+
+/// Sends the refusal and closes. The peer's unread input is read and
+/// dropped for a moment first: closing a socket with unread input resets
+/// it, and the reset can destroy the refusal on its way.
+async fn refuse(mut read: OwnedReadHalf, outbox: &Outbox, refusal: Refusal) -> UpgradeError {
+    let _ = outbox.push_unbounded(refusal.response());
+    outbox.finish();
+    let _ = tokio::time::timeout(REFUSAL_GRACE, async {
+        let mut sink = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < REFUSAL_DISCARD {
+            match read.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
+    refusal.into()
+}
+
+/// Reads until `buffer` holds a complete HTTP request head; its length.
+async fn read_head(read: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<usize, UpgradeError> {
+    // Where the search resumes: a terminator may straddle two reads.
+    let mut from = 0usize;
     loop {
-        if head.windows(2).any(|pair| pair == b"\r\n") {
-            return Ok(head);
+        if let Some(at) = find(&buffer[from..], b"\r\n\r\n") {
+            return Ok(from + at + 4);
         }
-        if head.len() >= UPGRADE_REQUEST_BUDGET {
-            return Err(UpgradeError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request line too long",
-            )));
+        from = buffer.len().saturating_sub(3);
+        if buffer.len() >= UPGRADE_REQUEST_BUDGET {
+            return Err(Refusal::BadRequest("request head over 8 KiB").into());
         }
-        let mut chunk = [0u8; 512];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        buffer.reserve(1024.min(UPGRADE_REQUEST_BUDGET - buffer.len()));
+        if read.read_buf(buffer).await? == 0 {
             return Err(UpgradeError::Io(io::ErrorKind::UnexpectedEof.into()));
         }
-        head.extend_from_slice(&chunk[..n]);
     }
 }
 
-/// The path of `GET <path>[?query] HTTP/1.1`, if the line is one.
-fn request_path(head: &[u8]) -> Option<&str> {
-    let line = head.split(|b| *b == b'\r').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next()?, parts.next()?);
-    if method != "GET" {
-        return None;
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Checks an HTTP request head as a WebSocket upgrade (RFC 6455 §4.2.1):
+/// the path (without the query string) and the `Sec-WebSocket-Accept`
+/// value to answer with.
+fn accept_request(head: &[u8]) -> Result<(String, String), Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(Refusal::BadRequest("incomplete request")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal::BadRequest("more than 32 headers"));
+        }
+        Err(_) => return Err(Refusal::BadRequest("malformed HTTP request")),
     }
-    target.split('?').next()
+    if request.method != Some("GET") {
+        return Err(Refusal::BadRequest("the method must be GET"));
+    }
+    if request.version != Some(1) {
+        return Err(Refusal::BadRequest("the version must be HTTP/1.1"));
+    }
+    let target = request.path.unwrap_or_default();
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|header| header.name.eq_ignore_ascii_case(name))
+            .map(|header| header.value)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .is_some_and(|value| {
+                value
+                    .split(',')
+                    .any(|item| item.trim().eq_ignore_ascii_case(token))
+            })
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(Refusal::BadRequest("not a websocket upgrade"));
+    }
+    if header("sec-websocket-version") != Some(b"13") {
+        return Err(Refusal::Version);
+    }
+    let key = match header("sec-websocket-key") {
+        Some(key) if !key.is_empty() => key,
+        _ => return Err(Refusal::BadRequest("no Sec-WebSocket-Key")),
+    };
+    Ok((path, derive_accept_key(key)))
 }
 
 /// What the reader yields.
@@ -214,7 +301,7 @@ pub enum Incoming {
     Text(Utf8Bytes),
     /// A pong (the peer is alive).
     Pong,
-    /// The peer sent a close frame (tungstenite already answered it): finish
+    /// The peer sent a close frame (the reader already answered it): finish
     /// the outbox without another close frame.
     PeerClosed,
     /// The connection broke.
@@ -223,84 +310,124 @@ pub enum Incoming {
     Violation(CloseCode, String),
 }
 
-/// The read side of a connection.
+/// Room for each read before authentication: the pre-auth limit is small,
+/// so is what an unauthenticated peer can make the node buffer.
+const PREAUTH_READ_CHUNK: usize = 1024;
+
+/// The read side of a connection: frames decoded straight out of one
+/// buffer. Pings are answered and a peer's close is echoed through the
+/// outbox, so the writer task stays the only one writing the socket.
 pub struct Reader {
-    socket: WebSocketStream<SocketIo>,
-    preauth_limit: Option<usize>,
+    read: OwnedReadHalf,
+    decoder: Decoder,
+    outbox: Arc<Outbox>,
+    /// Room reserved before a read.
+    read_chunk: usize,
+    /// `read_chunk` once authenticated.
+    authenticated_chunk: usize,
+    /// The message limit once authenticated.
+    max_frame_bytes: usize,
+    authenticated: bool,
 }
 
 impl Reader {
     /// The next message. Cancel-safe.
     pub async fn next(&mut self) -> Incoming {
         loop {
-            let Some(item) = self.socket.next().await else {
-                return Incoming::Closed;
-            };
-            return match item {
-                Ok(Message::Text(text)) => {
-                    if self.preauth_limit.is_some_and(|limit| text.len() > limit) {
-                        Incoming::Violation(CloseCode::FrameTooLarge, "frame too large".into())
-                    } else {
-                        Incoming::Text(text)
-                    }
+            if let Some(incoming) = self.decoded() {
+                return incoming;
+            }
+            // Room for the rest of the frame (bounded by the decoder's
+            // limit, checked on its header) or for a read's worth.
+            let room = self.decoder.wanted().max(self.read_chunk);
+            let buffer = self.decoder.buffer();
+            buffer.reserve(room);
+            match self.read.read_buf(buffer).await {
+                Ok(0) | Err(_) => return Incoming::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A message already received, without reading the socket.
+    pub fn next_buffered(&mut self) -> Option<Incoming> {
+        self.decoded()
+    }
+
+    /// Decodes what is buffered: the next message, if one is complete.
+    /// Pings are answered here.
+    fn decoded(&mut self) -> Option<Incoming> {
+        loop {
+            let message = match self.decoder.decode() {
+                Ok(Some(message)) => message,
+                Ok(None) => return None,
+                Err(WsError::TooLarge { .. }) if !self.authenticated => {
+                    return Some(Incoming::Violation(
+                        CloseCode::FrameTooLarge,
+                        "frame too large before authentication".into(),
+                    ));
                 }
-                Ok(Message::Binary(_)) => Incoming::Violation(
+                Err(error @ WsError::TooLarge { .. }) => {
+                    return Some(Incoming::Violation(
+                        CloseCode::FrameTooLarge,
+                        error.to_string(),
+                    ));
+                }
+                Err(error @ WsError::Protocol(_)) => {
+                    return Some(Incoming::Violation(
+                        CloseCode::ProtocolError,
+                        error.to_string(),
+                    ));
+                }
+            };
+            return Some(match message {
+                WsMessage::Text(text) => Incoming::Text(text),
+                WsMessage::Binary(_) => Incoming::Violation(
                     CloseCode::ProtocolError,
                     "binary messages are not accepted".into(),
                 ),
-                Ok(Message::Pong(_)) => Incoming::Pong,
-                // Pings are answered by tungstenite through the outbox.
-                Ok(Message::Ping(_)) | Ok(Message::Frame(_)) => continue,
-                Ok(Message::Close(_)) => Incoming::PeerClosed,
-                Err(tungstenite::Error::Capacity(error)) => {
-                    Incoming::Violation(CloseCode::FrameTooLarge, error.to_string())
+                WsMessage::Ping(payload) => {
+                    let pong = ws::pong_frame(&payload, self.outbox.role());
+                    let _ = self.outbox.push_unbounded(pong);
+                    continue;
                 }
-                Err(tungstenite::Error::Io(error)) if error.kind() == BUDGET_EXCEEDED => {
-                    Incoming::Violation(
-                        CloseCode::FrameTooLarge,
-                        "frame too large before authentication".into(),
-                    )
+                WsMessage::Pong => Incoming::Pong,
+                WsMessage::Close(code) => {
+                    // Refused when the node closed first: then the peer's
+                    // close is the answer to ours.
+                    let reply = ws::close_reply(code, self.outbox.role());
+                    let _ = self.outbox.push_unbounded(reply);
+                    Incoming::PeerClosed
                 }
-                // The peer went away without a close frame: not a violation.
-                Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )) => Incoming::Closed,
-                Err(error @ (tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_))) => {
-                    Incoming::Violation(CloseCode::ProtocolError, error.to_string())
-                }
-                Err(_) => Incoming::Closed,
-            };
+            });
         }
     }
 
     /// The read side of a client connection this node opened (the upgrade
-    /// and handshake already done): tungstenite reads, and its pongs go to
-    /// `outbox`, which must have the client role.
-    pub async fn client(
-        read: OwnedReadHalf,
-        outbox: Arc<Outbox>,
-        max_frame_bytes: usize,
-    ) -> Reader {
-        let mut io = SocketIo::new(read, Vec::new(), outbox, 0);
-        io.lift_budget();
-        let config = WebSocketConfig::default()
-            .read_buffer_size(64 << 10)
-            .write_buffer_size(0)
-            .max_message_size(Some(max_frame_bytes))
-            .max_frame_size(Some(max_frame_bytes));
-        let socket = WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await;
+    /// and handshake already done): frames from the server are unmasked,
+    /// and pongs go to `outbox`, which must have the client role.
+    pub fn client(read: OwnedReadHalf, outbox: Arc<Outbox>, max_frame_bytes: usize) -> Reader {
         Reader {
-            socket,
-            preauth_limit: None,
+            read,
+            decoder: Decoder::new(false, max_frame_bytes, BytesMut::new()),
+            outbox,
+            read_chunk: LINK_READ_CHUNK,
+            authenticated_chunk: LINK_READ_CHUNK,
+            max_frame_bytes,
+            authenticated: true,
         }
     }
 
     /// The peer authenticated: lift the pre-auth limits.
     pub fn authenticated(&mut self) {
-        self.preauth_limit = None;
-        self.socket.get_mut().lift_budget();
+        self.authenticated = true;
+        self.read_chunk = self.authenticated_chunk;
+        self.decoder.set_limit(self.max_frame_bytes);
     }
 }
+
+/// Room for each read on a link: links carry bulk traffic.
+const LINK_READ_CHUNK: usize = 64 << 10;
 
 /// Starts the writer task of a connection on `tasks`.
 pub fn spawn_writer(socket: OwnedWriteHalf, outbox: Arc<Outbox>, tasks: &TaskTracker) {

@@ -713,7 +713,7 @@ impl ConsumerLink {
             .saturating_mul(self.limits.max_frame_bytes + 64);
         let outbox = Arc::new(Outbox::with_role(outbox_limit, Role::Client));
         spawn_writer(write, outbox.clone(), &ctx.tasks);
-        let reader = Reader::client(read, outbox.clone(), self.limits.max_frame_bytes).await;
+        let reader = Reader::client(read, outbox.clone(), self.limits.max_frame_bytes);
         let mut channel = Channel::new(reader, outbox.clone(), &self.limits, self.retired.clone());
         {
             let mut state = self.lock();

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod channel;
 pub mod conn;
+pub mod decode;
 pub mod handshake;
 pub mod link;
 pub mod outbox;

@@ -1,22 +1,16 @@
-//! Server → client WebSocket frames built by hand (they are unmasked, so one
-//! encoding serves every recipient), and the stream adapter that lets
-//! tungstenite read a socket whose writing belongs to the writer task.
-
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+//! WebSocket frames built by hand: unmasked server → client frames (so one
+//! encoding serves every recipient), and masked ones for the links a node
+//! opens as a client.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shardq_protocol::CloseCode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::OwnedReadHalf;
 
-use super::outbox::Outbox;
+use super::decode::apply_mask;
 
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xa;
 const FIN: u8 = 0x80;
 const MASKED: u8 = 0x80;
 
@@ -97,6 +91,22 @@ pub fn close_frame(code: CloseCode, role: Role) -> Bytes {
 /// A ping frame with an empty payload.
 pub fn ping_frame(role: Role) -> Bytes {
     frame(OP_PING, &[], role)
+}
+
+/// The pong answering a ping that carried `payload`.
+pub fn pong_frame(payload: &[u8], role: Role) -> Bytes {
+    frame(OP_PONG, payload, role)
+}
+
+/// The close frame answering a peer's close: its status code echoed
+/// (RFC 6455 §5.5.1), or an empty payload when it gave none.
+pub fn close_reply(code: Option<u16>, role: Role) -> Bytes {
+    let payload = code.map(u16::to_be_bytes);
+    frame(
+        OP_CLOSE,
+        payload.as_ref().map_or(&[][..], |code| &code[..]),
+        role,
+    )
 }
 
 /// Appends one complete text frame carrying `payload` to `out`, masked when
@@ -209,130 +219,6 @@ fn mask_key() -> [u8; 4] {
         state.set(x);
         ((x >> 32) as u32).to_ne_bytes()
     })
-}
-
-/// XORs `data` with the repeating 4-byte `key`, eight bytes at a time.
-fn apply_mask(data: &mut [u8], key: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let word = u64::from_ne_bytes([
-            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
-        ]) ^ wide;
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    for (byte, k) in chunks.into_remainder().iter_mut().zip(key.iter().cycle()) {
-        *byte ^= k;
-    }
-}
-
-/// The stream tungstenite runs on, on either side of a connection: reads
-/// come from the socket, writes (the upgrade response, pongs, close
-/// replies) are queued on the connection's outbox so the writer task stays
-/// the only one writing the socket.
-///
-/// Before the handshake completes, reads are capped by a byte budget: an
-/// unauthenticated peer cannot make the node buffer more than that.
-pub struct SocketIo {
-    read: OwnedReadHalf,
-    /// Bytes already read from the socket (the request line), served first.
-    prefix: Vec<u8>,
-    outbox: Arc<Outbox>,
-    read_budget: Option<usize>,
-}
-
-/// The error kind a read returns once the pre-auth budget is spent.
-pub const BUDGET_EXCEEDED: io::ErrorKind = io::ErrorKind::FileTooLarge;
-
-impl SocketIo {
-    /// Wraps the read half; `read_budget` bounds the bytes read until
-    /// [`lift_budget`](Self::lift_budget).
-    /// `prefix` holds bytes already read from the socket; they are read first.
-    pub fn new(
-        read: OwnedReadHalf,
-        prefix: Vec<u8>,
-        outbox: Arc<Outbox>,
-        read_budget: usize,
-    ) -> SocketIo {
-        SocketIo {
-            read,
-            prefix,
-            outbox,
-            read_budget: Some(read_budget),
-        }
-    }
-
-    /// Sets a new read budget counted from now.
-    pub fn set_budget(&mut self, budget: usize) {
-        self.read_budget = Some(budget);
-    }
-
-    /// Removes the budget (after authentication; tungstenite's message size
-    /// limit applies from then on).
-    pub fn lift_budget(&mut self) {
-        self.read_budget = None;
-    }
-}
-
-impl AsyncRead for SocketIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.drain(..n);
-            if this.prefix.is_empty() {
-                this.prefix = Vec::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        match this.read_budget {
-            None => Pin::new(&mut this.read).poll_read(cx, buf),
-            Some(0) => Poll::Ready(Err(io::Error::new(
-                BUDGET_EXCEEDED,
-                "pre-auth read budget exceeded",
-            ))),
-            Some(budget) => {
-                let allowed = budget.min(buf.remaining());
-                // Pre-auth reads are few and small: zero-initialising the
-                // window keeps this safe code.
-                let window = buf.initialize_unfilled_to(allowed);
-                let mut limited = ReadBuf::new(window);
-                let result = Pin::new(&mut this.read).poll_read(cx, &mut limited);
-                let filled = limited.filled().len();
-                buf.advance(filled);
-                this.read_budget = Some(budget - filled);
-                result
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SocketIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.outbox.push_unbounded(Bytes::copy_from_slice(buf)) {
-            Ok(()) => Poll::Ready(Ok(buf.len())),
-            Err(_) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 #[cfg(test)]
