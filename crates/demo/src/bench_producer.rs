@@ -46,6 +46,10 @@ pub struct BenchProducerArgs {
     /// Do not pin the producer and the rest to separate CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Publishes per second of the latency phase (default: half the rate
+    /// the first phase reached).
+    #[arg(long)]
+    pub latency_rate: Option<f64>,
 }
 
 /// Counters shared by the publisher tasks.
@@ -271,7 +275,7 @@ pub fn run(args: BenchProducerArgs) -> Result<serde_json::Value, String> {
         let rate = acked as f64 / wall.as_secs_f64();
 
         // Phase 2: half that rate, for latency.
-        let half = rate / 2.0;
+        let half = args.latency_rate.unwrap_or(rate / 2.0);
         let phase = Phase {
             rate_per_connection: Some(half / args.publishers as f64),
             duration: Duration::from_secs(args.seconds),

@@ -140,7 +140,9 @@ impl NodeProcesses {
                         "RUST_LOG",
                         std::env::var("SHARDQ_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
                     )
-                    .stdin(Stdio::null());
+                    .stdin(Stdio::null())
+                    // The nodes log to stdout; keep this tool's stdout for its report.
+                    .stdout(std::io::stderr());
                 let child = command.spawn().map_err(|e| {
                     format!(
                         "cannot start {} (needs prlimit and taskset): {e}",
