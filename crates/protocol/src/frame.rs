@@ -394,12 +394,27 @@ pub fn parse_publish(text: &str) -> Option<Publish> {
 /// A JSON unsigned integer at the start of `text` (no leading zeros, no
 /// overflow) and what follows it.
 fn leading_number(text: &str) -> Option<(u64, &str)> {
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 || (digits > 1 && text.starts_with('0')) {
+    let bytes = text.as_bytes();
+    let mut value: u64 = 0;
+    let mut digits = 0;
+    while let Some(&byte) = bytes.get(digits) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        // Nineteen digits always fit; the twentieth may overflow.
+        value = if digits < 19 {
+            value * 10 + u64::from(digit)
+        } else {
+            value.checked_mul(10)?.checked_add(u64::from(digit))?
+        };
+        digits += 1;
+    }
+    if digits == 0 || (digits > 1 && bytes[0] == b'0') {
         return None;
     }
-    let (number, rest) = text.split_at(digits);
-    Some((number.parse().ok()?, rest))
+    // The digits are ASCII, so `digits` is a char boundary.
+    Some((value, text.get(digits..)?))
 }
 
 /// Machine-readable error codes (the `code` of an `error` frame).
@@ -1017,6 +1032,34 @@ mod tests {
             r#"{"type":"ack","id":-1,"epoch":1,"offset":1}"#,
         ] {
             assert_eq!(parse_publish_ack(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn leading_numbers_match_the_standard_parser() {
+        for text in [
+            "0",
+            "7",
+            "10",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "1234567890123456789",
+            "12345678901234567890",
+            "00",
+            "01",
+            "",
+            "x",
+            "42,",
+            "0}",
+        ] {
+            let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+            let expected = match &text[..digits] {
+                "" => None,
+                number if digits > 1 && number.starts_with('0') => None,
+                number => number.parse::<u64>().ok().map(|n| (n, &text[digits..])),
+            };
+            assert_eq!(leading_number(text), expected, "{text}");
         }
     }
 

@@ -119,7 +119,12 @@ impl Channel {
             return None;
         }
         loop {
-            match self.reader.next().now_or_never()? {
+            // What is buffered first; then one read that does not wait.
+            let incoming = match self.reader.next_buffered() {
+                Some(incoming) => incoming,
+                None => self.reader.next().now_or_never()?,
+            };
+            match incoming {
                 Incoming::Text(text) => return Some(text),
                 Incoming::Pong => self.missed_pongs = 0,
                 other => {
