@@ -473,6 +473,33 @@ async fn upgrades_are_checked_and_frames_sent_with_the_request_are_kept() {
         frames.windows(4).any(|w| w == [0x8a, 2, b'h', b'i']),
         "no pong in {frames:02x?}"
     );
+
+    // An unmasked client frame breaks RFC 6455: closed with 4003.
+    let mut request = upgrade_request("/v1/subscribe", "13").into_bytes();
+    request.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+    let answer = raw_exchange(addr, &request).await;
+    let at = String::from_utf8_lossy(&answer).find("\r\n\r\n").unwrap() + 4;
+    let close_4003 = [0x88, 0x10, 0x0f, 0xa3];
+    assert!(
+        answer[at..].windows(4).any(|w| w == close_4003),
+        "no 4003 close in {:02x?}",
+        &answer[at..]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn binary_messages_get_bad_frame_and_the_connection_stays_open() {
+    let cluster = Cluster::builder().start().await;
+    let mut subscriber = cluster.subscriber(0).await;
+    subscriber
+        .socket
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    let error = expect_error(subscriber.recv().await, "bad_frame");
+    assert!(error.message.contains("binary"), "{}", error.message);
+    expect_ack(subscriber.subscribe(1, "files/save").await);
     cluster.shutdown().await;
 }
 

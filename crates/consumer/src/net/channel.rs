@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use shardq_protocol::{CloseCode, Frame, Limits};
+use shardq_protocol::{CloseCode, ErrorCode, Frame, Limits};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -143,6 +143,15 @@ impl Channel {
                 self.missed_pongs = 0;
                 None
             }
+            Incoming::Binary => {
+                let refusal = Frame::error(
+                    None,
+                    ErrorCode::BadFrame,
+                    "binary messages are not accepted: send each frame as a text message",
+                );
+                let _ = self.send(&refusal);
+                None
+            }
             Incoming::PeerClosed | Incoming::Closed => {
                 self.outbox.finish();
                 Some(Err(Ended::Peer))
@@ -168,7 +177,7 @@ impl Channel {
             loop {
                 match self.reader.next().await {
                     Incoming::Closed | Incoming::PeerClosed | Incoming::Violation(..) => return,
-                    Incoming::Text(_) | Incoming::Pong => {}
+                    Incoming::Text(_) | Incoming::Binary | Incoming::Pong => {}
                 }
             }
         })

@@ -299,6 +299,8 @@ fn accept_request(head: &[u8]) -> Result<(String, String), Refusal> {
 pub enum Incoming {
     /// A text message.
     Text(Utf8Bytes),
+    /// A binary message (refused with `bad_frame`; the connection stays open).
+    Binary,
     /// A pong (the peer is alive).
     Pong,
     /// The peer sent a close frame (the reader already answered it): finish
@@ -382,10 +384,7 @@ impl Reader {
             };
             return Some(match message {
                 WsMessage::Text(text) => Incoming::Text(text),
-                WsMessage::Binary(_) => Incoming::Violation(
-                    CloseCode::ProtocolError,
-                    "binary messages are not accepted".into(),
-                ),
+                WsMessage::Binary(_) => Incoming::Binary,
                 WsMessage::Ping(payload) => {
                     let pong = ws::pong_frame(&payload, self.outbox.role());
                     let _ = self.outbox.push_unbounded(pong);

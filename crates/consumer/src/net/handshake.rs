@@ -39,6 +39,16 @@ async fn next_text(
             outbox.close(code);
             Err(Refused)
         }
+        Ok(Incoming::Binary) => {
+            let refusal = Frame::error(
+                None,
+                ErrorCode::BadFrame,
+                "binary messages are not accepted: send each frame as a text message",
+            );
+            send(outbox, &refusal.encode());
+            outbox.close(CloseCode::ProtocolError);
+            Err(Refused)
+        }
         Ok(_) => {
             outbox.finish();
             Err(Refused)
