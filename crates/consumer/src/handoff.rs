@@ -249,7 +249,7 @@ impl TopicTable {
         self.tasks.spawn(async move {
             tokio::time::sleep(delay).await;
             let Some(table) = table.upgrade() else { return };
-            let Some(cell) = table.existing(&topic) else {
+            let Some(cell) = table.existing(topic.as_str()) else {
                 return;
             };
             let mut state = cell.lock();
@@ -279,7 +279,7 @@ impl TopicTable {
     /// A message from an upstream (or a predecessor still finishing);
     /// `text` is its frame as it arrived, relayed byte for byte.
     fn on_message(&self, from: &str, message: Message, text: &str) {
-        let Some(cell) = self.existing(&message.topic) else {
+        let Some(cell) = self.existing(message.topic.as_str()) else {
             return;
         };
         let mut state = cell.lock();
@@ -335,7 +335,7 @@ impl TopicTable {
             );
             return;
         };
-        let Some(cell) = self.existing(&topic) else {
+        let Some(cell) = self.existing(topic.as_str()) else {
             tracing::debug!(%topic, "upstream answered for a topic no longer served");
             return;
         };
@@ -384,7 +384,7 @@ impl TopicTable {
 
     /// The upstream's epoch ended (`moved`).
     fn on_moved(&self, from: &str, moved: Moved) {
-        let Some(cell) = self.existing(&moved.topic) else {
+        let Some(cell) = self.existing(moved.topic.as_str()) else {
             return;
         };
         let mut state = cell.lock();

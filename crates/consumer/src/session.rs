@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use shardq_protocol::frame::encode_publish_ack_into;
+use shardq_protocol::frame::{
+    DecodeError, PublishParts, encode_publish_ack_into, parse_publish_parts,
+};
 use shardq_protocol::{
     Ack, CloseCode, ErrorCode, Frame, Position, Publish, RawValue, Subscribe, Topic, TopicFilter,
     Unsubscribe,
@@ -89,8 +91,32 @@ struct Session {
     in_flight: Arc<InFlight>,
 }
 
-/// A run of publishes to one topic, in arrival order.
-type Run = (Topic, Vec<Publish>);
+/// One frame of a burst, decoded.
+enum Item<'a> {
+    /// A publish in the fast form, its fields borrowed from the text.
+    Publish(PublishParts<'a>),
+    /// A publish in another valid form.
+    OwnedPublish(Publish),
+    /// Any other frame, or why the text is not one.
+    Other(Result<Frame, DecodeError>),
+}
+
+impl Item<'_> {
+    /// The publish, as borrowed fields.
+    fn publish(&self) -> Option<PublishParts<'_>> {
+        match self {
+            Item::Publish(parts) => Some(*parts),
+            Item::OwnedPublish(publish) => Some(PublishParts {
+                id: publish.id,
+                topic: publish.topic.as_str(),
+                forwarded: publish.forwarded,
+                payload: &publish.payload,
+                payload_at: 0,
+            }),
+            Item::Other(_) => None,
+        }
+    }
+}
 
 impl Session {
     async fn serve(&mut self, channel: &mut Channel) -> Ended {
@@ -131,43 +157,49 @@ impl Session {
     /// publishes to one topic is sequenced (or forwarded) as one batch.
     /// `true` when the node started stopping meanwhile.
     async fn handle_burst(&mut self, burst: Vec<Utf8Bytes>, answers: &mut FrameBuf) -> bool {
-        let mut runs: Vec<Run> = Vec::new();
-        for text in burst {
-            let answer = match Frame::decode_str(text.as_str(), self.shared.limits.max_frame_bytes)
-            {
-                Ok(Frame::Publish(publish)) if self.endpoint == Endpoint::Cluster => {
-                    // Runs of one topic are batched; order is kept as is.
-                    match runs.last_mut() {
-                        Some((topic, group)) if *topic == publish.topic => group.push(publish),
-                        _ => runs.push((publish.topic.clone(), vec![publish])),
-                    }
+        let cluster = self.endpoint == Endpoint::Cluster;
+        let limit = self.shared.limits.max_frame_bytes;
+        let items: Vec<Item<'_>> = burst
+            .iter()
+            .map(|text| {
+                // Nearly every frame on a link is a publish in the fast form.
+                if let Some(parts) = parse_publish_parts(text).filter(|_| cluster) {
+                    return Item::Publish(parts);
+                }
+                match Frame::decode_str(text.as_str(), limit) {
+                    Ok(Frame::Publish(publish)) if cluster => Item::OwnedPublish(publish),
+                    other => Item::Other(other),
+                }
+            })
+            .collect();
+        let mut publishes = Vec::new();
+        for item in &items {
+            let other = match item {
+                Item::Other(other) => other,
+                publish => {
+                    publishes.extend(publish.publish());
                     continue;
                 }
-                Ok(Frame::Subscribe(subscribe)) => {
-                    if self.publish_runs(&mut runs, answers).await {
-                        return true;
-                    }
-                    self.subscribe(subscribe).await
-                }
-                Ok(Frame::Unsubscribe(unsubscribe)) => {
-                    if self.publish_runs(&mut runs, answers).await {
-                        return true;
-                    }
-                    self.unsubscribe(unsubscribe)
-                }
+            };
+            // Publishes before a subscribe or unsubscribe go first.
+            if !publishes.is_empty() && self.publish_runs(&publishes, answers).await {
+                return true;
+            }
+            publishes.clear();
+            let answer = match other {
+                Ok(Frame::Subscribe(subscribe)) => self.subscribe(subscribe.clone()).await,
+                Ok(Frame::Unsubscribe(unsubscribe)) => self.unsubscribe(unsubscribe.clone()),
                 Ok(Frame::Publish(publish)) => Some(Frame::error(
                     Some(publish.id),
                     ErrorCode::NotAuthorized,
                     "publish goes to a producer's /v1/publish, not /v1/subscribe",
                 )),
-                Ok(Frame::Ack(_) | Frame::Moved(_) | Frame::Message(_))
-                    if self.endpoint == Endpoint::Cluster =>
-                {
+                Ok(Frame::Ack(_) | Frame::Moved(_) | Frame::Message(_)) if cluster => {
                     // A peer's answers come on the link it opened, not here.
                     None
                 }
                 Ok(other) => Some(Frame::error(
-                    request_id(&other),
+                    request_id(other),
                     ErrorCode::BadFrame,
                     format!("a client does not send {} frames", other.kind()),
                 )),
@@ -177,25 +209,38 @@ impl Session {
                 answers.push(answer.encode().as_bytes());
             }
         }
-        self.publish_runs(&mut runs, answers).await
+        !publishes.is_empty() && self.publish_runs(&publishes, answers).await
     }
 
-    /// Sequences each run of the topics this node owns and acks each
-    /// publish; forwards the others to their owner (once). `true` when the
-    /// node started stopping while waiting for a forwarding slot.
-    async fn publish_runs(&mut self, runs: &mut Vec<Run>, answers: &mut FrameBuf) -> bool {
+    /// Sequences each run of consecutive publishes to a topic this node
+    /// owns and acks each publish; forwards the others to their owner
+    /// (once). `true` when the node started stopping while waiting for a
+    /// forwarding slot.
+    async fn publish_runs(
+        &mut self,
+        publishes: &[PublishParts<'_>],
+        answers: &mut FrameBuf,
+    ) -> bool {
         let mut batches = Batches::default();
         let mut stopped = false;
-        for (topic, group) in runs.drain(..) {
-            if let Err(error) = self.shared.queues.load().check(&topic) {
+        let mut payloads: Vec<&RawValue> = Vec::new();
+        let mut rest = publishes;
+        while let Some(first) = rest.first() {
+            let topic = first.topic;
+            let len = rest.iter().take_while(|p| p.topic == topic).count();
+            let (group, after) = rest.split_at(len);
+            rest = after;
+            let (queue, event) = topic.split_once('/').unwrap_or((topic, ""));
+            if let Err(error) = self.shared.queues.load().check_parts(queue, event) {
                 for publish in group {
                     let refusal = Frame::error(Some(publish.id), error.code(), error.to_string());
                     answers.push(refusal.encode().as_bytes());
                 }
                 continue;
             }
-            let payloads: Vec<&RawValue> = group.iter().map(|p| &*p.payload).collect();
-            let owner = match self.shared.topics.publish_many(&topic, &payloads) {
+            payloads.clear();
+            payloads.extend(group.iter().map(|p| p.payload));
+            let owner = match self.shared.topics.publish_many(topic, &payloads) {
                 Ok(first) => {
                     for (publish, offset) in group.iter().zip(first.offset..) {
                         let at = Position { offset, ..first };
@@ -229,7 +274,9 @@ impl Session {
                     answers.push(frame.encode().as_bytes());
                     continue;
                 }
-                let Some(link) = &link else { continue };
+                let (Some(link), Ok(topic)) = (&link, Topic::parse(topic)) else {
+                    continue;
+                };
                 let Some(permit) = link::permit(link, &mut batches, &self.shared.stop).await else {
                     stopped = true;
                     let frame = Frame::error(
@@ -250,8 +297,8 @@ impl Session {
                 batches.add(
                     link,
                     Request {
-                        topic: topic.clone(),
-                        payload: publish.payload,
+                        topic,
+                        payload: publish.payload.to_owned(),
                         forwarded: true,
                         reply,
                         permit,

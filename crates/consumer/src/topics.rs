@@ -258,23 +258,23 @@ impl TopicTable {
         }
     }
 
-    fn shard(&self, topic: &Topic) -> MutexGuard<'_, HashMap<Topic, Arc<TopicCell>>> {
-        let index = self.hasher.hash_one(topic.as_str()) as usize % SHARDS;
+    fn shard(&self, topic: &str) -> MutexGuard<'_, HashMap<Topic, Arc<TopicCell>>> {
+        let index = self.hasher.hash_one(topic) as usize % SHARDS;
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The cell of a topic, if it has one.
-    pub(crate) fn existing(&self, topic: &Topic) -> Option<Arc<TopicCell>> {
+    pub(crate) fn existing(&self, topic: &str) -> Option<Arc<TopicCell>> {
         self.shard(topic).get(topic).cloned()
     }
 
     /// The cell of a topic, created (as owner or edge, by the current view)
     /// when missing.
     pub(crate) fn cell(&self, topic: &Topic) -> Arc<TopicCell> {
-        let mut shard = self.shard(topic);
-        if let Some(cell) = shard.get(topic) {
+        let mut shard = self.shard(topic.as_str());
+        if let Some(cell) = shard.get(topic.as_str()) {
             return cell.clone();
         }
         let view = self.view.load();
@@ -331,7 +331,7 @@ impl TopicTable {
     /// Whether this node sequences the topic now (its cell's mode, or the
     /// view when it has no cell).
     pub fn owns(&self, topic: &Topic) -> bool {
-        match self.existing(topic) {
+        match self.existing(topic.as_str()) {
             Some(cell) => {
                 let mut state = cell.lock();
                 self.sync(&cell, &mut state);
@@ -344,28 +344,39 @@ impl TopicTable {
     /// Sequences a run of messages of one topic (consecutive offsets), fans
     /// them out with one push per subscriber, keeps them in history, and
     /// returns the position of the first. `Err` with the owner's id when
-    /// this node does not own the topic.
+    /// this node does not own the topic (`Err(None)`: no owner, or not a
+    /// valid topic). A topic that already has a cell costs one lookup and
+    /// no allocation.
     pub fn publish_many(
         &self,
-        topic: &Topic,
+        topic: &str,
         payloads: &[&RawValue],
     ) -> Result<Position, Option<String>> {
-        if self.existing(topic).is_none() {
-            let view = self.view.load();
-            if !view.owns(topic) {
-                return Err(view.owner(topic).map(str::to_owned));
+        let mut cell = match self.existing(topic) {
+            Some(cell) => cell,
+            None => {
+                let topic = Topic::parse(topic).map_err(|_| None)?;
+                let view = self.view.load();
+                if !view.owns(&topic) {
+                    return Err(view.owner(&topic).map(str::to_owned));
+                }
+                self.cell(&topic)
             }
-        }
+        };
         loop {
-            let cell = self.cell(topic);
             let mut state = cell.lock();
             if state.removed {
+                // Removed meanwhile: a fresh cell takes over.
+                drop(state);
+                cell = self.cell(&cell.topic.clone());
                 continue;
             }
             self.sync(&cell, &mut state);
             let deferred = match &state.mode {
                 Mode::Owner(owner) => owner.deferred.is_some(),
-                Mode::Edge(_) => return Err(self.view.load().owner(topic).map(str::to_owned)),
+                Mode::Edge(_) => {
+                    return Err(self.view.load().owner(&cell.topic).map(str::to_owned));
+                }
             };
             let first = Position {
                 epoch: state.last.epoch,
@@ -377,10 +388,7 @@ impl TopicTable {
                 .zip(first.offset..)
                 .map(|(payload, offset)| {
                     let at = Position { offset, ..first };
-                    let estimate = 80 + topic.as_str().len() + payload.get().len();
-                    ws::text_frame_with(estimate, |out| {
-                        encode_message_into(out, topic, at, payload)
-                    })
+                    ws::text_frame_with(|out| encode_message_into(out, topic, at, payload))
                 })
                 .collect();
             if deferred {
@@ -410,7 +418,7 @@ impl TopicTable {
 
     /// Sequences one message (see [`publish_many`](Self::publish_many)).
     pub fn publish(&self, topic: &Topic, payload: &RawValue) -> Result<Position, Option<String>> {
-        self.publish_many(topic, &[payload])
+        self.publish_many(topic.as_str(), &[payload])
     }
 
     /// Queues a batch on every subscriber's outbox (legacy subscribers get
@@ -669,7 +677,7 @@ impl TopicTable {
 
     /// Removes one connection's subscription to a topic.
     pub fn unsubscribe(&self, topic: &Topic, conn: ConnId) {
-        let Some(cell) = self.existing(topic) else {
+        let Some(cell) = self.existing(topic.as_str()) else {
             return;
         };
         let mut state = cell.lock();
@@ -695,8 +703,8 @@ impl TopicTable {
 
     /// Removes an idle cell; an edge drops its upstream subscriptions.
     pub(crate) fn remove_if_idle(&self, topic: &Topic) {
-        let mut shard = self.shard(topic);
-        let Some(cell) = shard.get(topic).cloned() else {
+        let mut shard = self.shard(topic.as_str());
+        let Some(cell) = shard.get(topic.as_str()).cloned() else {
             return;
         };
         let mut state = cell.lock();
@@ -841,7 +849,7 @@ impl TopicTable {
 
     /// The latest position of a topic, if it has state.
     pub fn position(&self, topic: &Topic) -> Option<Position> {
-        let cell = self.existing(topic)?;
+        let cell = self.existing(topic.as_str())?;
         let state = cell.lock();
         Some(state.last)
     }

@@ -305,10 +305,12 @@ fn push_number(out: &mut Vec<u8>, value: u64) {
 
 /// Appends the JSON of a `message` frame to `out`, byte-identical to
 /// `Frame::Message(..).encode()` but without building a `Frame`.
-pub fn encode_message_into(out: &mut Vec<u8>, topic: &Topic, at: Position, payload: &RawValue) {
-    // Topics never need escaping (see `Topic`), so they are written verbatim.
+///
+/// `topic` must be valid (see [`Topic`]): topics never need escaping, so it
+/// is written verbatim.
+pub fn encode_message_into(out: &mut Vec<u8>, topic: &str, at: Position, payload: &RawValue) {
     out.extend_from_slice(b"{\"type\":\"message\",\"topic\":\"");
-    out.extend_from_slice(topic.as_str().as_bytes());
+    out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(b"\",\"epoch\":");
     push_number(out, at.epoch);
     out.extend_from_slice(b",\"offset\":");
@@ -372,6 +374,34 @@ pub fn parse_publish_ack(text: &str) -> Option<(u64, Position)> {
 /// any other shape (decode those with [`decode_str`], which accepts every
 /// valid form and reports errors).
 pub fn parse_publish(text: &str) -> Option<Publish> {
+    let parts = parse_publish_parts(text)?;
+    Some(Publish {
+        id: parts.id,
+        topic: Topic::parse(parts.topic).ok()?,
+        forwarded: parts.forwarded,
+        payload: parts.payload.to_owned(),
+    })
+}
+
+/// A `publish` read by [`parse_publish_parts`]: its fields borrowed from
+/// the frame's text, nothing copied.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishParts<'a> {
+    /// The request id.
+    pub id: u64,
+    /// The topic, valid as [`Topic::parse`] requires.
+    pub topic: &'a str,
+    /// Set when a consumer forwarded it.
+    pub forwarded: bool,
+    /// The payload, valid JSON.
+    pub payload: &'a RawValue,
+    /// Where the payload starts in the text (it ends one byte before the end).
+    pub payload_at: usize,
+}
+
+/// [`parse_publish`] without allocating: the same fast form, the same
+/// checks (a valid topic, a valid JSON payload), the fields borrowed.
+pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
     let rest = text.strip_prefix("{\"type\":\"publish\",\"id\":")?;
     let (id, rest) = leading_number(rest)?;
     let rest = rest.strip_prefix(",\"topic\":\"")?;
@@ -380,14 +410,17 @@ pub fn parse_publish(text: &str) -> Option<Publish> {
         Some(rest) => (true, rest),
         None => (false, rest),
     };
-    let payload = rest.strip_prefix(",\"payload\":")?.strip_suffix('}')?;
-    let topic = Topic::parse(topic).ok()?;
+    let rest = rest.strip_prefix(",\"payload\":")?;
+    let payload_at = text.len() - rest.len();
+    let payload = rest.strip_suffix('}')?;
+    Topic::validate(topic).ok()?;
     let payload: &RawValue = serde_json::from_str(payload).ok()?;
-    Some(Publish {
+    Some(PublishParts {
         id,
         topic,
         forwarded,
-        payload: payload.to_owned(),
+        payload,
+        payload_at,
     })
 }
 
@@ -954,7 +987,7 @@ mod tests {
             offset: 12,
         };
         let mut fast = Vec::new();
-        encode_message_into(&mut fast, &topic, at, &payload);
+        encode_message_into(&mut fast, topic.as_str(), at, &payload);
         let slow = Frame::Message(Message {
             topic,
             epoch: at.epoch,
@@ -1032,6 +1065,26 @@ mod tests {
             r#"{"type":"ack","id":-1,"epoch":1,"offset":1}"#,
         ] {
             assert_eq!(parse_publish_ack(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn publish_parts_borrow_the_text() {
+        let text = r#"{"type":"publish","id":12,"topic":"db/create","forwarded":true,"payload":{"a":[1,"}"]}}"#;
+        let parts = parse_publish_parts(text).unwrap();
+        assert_eq!(
+            (parts.id, parts.topic, parts.forwarded),
+            (12, "db/create", true)
+        );
+        assert_eq!(parts.payload.get(), r#"{"a":[1,"}"]}"#);
+        assert_eq!(&text[parts.payload_at..text.len() - 1], parts.payload.get());
+        // The same checks as the owning parse: a bad topic or payload is refused.
+        for bad in [
+            r#"{"type":"publish","id":1,"topic":"db","payload":1}"#,
+            r#"{"type":"publish","id":1,"topic":"d b/x","payload":1}"#,
+            r#"{"type":"publish","id":1,"topic":"db/x","payload":{"a":}}"#,
+        ] {
+            assert!(parse_publish_parts(bad).is_none(), "{bad}");
         }
     }
 

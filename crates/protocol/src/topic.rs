@@ -76,7 +76,7 @@ fn check_name(part: &'static str, name: &str) -> Result<(), TopicError> {
 /// Parsing ([`Topic::parse`] or [`Topic::new`]) is the only way to make one, so
 /// every `Topic` is well formed: both parts are 1-64 characters of
 /// `[A-Za-z0-9_.-]`, which also means a topic never needs JSON escaping.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Topic {
     text: Arc<str>,
     slash: u8,
@@ -85,6 +85,16 @@ pub struct Topic {
 impl Topic {
     /// Parses `queue/event`.
     pub fn parse(text: &str) -> Result<Topic, TopicError> {
+        let slash = Topic::validate(text)?;
+        Ok(Topic {
+            text: Arc::from(text),
+            slash,
+        })
+    }
+
+    /// Checks `queue/event` as [`parse`](Topic::parse) does, without
+    /// building a topic; the position of the slash.
+    pub fn validate(text: &str) -> Result<u8, TopicError> {
         let Some((queue, event)) = text.split_once('/') else {
             return Err(TopicError::NotQueueEvent(text.chars().take(80).collect()));
         };
@@ -93,10 +103,7 @@ impl Topic {
         }
         check_name("queue", queue)?;
         check_name("event", event)?;
-        Ok(Topic {
-            text: Arc::from(text),
-            slash: queue.len() as u8,
-        })
+        Ok(queue.len() as u8)
     }
 
     /// Builds a topic from its two parts, validating both.
@@ -122,6 +129,13 @@ impl Topic {
     /// The whole `queue/event` string.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+}
+
+/// Hashes as its text does, so maps keyed by topics can be searched with a `&str`.
+impl std::hash::Hash for Topic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
     }
 }
 
@@ -251,14 +265,19 @@ impl QueueConfig {
 
     /// Whether a topic may be published to or subscribed to.
     pub fn check(&self, topic: &Topic) -> Result<(), TopicError> {
-        match self.queues.get(topic.queue()) {
-            Some(events) if events.contains(topic.event()) => Ok(()),
+        self.check_parts(topic.queue(), topic.event())
+    }
+
+    /// [`check`](Self::check) for a topic's queue and event.
+    pub fn check_parts(&self, queue: &str, event: &str) -> Result<(), TopicError> {
+        match self.queues.get(queue) {
+            Some(events) if events.contains(event) => Ok(()),
             _ if self.open_topics => Ok(()),
             Some(_) => Err(TopicError::UnknownEvent {
-                queue: topic.queue().to_owned(),
-                event: topic.event().to_owned(),
+                queue: queue.to_owned(),
+                event: event.to_owned(),
             }),
-            None => Err(TopicError::UnknownQueue(topic.queue().to_owned())),
+            None => Err(TopicError::UnknownQueue(queue.to_owned())),
         }
     }
 

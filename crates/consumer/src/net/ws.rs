@@ -63,20 +63,27 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Builds a text frame in place: call with a closure that appends the
-/// payload to the vector; the header is written in front of it afterwards.
-/// Saves a copy for payloads built on the fly.
-pub fn text_frame_with(estimate: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Bytes {
-    const RESERVE: usize = 10;
-    let mut buffer = Vec::with_capacity(RESERVE + estimate);
-    buffer.resize(RESERVE, 0);
-    fill(&mut buffer);
-    let len = buffer.len() - RESERVE;
-    let start = RESERVE - header_len(len);
-    let mut head = BytesMut::with_capacity(RESERVE);
-    header(&mut head, OP_TEXT, len);
-    buffer[start..RESERVE].copy_from_slice(&head);
-    Bytes::from(buffer).slice(start..)
+/// Builds a text frame whose payload `fill` appends to the vector it is
+/// given. The payload is written to a per-thread scratch buffer first, so
+/// the frame is one allocation of exactly its size: cheap to keep (history
+/// holds every message frame) and to free.
+pub fn text_frame_with(fill: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    /// A scratch buffer larger than this is not kept between frames.
+    const SCRATCH_KEPT: usize = 64 << 10;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        fill(scratch);
+        let mut frame = Vec::with_capacity(header_len(scratch.len()) + scratch.len());
+        header(&mut frame, OP_TEXT, scratch.len());
+        frame.extend_from_slice(scratch);
+        if scratch.capacity() > SCRATCH_KEPT {
+            *scratch = Vec::new();
+        }
+        Bytes::from(frame)
+    })
 }
 
 /// A close frame with a shardq close code and its reason.
@@ -302,7 +309,7 @@ mod tests {
     fn in_place_frames_match() {
         for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
             let payload = vec![b'z'; len];
-            let built = text_frame_with(8, |out| out.extend_from_slice(&payload));
+            let built = text_frame_with(|out| out.extend_from_slice(&payload));
             assert_eq!(built, text_frame(&payload), "len {len}");
         }
     }
