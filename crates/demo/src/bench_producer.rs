@@ -5,17 +5,21 @@
 //! The producer runs pinned to CPU 0 with one tokio worker; the consumers
 //! and this load generator share CPU 1, so the producer's own accounting is
 //! the figure that matters.
+//!
+//! The first phase is closed-loop: each connection keeps `--window`
+//! publishes in flight. The second is open-loop: each connection sends
+//! what a constant-rate schedule says is due every `--tick-us`, and the
+//! latency of each publish counts from the moment its batch was written.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio::io::AsyncWriteExt;
 
-use crate::lean::LeanConn;
+use crate::lean::{LeanConn, LeanReader};
 use crate::processes::{self, NodeProcesses};
 use crate::procstat;
 
@@ -50,14 +54,17 @@ pub struct BenchProducerArgs {
     /// the first phase reached).
     #[arg(long)]
     pub latency_rate: Option<f64>,
+    /// Microseconds between the paced phase's sends (each sends what the
+    /// schedule says is due).
+    #[arg(long, default_value_t = 200)]
+    pub tick_us: u64,
 }
 
-/// Counters shared by the publisher tasks.
-#[derive(Default)]
+/// What a phase measured, summed over its connections.
 struct Tally {
-    sent: AtomicU64,
-    acked: AtomicU64,
-    errors: AtomicU64,
+    acked: u64,
+    errors: u64,
+    latency: Histogram<u64>,
 }
 
 /// The id of an `ack` frame (`Ok`) or of an `error` frame (`Err`), read
@@ -78,144 +85,216 @@ fn answer_id(frame: &[u8]) -> Option<Result<u64, u64>> {
     Some(if ok { Ok(id) } else { Err(id) })
 }
 
+/// How a phase sends.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// As fast as the window allows: a new batch as soon as answers free slots.
+    Closed,
+    /// An open-loop schedule of this many publishes per second per
+    /// connection, sent on every tick of the high-resolution ticker.
+    Rate(f64),
+}
+
 struct Phase {
-    rate_per_connection: Option<f64>,
+    pace: Pace,
     duration: Duration,
 }
 
-/// Runs one phase over `conns`; returns (tally, latency histogram).
+/// What a connection's writer and reader share: send times by id (a ring
+/// as deep as the window, nanoseconds since `epoch`, 0 for none) and the
+/// count in flight. Atomics only, so neither side ever waits on a lock.
+struct Flight {
+    epoch: Instant,
+    sent_at: Box<[AtomicU64]>,
+    in_flight: AtomicU64,
+    /// The reader freed window slots.
+    progress: tokio::sync::Notify,
+    /// The writer sent its last publish and every answer is in (or late).
+    done: tokio::sync::Notify,
+}
+
+impl Flight {
+    fn slot(&self, id: u64) -> &AtomicU64 {
+        &self.sent_at[(id % self.sent_at.len() as u64) as usize]
+    }
+}
+
+/// Wakes paced writers every `tick` until dropped; sub-millisecond, which
+/// tokio's timer is not, so a paced phase sends a steady stream of small
+/// batches instead of a burst per millisecond.
+struct Ticker {
+    notify: Arc<tokio::sync::Notify>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    fn start(tick: Duration) -> Ticker {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake, halt) = (notify.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                wake.notify_waiters();
+            }
+        });
+        Ticker { notify, stop }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads answers until told to stop; what it counted, and the reader back.
+async fn read_answers(
+    mut reader: LeanReader,
+    flight: Arc<Flight>,
+) -> Result<(Tally, LeanReader), String> {
+    let mut tally = Tally {
+        acked: 0,
+        errors: 0,
+        latency: new_histogram()?,
+    };
+    loop {
+        let frame = tokio::select! {
+            frame = reader.next_text() => match frame {
+                Ok(frame) => frame,
+                Err(error) => return Err(format!("publisher connection: {error}")),
+            },
+            () = flight.done.notified() => break,
+        };
+        let id = match answer_id(frame) {
+            Some(Ok(id)) => {
+                tally.acked += 1;
+                id
+            }
+            Some(Err(id)) => {
+                tally.errors += 1;
+                id
+            }
+            None => continue,
+        };
+        let sent = flight.slot(id).swap(0, Ordering::AcqRel);
+        if sent != 0 {
+            let now = flight.epoch.elapsed().as_nanos() as u64;
+            let _ = tally
+                .latency
+                .record((now.saturating_sub(sent) / 1000).max(1));
+        }
+        flight.in_flight.fetch_sub(1, Ordering::AcqRel);
+        flight.progress.notify_one();
+    }
+    Ok((tally, reader))
+}
+
+fn new_histogram() -> Result<Histogram<u64>, String> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
+}
+
+/// Runs one phase over `conns`: what was acked, the latencies, and the
+/// connections back for the next phase.
 async fn run_phase(
     conns: Vec<LeanConn>,
     args: &BenchProducerArgs,
     phase: Phase,
     first_id: u64,
-) -> Result<(Arc<Tally>, Histogram<u64>, Vec<LeanConn>), String> {
-    let tally = Arc::new(Tally::default());
-    let histogram = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?,
-    ));
-    let empty = histogram.lock().map_err(|e| e.to_string())?.clone();
+) -> Result<(Tally, Vec<LeanConn>), String> {
     let stop = Arc::new(AtomicBool::new(false));
+    let ticker = Ticker::start(Duration::from_micros(args.tick_us.max(10)));
     let body = format!("\"{}\"", "x".repeat(args.payload.saturating_sub(2)));
     let mut tasks = Vec::new();
     for (index, conn) in conns.into_iter().enumerate() {
-        let (tally, histogram, stop, body) =
-            (tally.clone(), histogram.clone(), stop.clone(), body.clone());
-        let (window, topics) = (args.window, args.topics);
-        let rate = phase.rate_per_connection;
+        let (stop, body, tick) = (stop.clone(), body.clone(), ticker.notify.clone());
+        let (window, topics, pace) = (args.window, args.topics as u64, phase.pace);
         tasks.push(tokio::spawn(async move {
-            let LeanConn {
-                mut reader,
-                mut writer,
-            } = conn;
-            // Send times by id, a ring as deep as the window.
-            let sent_at = Arc::new(std::sync::Mutex::new(vec![None::<Instant>; window]));
-            let in_flight = Arc::new(AtomicU64::new(0));
-            let progress = Arc::new(tokio::sync::Notify::new());
-            let done = Arc::new(tokio::sync::Notify::new());
-            let reading = {
-                let (tally, histogram, sent_at, in_flight, progress, done) = (
-                    tally.clone(),
-                    histogram.clone(),
-                    sent_at.clone(),
-                    in_flight.clone(),
-                    progress.clone(),
-                    done.clone(),
-                );
-                tokio::spawn(async move {
-                    loop {
-                        let frame = tokio::select! {
-                            frame = reader.next_text() => match frame {
-                                Ok(frame) => frame,
-                                Err(_) => break,
-                            },
-                            () = done.notified() => break,
-                        };
-                        let Some(answer) = answer_id(frame) else {
-                            continue;
-                        };
-                        let id = match answer {
-                            Ok(id) => {
-                                tally.acked.fetch_add(1, Ordering::Relaxed);
-                                id
-                            }
-                            Err(id) => {
-                                tally.errors.fetch_add(1, Ordering::Relaxed);
-                                id
-                            }
-                        };
-                        let sent = sent_at.lock().ok().and_then(|mut ring| {
-                            let len = ring.len();
-                            ring[id as usize % len].take()
-                        });
-                        if let (Some(sent), Ok(mut histogram)) = (sent, histogram.lock()) {
-                            let _ = histogram.record(sent.elapsed().as_micros().max(1) as u64);
-                        }
-                        in_flight.fetch_sub(1, Ordering::AcqRel);
-                        progress.notify_one();
-                    }
-                    reader
-                })
-            };
+            let LeanConn { reader, mut writer } = conn;
+            let flight = Arc::new(Flight {
+                epoch: Instant::now(),
+                sent_at: (0..window).map(|_| AtomicU64::new(0)).collect(),
+                in_flight: AtomicU64::new(0),
+                progress: tokio::sync::Notify::new(),
+                done: tokio::sync::Notify::new(),
+            });
+            let reading = tokio::spawn(read_answers(reader, flight.clone()));
             let mut id = first_id + (index as u64) * 1_000_000_000;
             let mut out = Vec::with_capacity(64 << 10);
-            let started = Instant::now();
-            let mut budget = 0f64;
+            let mut json = Vec::with_capacity(body.len() + 64);
+            let mut sent = 0u64;
+            let mut failed = None;
             while !stop.load(Ordering::Relaxed) {
-                let free = window as u64 - in_flight.load(Ordering::Acquire).min(window as u64);
-                let mut allowed = free;
-                if let Some(rate) = rate {
-                    let due = started.elapsed().as_secs_f64() * rate;
-                    allowed = allowed.min((due - budget).max(0.0) as u64);
-                }
+                let in_flight = flight.in_flight.load(Ordering::Acquire);
+                let free = (window as u64).saturating_sub(in_flight);
+                let allowed = match pace {
+                    Pace::Closed => free.min(256),
+                    Pace::Rate(rate) => {
+                        let due = (flight.epoch.elapsed().as_secs_f64() * rate) as u64;
+                        free.min(due.saturating_sub(sent))
+                    }
+                };
                 if allowed == 0 {
-                    tokio::select! {
-                        () = progress.notified() => {}
-                        () = tokio::time::sleep(Duration::from_micros(200)) => {}
+                    match pace {
+                        Pace::Closed => flight.progress.notified().await,
+                        Pace::Rate(_) => tick.notified().await,
                     }
                     continue;
                 }
                 out.clear();
-                let now = Instant::now();
-                for _ in 0..allowed.min(256) {
+                let now = (flight.epoch.elapsed().as_nanos() as u64).max(1);
+                for _ in 0..allowed {
                     id += 1;
-                    let frame = format!(
-                        r#"{{"type":"publish","id":{id},"topic":"bench/t{}","payload":{body}}}"#,
-                        id % topics as u64
-                    );
-                    LeanConn::encode_text(&mut out, frame.as_bytes());
-                    if let Ok(mut ring) = sent_at.lock() {
-                        let len = ring.len();
-                        ring[id as usize % len] = Some(now);
-                    }
-                    in_flight.fetch_add(1, Ordering::AcqRel);
-                    budget += 1.0;
+                    json.clear();
+                    json.extend_from_slice(br#"{"type":"publish","id":"#);
+                    json.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+                    json.extend_from_slice(br#","topic":"bench/t"#);
+                    json.extend_from_slice(itoa::Buffer::new().format(id % topics).as_bytes());
+                    json.extend_from_slice(br#"","payload":"#);
+                    json.extend_from_slice(body.as_bytes());
+                    json.push(b'}');
+                    LeanConn::encode_text(&mut out, &json);
+                    flight.slot(id).store(now, Ordering::Release);
                 }
-                if writer.write_all(&out).await.is_err() {
+                flight.in_flight.fetch_add(allowed, Ordering::AcqRel);
+                sent += allowed;
+                if let Err(error) = writer.write_all(&out).await {
+                    failed = Some(format!("publisher connection: {error}"));
                     break;
                 }
-                tally.sent.fetch_add(allowed.min(256), Ordering::Relaxed);
             }
             // Let the answers in flight arrive.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            while flight.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            done.notify_one();
-            (reading.await.ok(), writer)
+            flight.done.notify_one();
+            let (tally, reader) = reading.await.map_err(|e| e.to_string())??;
+            match failed {
+                Some(error) => Err(error),
+                None => Ok((tally, LeanConn { reader, writer })),
+            }
         }));
     }
     tokio::time::sleep(phase.duration).await;
     stop.store(true, Ordering::Relaxed);
+    let mut total = Tally {
+        acked: 0,
+        errors: 0,
+        latency: new_histogram()?,
+    };
     let mut conns = Vec::new();
     for task in tasks {
-        let (reader, writer) = task.await.map_err(|e| e.to_string())?;
-        if let Some(reader) = reader {
-            conns.push(LeanConn { reader, writer });
-        }
+        let (tally, conn) = task.await.map_err(|e| e.to_string())??;
+        total.acked += tally.acked;
+        total.errors += tally.errors;
+        total
+            .latency
+            .add(&tally.latency)
+            .map_err(|e| e.to_string())?;
+        conns.push(conn);
     }
-    let histogram = histogram.lock().map(|h| h.clone()).unwrap_or(empty);
-    Ok((tally, histogram, conns))
+    Ok((total, conns))
 }
 
 /// Runs both phases; the report as JSON.
@@ -232,9 +311,6 @@ pub fn run(args: BenchProducerArgs) -> Result<serde_json::Value, String> {
         |id| pin.then(|| if id.starts_with("producer") { "0" } else { "1" }.to_owned()),
         fd_limit,
     )?;
-    let producer_pid = nodes
-        .pid("producer-0")
-        .ok_or("the producer process is gone")?;
     let addr = nodes.config.producers[0]
         .url
         .trim_start_matches("ws://")
@@ -256,31 +332,23 @@ pub fn run(args: BenchProducerArgs) -> Result<serde_json::Value, String> {
         wait_ready(&nodes, args.consumers).await?;
 
         // Phase 1: as fast as acks come back.
-        let cpu0 = procstat::cpu_time(producer_pid).unwrap_or_default();
-        let own0 = procstat::cpu_time(std::process::id()).unwrap_or_default();
-        let t0 = Instant::now();
         let phase = Phase {
-            rate_per_connection: None,
+            pace: Pace::Closed,
             duration: Duration::from_secs(args.seconds),
         };
-        let (tally, full_latency, conns) = run_phase(conns, &args, phase, 0).await?;
-        let wall = t0.elapsed();
-        let cpu = procstat::cpu_time(producer_pid)
-            .unwrap_or_default()
-            .saturating_sub(cpu0);
-        let own = procstat::cpu_time(std::process::id())
-            .unwrap_or_default()
-            .saturating_sub(own0);
-        let acked = tally.acked.load(Ordering::Relaxed);
-        let rate = acked as f64 / wall.as_secs_f64();
+        let meter = Meter::start(&nodes, args.consumers);
+        let (full, conns) = run_phase(conns, &args, phase, 0).await?;
+        let full_cpu = meter.stop(full.acked);
 
-        // Phase 2: half that rate, for latency.
-        let half = args.latency_rate.unwrap_or(rate / 2.0);
+        // Phase 2: half that rate, paced, for latency.
+        let half = args.latency_rate.unwrap_or(full_cpu.rate / 2.0);
         let phase = Phase {
-            rate_per_connection: Some(half / args.publishers as f64),
+            pace: Pace::Rate(half / args.publishers as f64),
             duration: Duration::from_secs(args.seconds),
         };
-        let (paced, latency, _) = run_phase(conns, &args, phase, 1 << 40).await?;
+        let meter = Meter::start(&nodes, args.consumers);
+        let (paced, _) = run_phase(conns, &args, phase, 1 << 40).await?;
+        let half_cpu = meter.stop(paced.acked);
         let quantile = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Ok(serde_json::json!({
             "scenario": "producer",
@@ -289,23 +357,91 @@ pub fn run(args: BenchProducerArgs) -> Result<serde_json::Value, String> {
             "topics": args.topics,
             "payload_bytes": args.payload,
             "window_per_publisher": args.window,
-            "acked": acked,
-            "errors": tally.errors.load(Ordering::Relaxed),
-            "acked_per_second": rate,
-            "producer_cpu_ns_per_publish": cpu.as_nanos() as f64 / acked.max(1) as f64,
-            "producer_cpu_utilisation": cpu.as_secs_f64() / wall.as_secs_f64(),
-            "generator_cpu_utilisation": own.as_secs_f64() / wall.as_secs_f64(),
-            "full_rate_latency_ms_p50": quantile(&full_latency, 0.5),
-            "full_rate_latency_ms_p99": quantile(&full_latency, 0.99),
+            "tick_us": args.tick_us,
+            "acked": full.acked,
+            "errors": full.errors,
+            "acked_per_second": full_cpu.rate,
+            "producer_cpu_ns_per_publish": full_cpu.producer_ns_per_publish,
+            "producer_cpu_utilisation": full_cpu.producer,
+            "consumers_cpu_utilisation": full_cpu.consumers,
+            "generator_cpu_utilisation": full_cpu.generator,
+            "full_rate_latency_ms_p50": quantile(&full.latency, 0.5),
+            "full_rate_latency_ms_p99": quantile(&full.latency, 0.99),
             "half_rate_target_per_second": half,
-            "half_rate_acked": paced.acked.load(Ordering::Relaxed),
-            "half_rate_errors": paced.errors.load(Ordering::Relaxed),
-            "half_rate_latency_ms_p50": quantile(&latency, 0.5),
-            "half_rate_latency_ms_p99": quantile(&latency, 0.99),
-            "half_rate_latency_ms_p999": quantile(&latency, 0.999),
-            "half_rate_latency_ms_max": latency.max() as f64 / 1000.0,
+            "half_rate_acked_per_second": half_cpu.rate,
+            "half_rate_errors": paced.errors,
+            "half_rate_producer_cpu_ns_per_publish": half_cpu.producer_ns_per_publish,
+            "half_rate_consumers_cpu_utilisation": half_cpu.consumers,
+            "half_rate_generator_cpu_utilisation": half_cpu.generator,
+            "half_rate_latency_ms_p50": quantile(&paced.latency, 0.5),
+            "half_rate_latency_ms_p90": quantile(&paced.latency, 0.9),
+            "half_rate_latency_ms_p95": quantile(&paced.latency, 0.95),
+            "half_rate_latency_ms_p99": quantile(&paced.latency, 0.99),
+            "half_rate_latency_ms_p999": quantile(&paced.latency, 0.999),
+            "half_rate_latency_ms_max": paced.latency.max() as f64 / 1000.0,
         }))
     })
+}
+
+/// CPU time of the producer, the consumers and this generator over a phase.
+struct Meter {
+    started: Instant,
+    pids: Vec<u32>,
+    before: Vec<Duration>,
+    consumers: usize,
+}
+
+/// A phase's rate and CPU use (utilisation = CPU seconds per second).
+struct PhaseCpu {
+    rate: f64,
+    producer_ns_per_publish: f64,
+    producer: f64,
+    consumers: f64,
+    generator: f64,
+}
+
+impl Meter {
+    /// Starts measuring: `pids` are the producer, then the consumers, then this process.
+    fn start(nodes: &NodeProcesses, consumers: usize) -> Meter {
+        let mut pids: Vec<u32> = std::iter::once("producer-0".to_owned())
+            .chain((0..consumers).map(|i| format!("consumer-{i}")))
+            .filter_map(|id| nodes.pid(&id))
+            .collect();
+        pids.push(std::process::id());
+        let before = pids
+            .iter()
+            .map(|pid| procstat::cpu_time(*pid).unwrap_or_default())
+            .collect();
+        Meter {
+            started: Instant::now(),
+            pids,
+            before,
+            consumers,
+        }
+    }
+
+    fn stop(self, acked: u64) -> PhaseCpu {
+        let wall = self.started.elapsed().as_secs_f64();
+        let used: Vec<f64> = self
+            .pids
+            .iter()
+            .zip(&self.before)
+            .map(|(pid, before)| {
+                let now = procstat::cpu_time(*pid).unwrap_or_default();
+                now.saturating_sub(*before).as_secs_f64()
+            })
+            .collect();
+        let producer = used.first().copied().unwrap_or_default();
+        let consumers: f64 = used.iter().skip(1).take(self.consumers).sum();
+        let generator = used.last().copied().unwrap_or_default();
+        PhaseCpu {
+            rate: acked as f64 / wall,
+            producer_ns_per_publish: producer * 1e9 / acked.max(1) as f64,
+            producer: producer / wall,
+            consumers: consumers / wall,
+            generator: generator / wall,
+        }
+    }
 }
 
 async fn wait_ready(nodes: &NodeProcesses, consumers: usize) -> Result<(), String> {

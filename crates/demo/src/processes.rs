@@ -117,9 +117,16 @@ impl NodeProcesses {
             ("shardq-consumer", &nodes.config.consumers),
             ("shardq-producer", &nodes.config.producers),
         ];
-        let mut started = Vec::new();
-        for (name, entries) in kinds {
-            let bin = binary(bin_dir, name)?;
+        // Every binary needed is found before any node starts.
+        let bins = kinds
+            .iter()
+            .map(|(name, entries)| match entries.is_empty() {
+                true => Ok(PathBuf::new()),
+                false => binary(bin_dir, name),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Started nodes go to `nodes` at once, so an error below stops them.
+        for ((_, entries), bin) in kinds.into_iter().zip(bins) {
             for entry in entries.iter() {
                 let mut command = Command::new("prlimit");
                 command.arg(format!("--nofile={fd_limit}:{fd_limit}"));
@@ -149,12 +156,11 @@ impl NodeProcesses {
                         bin.display()
                     )
                 })?;
-                started.push((entry.id.clone(), child));
+                nodes.children.push((entry.id.clone(), child));
                 let addr = entry.url.trim_start_matches("ws://").to_owned();
                 wait_listening(&addr, &entry.id)?;
             }
         }
-        nodes.children = started;
         Ok(nodes)
     }
 
