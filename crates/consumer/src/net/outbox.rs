@@ -307,11 +307,6 @@ impl Outbox {
     }
 
     /// Waits for frames (or the close) and takes them all.
-    ///
-    /// A writer that had to wait yields once before it takes: the push that
-    /// woke it made it the next task to run, and yielding lets every other
-    /// task that is ready now (other connections' bursts, other links'
-    /// answers) add to the queue first, so one write carries them all.
     pub(crate) async fn drain(&self, spare: VecDeque<Chunk>) -> Drained {
         let mut spare = Some(spare);
         loop {
@@ -335,7 +330,6 @@ impl Outbox {
                 }
             }
             self.ready.notified().await;
-            tokio::task::yield_now().await;
         }
     }
 
