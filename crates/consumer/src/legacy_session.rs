@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::net::channel::{Channel, Ended};
 use crate::net::conn::Connection;
 use crate::net::handshake;
-use crate::net::link::{self, Batches, Reply, Request};
+use crate::net::link::{self, Batches, Body, Reply, Request};
 use crate::server::{Endpoint, Shared};
 use crate::topics::Subscriber;
 
@@ -206,8 +206,7 @@ async fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) -> bool {
     batches.add(
         &link,
         Request {
-            topic: topic.clone(),
-            payload: data,
+            body: Body::new(topic, &data),
             forwarded: true,
             reply: Reply::Legacy,
             permit,

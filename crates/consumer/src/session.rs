@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::net::channel::{Channel, Ended};
 use crate::net::conn::Connection;
 use crate::net::handshake;
-use crate::net::link::{self, Batches, InFlight, Reply, Request};
+use crate::net::link::{self, Batches, Body, InFlight, Reply, Request};
 use crate::net::outbox::FrameBatch;
 use crate::net::ws::{FrameBuf, Role};
 use crate::server::{Endpoint, Shared};
@@ -101,17 +101,30 @@ enum Item<'a> {
     Other(Result<Frame, DecodeError>),
 }
 
+/// A publish's fields, however it was decoded.
+#[derive(Clone, Copy)]
+struct PublishRef<'a> {
+    id: u64,
+    topic: &'a str,
+    forwarded: bool,
+    payload: &'a RawValue,
+}
+
 impl Item<'_> {
     /// The publish, as borrowed fields.
-    fn publish(&self) -> Option<PublishParts<'_>> {
+    fn publish(&self) -> Option<PublishRef<'_>> {
         match self {
-            Item::Publish(parts) => Some(*parts),
-            Item::OwnedPublish(publish) => Some(PublishParts {
+            Item::Publish(parts) => Some(PublishRef {
+                id: parts.id,
+                topic: parts.topic,
+                forwarded: parts.forwarded,
+                payload: parts.payload,
+            }),
+            Item::OwnedPublish(publish) => Some(PublishRef {
                 id: publish.id,
                 topic: publish.topic.as_str(),
                 forwarded: publish.forwarded,
                 payload: &publish.payload,
-                payload_at: 0,
             }),
             Item::Other(_) => None,
         }
@@ -216,11 +229,7 @@ impl Session {
     /// owns and acks each publish; forwards the others to their owner
     /// (once). `true` when the node started stopping while waiting for a
     /// forwarding slot.
-    async fn publish_runs(
-        &mut self,
-        publishes: &[PublishParts<'_>],
-        answers: &mut FrameBuf,
-    ) -> bool {
+    async fn publish_runs(&mut self, publishes: &[PublishRef<'_>], answers: &mut FrameBuf) -> bool {
         let mut batches = Batches::default();
         let mut stopped = false;
         let mut payloads: Vec<&RawValue> = Vec::new();
@@ -297,8 +306,7 @@ impl Session {
                 batches.add(
                     link,
                     Request {
-                        topic,
-                        payload: publish.payload.to_owned(),
+                        body: Body::new(&topic, publish.payload),
                         forwarded: true,
                         reply,
                         permit,

@@ -362,6 +362,7 @@ pub fn run(args: BenchProducerArgs) -> Result<serde_json::Value, String> {
             "errors": full.errors,
             "acked_per_second": full_cpu.rate,
             "producer_cpu_ns_per_publish": full_cpu.producer_ns_per_publish,
+            "producer_user_cpu_ns_per_publish": full_cpu.producer_user_ns_per_publish,
             "producer_cpu_utilisation": full_cpu.producer,
             "consumers_cpu_utilisation": full_cpu.consumers,
             "generator_cpu_utilisation": full_cpu.generator,
@@ -387,7 +388,7 @@ pub fn run(args: BenchProducerArgs) -> Result<serde_json::Value, String> {
 struct Meter {
     started: Instant,
     pids: Vec<u32>,
-    before: Vec<Duration>,
+    before: Vec<(Duration, Duration)>,
     consumers: usize,
 }
 
@@ -395,6 +396,7 @@ struct Meter {
 struct PhaseCpu {
     rate: f64,
     producer_ns_per_publish: f64,
+    producer_user_ns_per_publish: f64,
     producer: f64,
     consumers: f64,
     generator: f64,
@@ -410,7 +412,7 @@ impl Meter {
         pids.push(std::process::id());
         let before = pids
             .iter()
-            .map(|pid| procstat::cpu_time(*pid).unwrap_or_default())
+            .map(|pid| procstat::cpu_times(*pid).unwrap_or_default())
             .collect();
         Meter {
             started: Instant::now(),
@@ -422,21 +424,25 @@ impl Meter {
 
     fn stop(self, acked: u64) -> PhaseCpu {
         let wall = self.started.elapsed().as_secs_f64();
-        let used: Vec<f64> = self
+        // (user, user + system) seconds of each process over the phase.
+        let used: Vec<(f64, f64)> = self
             .pids
             .iter()
             .zip(&self.before)
-            .map(|(pid, before)| {
-                let now = procstat::cpu_time(*pid).unwrap_or_default();
-                now.saturating_sub(*before).as_secs_f64()
+            .map(|(pid, (user0, system0))| {
+                let (user, system) = procstat::cpu_times(*pid).unwrap_or_default();
+                let user = user.saturating_sub(*user0).as_secs_f64();
+                (user, user + system.saturating_sub(*system0).as_secs_f64())
             })
             .collect();
-        let producer = used.first().copied().unwrap_or_default();
-        let consumers: f64 = used.iter().skip(1).take(self.consumers).sum();
-        let generator = used.last().copied().unwrap_or_default();
+        let (producer_user, producer) = used.first().copied().unwrap_or_default();
+        let consumers: f64 = used.iter().skip(1).take(self.consumers).map(|u| u.1).sum();
+        let generator = used.last().map(|u| u.1).unwrap_or_default();
+        let per_publish = |seconds: f64| seconds * 1e9 / acked.max(1) as f64;
         PhaseCpu {
             rate: acked as f64 / wall,
-            producer_ns_per_publish: producer * 1e9 / acked.max(1) as f64,
+            producer_ns_per_publish: per_publish(producer),
+            producer_user_ns_per_publish: per_publish(producer_user),
             producer: producer / wall,
             consumers: consumers / wall,
             generator: generator / wall,

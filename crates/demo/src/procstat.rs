@@ -17,6 +17,11 @@ fn clock_ticks() -> u64 {
 /// User plus system CPU time of process `pid` (all its threads), or `None`
 /// when `/proc` cannot tell.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
+    cpu_times(pid).map(|(user, system)| user + system)
+}
+
+/// User and system CPU time of process `pid` (all its threads).
+pub fn cpu_times(pid: u32) -> Option<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may itself contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -24,9 +29,8 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let ticks = clock_ticks();
-    Some(Duration::from_nanos(
-        (utime + stime) * 1_000_000_000 / ticks,
-    ))
+    let time = |t: u64| Duration::from_nanos(t * 1_000_000_000 / ticks);
+    Some((time(utime), time(stime)))
 }
 
 /// Resident memory of process `pid`, in bytes.

@@ -14,14 +14,15 @@ use shardq_consumer::net::conn::Connection;
 use shardq_consumer::net::handshake;
 use shardq_consumer::net::outbox::FrameBatch;
 use shardq_consumer::net::ws;
+use shardq_protocol::frame::parse_publish_parts;
 use shardq_protocol::legacy::{self, LegacyFrame};
-use shardq_protocol::{CloseCode, ErrorCode, Frame, Publish, RawValue, Topic};
+use shardq_protocol::{CloseCode, ErrorCode, Frame, Topic};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::server::Shared;
-use shardq_consumer::net::link::{self, Batches, ConsumerLink, InFlight, Reply, Request};
+use shardq_consumer::net::link::{self, Batches, Body, ConsumerLink, InFlight, Reply, Request};
 
 /// Most frames read and handled as one burst.
 const BURST: usize = 64;
@@ -100,28 +101,32 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
         let links = shared.links.current();
         let mut stopped = false;
         for text in burst.drain(..) {
-            let publish = match Frame::decode_str(text.as_str(), shared.limits.max_frame_bytes) {
-                Ok(Frame::Publish(publish)) => publish,
-                Ok(other) => {
-                    let refusal = Frame::error(
-                        None,
-                        ErrorCode::NotAuthorized,
-                        format!("/v1/publish takes publish frames, not {}", other.kind()),
-                    );
-                    answers.push(ws::text_frame(refusal.encode().as_bytes()));
-                    continue;
-                }
-                Err(error) => {
-                    count_error(shared, &error.code());
-                    answers.push(ws::text_frame(error.to_frame().encode().as_bytes()));
-                    continue;
-                }
+            // Nearly every frame is a publish in the fast form: its topic and
+            // payload are passed on as slices of the text, not copied.
+            let (id, body) = match parse_publish_parts(&text) {
+                Some(parts) => (parts.id, Body::in_frame(text.clone(), &parts)),
+                None => match Frame::decode_str(text.as_str(), shared.limits.max_frame_bytes) {
+                    // `forwarded` means nothing coming from a publisher; it is not passed on.
+                    Ok(Frame::Publish(publish)) => {
+                        (publish.id, Body::new(&publish.topic, &publish.payload))
+                    }
+                    Ok(other) => {
+                        let refusal = Frame::error(
+                            None,
+                            ErrorCode::NotAuthorized,
+                            format!("/v1/publish takes publish frames, not {}", other.kind()),
+                        );
+                        answers.push(ws::text_frame(refusal.encode().as_bytes()));
+                        continue;
+                    }
+                    Err(error) => {
+                        count_error(shared, &error.code());
+                        answers.push(ws::text_frame(error.to_frame().encode().as_bytes()));
+                        continue;
+                    }
+                },
             };
             shared.metrics.publishes_in.inc();
-            // `forwarded` means nothing coming from a publisher; it is not passed on.
-            let Publish {
-                id, topic, payload, ..
-            } = publish;
             if stopped {
                 answers.push(refusal(
                     shared,
@@ -131,11 +136,13 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 ));
                 continue;
             }
-            if let Err(error) = shared.queues.load().check(&topic) {
+            let topic = body.topic();
+            let (queue, event) = topic.split_once('/').unwrap_or((topic, ""));
+            if let Err(error) = shared.queues.load().check_parts(queue, event) {
                 answers.push(refusal(shared, id, error.code(), &error.to_string()));
                 continue;
             }
-            let Some(link) = links.owner(&topic) else {
+            let Some(link) = links.owner(topic) else {
                 answers.push(refusal(
                     shared,
                     id,
@@ -163,8 +170,7 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
             batches.add(
                 link,
                 Request {
-                    topic,
-                    payload,
+                    body,
                     forwarded: false,
                     reply,
                     permit,
@@ -257,12 +263,10 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
             channel.close(CloseCode::GoingAway);
             return;
         };
-        let payload: Box<RawValue> = data;
         batches.add(
             link,
             Request {
-                topic,
-                payload,
+                body: Body::new(&topic, &data),
                 forwarded: false,
                 reply: Reply::Legacy,
                 permit,

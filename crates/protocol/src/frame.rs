@@ -322,23 +322,26 @@ pub fn encode_message_into(out: &mut Vec<u8>, topic: &str, at: Position, payload
 
 /// Appends the JSON of a `publish` frame, byte-identical to
 /// `Frame::Publish(..).encode()`; the payload is copied verbatim.
+///
+/// `topic` must be valid (see [`Topic`]) and `payload` valid JSON: both are
+/// written verbatim.
 pub fn encode_publish_into(
     out: &mut Vec<u8>,
     id: u64,
-    topic: &Topic,
+    topic: &str,
     forwarded: bool,
-    payload: &RawValue,
+    payload: &str,
 ) {
     out.extend_from_slice(b"{\"type\":\"publish\",\"id\":");
     push_number(out, id);
     out.extend_from_slice(b",\"topic\":\"");
-    out.extend_from_slice(topic.as_str().as_bytes());
+    out.extend_from_slice(topic.as_bytes());
     out.push(b'"');
     if forwarded {
         out.extend_from_slice(b",\"forwarded\":true");
     }
     out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(payload.get().as_bytes());
+    out.extend_from_slice(payload.as_bytes());
     out.push(b'}');
 }
 
@@ -391,6 +394,8 @@ pub struct PublishParts<'a> {
     pub id: u64,
     /// The topic, valid as [`Topic::parse`] requires.
     pub topic: &'a str,
+    /// Where the topic starts in the text.
+    pub topic_at: usize,
     /// Set when a consumer forwarded it.
     pub forwarded: bool,
     /// The payload, valid JSON.
@@ -405,6 +410,7 @@ pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
     let rest = text.strip_prefix("{\"type\":\"publish\",\"id\":")?;
     let (id, rest) = leading_number(rest)?;
     let rest = rest.strip_prefix(",\"topic\":\"")?;
+    let topic_at = text.len() - rest.len();
     let (topic, rest) = rest.split_once('"')?;
     let (forwarded, rest) = match rest.strip_prefix(",\"forwarded\":true") {
         Some(rest) => (true, rest),
@@ -418,6 +424,7 @@ pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
     Some(PublishParts {
         id,
         topic,
+        topic_at,
         forwarded,
         payload,
         payload_at,
@@ -1004,7 +1011,7 @@ mod tests {
         let payload = raw(r#"{"a": [1, 2]}"#);
         for forwarded in [false, true] {
             let mut fast = Vec::new();
-            encode_publish_into(&mut fast, 42, &topic, forwarded, &payload);
+            encode_publish_into(&mut fast, 42, topic.as_str(), forwarded, payload.get());
             let slow = Frame::Publish(Publish {
                 id: 42,
                 topic: topic.clone(),
@@ -1078,6 +1085,7 @@ mod tests {
         );
         assert_eq!(parts.payload.get(), r#"{"a":[1,"}"]}"#);
         assert_eq!(&text[parts.payload_at..text.len() - 1], parts.payload.get());
+        assert_eq!(&text[parts.topic_at..parts.topic_at + 9], "db/create");
         // The same checks as the owning parse: a bad topic or payload is refused.
         for bad in [
             r#"{"type":"publish","id":1,"topic":"db","payload":1}"#,

@@ -66,15 +66,16 @@ impl Router {
     }
 
     /// The index of the topic's owner, `None` when there are no nodes.
-    pub fn owner(&self, topic: &Topic) -> Option<usize> {
+    /// `topic` is a [`Topic`] or its text.
+    pub fn owner(&self, topic: &(impl AsRef<str> + ?Sized)) -> Option<usize> {
         best(
-            topic.as_str(),
+            topic.as_ref(),
             self.nodes.iter().map(|(id, seed)| (id.as_str(), *seed)),
         )
     }
 
     /// The id of the topic's owner.
-    pub fn owner_id(&self, topic: &Topic) -> Option<&str> {
+    pub fn owner_id(&self, topic: &(impl AsRef<str> + ?Sized)) -> Option<&str> {
         self.owner(topic).map(|index| self.nodes[index].0.as_str())
     }
 

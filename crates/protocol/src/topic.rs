@@ -139,6 +139,12 @@ impl std::hash::Hash for Topic {
     }
 }
 
+impl AsRef<str> for Topic {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
 impl std::borrow::Borrow<str> for Topic {
     fn borrow(&self) -> &str {
         &self.text

@@ -21,7 +21,6 @@
 //! answers are pushed to publishers after it is released. Never held across
 //! an `.await`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,10 +35,8 @@ use rand::RngExt;
 use serde::Serialize;
 use shardq::connection;
 use shardq_protocol::frame::{encode_publish_ack_into, encode_publish_into, parse_publish_ack};
-use shardq_protocol::{
-    ClusterConfig, ErrorCode, Frame, Limits, NodeEntry, Position, Psk, RawValue, Router, Topic,
-};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use shardq_protocol::{ClusterConfig, ErrorCode, Frame, Limits, NodeEntry, Position, Psk, Router};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, MissedTickBehavior, interval};
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +47,8 @@ use super::conn::{Reader, spawn_writer};
 use super::outbox::{FrameBatch, Outbox};
 use super::pending::PendingRing;
 use super::ws::{self, FrameBuf, Role};
+
+pub use super::request::{Body, InFlight, Reply, Request};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -139,75 +138,6 @@ pub trait LinkHandler: Send + Sync + 'static {
     /// [`HANDLER_ID_BIT`]; `text` is the frame as it arrived (a message is
     /// relayed as is, not encoded again).
     fn on_frame(&self, link: &Arc<ConsumerLink>, frame: Frame, text: &str);
-}
-
-/// Publishes a publisher connection has in flight, so it can wait for all
-/// of them to be answered before it closes.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl InFlight {
-    /// Counts `n` more publishes in flight.
-    pub fn add(&self, n: usize) {
-        self.count.fetch_add(n, Ordering::AcqRel);
-    }
-
-    fn done(&self, n: usize) {
-        if self.count.fetch_sub(n, Ordering::AcqRel) == n {
-            self.idle.notify_waiters();
-        }
-    }
-
-    /// How many are unanswered.
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    /// Completes when none is in flight.
-    pub async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Where a publish's answer goes.
-pub enum Reply {
-    /// A shardq/1 publisher (or a forwarding consumer's peer): its outbox
-    /// and its request id.
-    Publisher {
-        /// The connection's outbox.
-        outbox: Arc<Outbox>,
-        /// The connection's id for the request.
-        id: u64,
-        /// The connection's in-flight count.
-        in_flight: Arc<InFlight>,
-    },
-    /// A legacy publisher: there is no answer to send; failures are counted.
-    Legacy,
-}
-
-/// One publish on its way over a link.
-pub struct Request {
-    /// The topic.
-    pub topic: Topic,
-    /// The payload, passed through byte for byte.
-    pub payload: Box<RawValue>,
-    /// Set when a consumer forwards it (it is never forwarded twice).
-    pub forwarded: bool,
-    /// Where the answer goes.
-    pub reply: Reply,
-    /// The window slot it holds until answered.
-    pub permit: OwnedSemaphorePermit,
 }
 
 /// How a publish ended.
@@ -394,10 +324,7 @@ impl ConsumerLink {
         let deadline = Instant::now() + self.limits.publish_timeout();
         let mut json = Vec::with_capacity(256);
         // The whole batch as consecutive frames in one buffer.
-        let estimate = requests
-            .iter()
-            .map(|request| request.payload.get().len() + request.topic.as_str().len() + 64)
-            .sum();
+        let estimate = requests.iter().map(|request| request.body.len() + 64).sum();
         let mut frames = FrameBuf::new(Role::Client, estimate);
         for request in requests {
             self.enter_pending(&mut state, deadline, request, &mut json);
@@ -430,13 +357,8 @@ impl ConsumerLink {
             },
         );
         json.clear();
-        encode_publish_into(
-            json,
-            id,
-            &request.topic,
-            request.forwarded,
-            &request.payload,
-        );
+        let body = &request.body;
+        encode_publish_into(json, id, body.topic(), request.forwarded, body.payload());
         id
     }
 
@@ -832,14 +754,14 @@ pub struct LinkSet {
 
 impl LinkSet {
     /// The id of the topic's owner.
-    pub fn owner_id(&self, topic: &Topic) -> Option<&str> {
+    pub fn owner_id(&self, topic: &(impl AsRef<str> + ?Sized)) -> Option<&str> {
         self.router
             .owner(topic)
             .map(|index| self.ids[index].as_str())
     }
 
     /// The link to the topic's owner (`None` when the owner is this node).
-    pub fn owner(&self, topic: &Topic) -> Option<&Arc<ConsumerLink>> {
+    pub fn owner(&self, topic: &(impl AsRef<str> + ?Sized)) -> Option<&Arc<ConsumerLink>> {
         self.link(self.owner_id(topic)?)
     }
 

@@ -11,4 +11,5 @@ pub mod handshake;
 pub mod link;
 pub mod outbox;
 pub mod pending;
+pub mod request;
 pub mod ws;

@@ -1,0 +1,171 @@
+//! What a publish carries over a link: its topic and payload (slices of the
+//! frame it arrived in), its window slot, and where its answer goes.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use shardq_protocol::frame::PublishParts;
+use shardq_protocol::{RawValue, Topic};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::outbox::Outbox;
+
+/// Publishes a publisher connection has in flight, so it can wait for all
+/// of them to be answered before it closes.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// Counts `n` more publishes in flight.
+    pub fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub(crate) fn done(&self, n: usize) {
+        if self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// How many are unanswered.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Completes when none is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Where a publish's answer goes.
+pub enum Reply {
+    /// A shardq/1 publisher (or a forwarding consumer's peer): its outbox
+    /// and its request id.
+    Publisher {
+        /// The connection's outbox.
+        outbox: Arc<Outbox>,
+        /// The connection's id for the request.
+        id: u64,
+        /// The connection's in-flight count.
+        in_flight: Arc<InFlight>,
+    },
+    /// A legacy publisher: there is no answer to send; failures are counted.
+    Legacy,
+}
+
+/// A publish's topic and payload as two slices of one shared text, usually
+/// the frame the publish arrived in: passed on with no copy until they are
+/// framed for the link.
+pub struct Body {
+    text: Utf8Bytes,
+    topic: Range<usize>,
+    payload: Range<usize>,
+}
+
+impl Body {
+    /// The topic and payload of `parts`, read out of `text`.
+    pub fn in_frame(text: Utf8Bytes, parts: &PublishParts<'_>) -> Body {
+        let payload_len = parts.payload.get().len();
+        Body {
+            topic: parts.topic_at..parts.topic_at + parts.topic.len(),
+            payload: parts.payload_at..parts.payload_at + payload_len,
+            text,
+        }
+    }
+
+    /// A body of its own (one allocation), for a publish that was not read
+    /// by `parse_publish_parts`.
+    pub fn new(topic: &Topic, payload: &RawValue) -> Body {
+        let (topic, payload) = (topic.as_str(), payload.get());
+        Body {
+            text: Utf8Bytes::from(format!("{topic}{payload}")),
+            topic: 0..topic.len(),
+            payload: topic.len()..topic.len() + payload.len(),
+        }
+    }
+
+    /// The topic (valid, see [`Topic`]).
+    pub fn topic(&self) -> &str {
+        self.text.get(self.topic.clone()).unwrap_or_default()
+    }
+
+    /// The payload (valid JSON).
+    pub fn payload(&self) -> &str {
+        self.text.get(self.payload.clone()).unwrap_or_default()
+    }
+
+    /// Bytes of topic and payload.
+    pub fn len(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+
+    /// Whether both are empty (never, for a valid publish).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One publish on its way over a link.
+pub struct Request {
+    /// The topic and payload, passed through byte for byte.
+    pub body: Body,
+    /// Set when a consumer forwards it (it is never forwarded twice).
+    pub forwarded: bool,
+    /// Where the answer goes.
+    pub reply: Reply,
+    /// The window slot it holds until answered.
+    pub permit: OwnedSemaphorePermit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardq_protocol::frame::parse_publish_parts;
+
+    #[test]
+    fn a_body_in_a_frame_slices_it() {
+        let text = Utf8Bytes::from(
+            r#"{"type":"publish","id":3,"topic":"db/create","payload":{"name":"é"}}"#,
+        );
+        let parts = parse_publish_parts(&text).unwrap();
+        let body = Body::in_frame(text.clone(), &parts);
+        assert_eq!(
+            (body.topic(), body.payload()),
+            ("db/create", r#"{"name":"é"}"#)
+        );
+        let topic = Topic::parse("db/create").unwrap();
+        let payload = RawValue::from_string("[1,2]".into()).unwrap();
+        let own = Body::new(&topic, &payload);
+        assert_eq!((own.topic(), own.payload()), ("db/create", "[1,2]"));
+    }
+
+    #[tokio::test]
+    async fn in_flight_is_idle_once_everything_is_answered() {
+        let in_flight = Arc::new(InFlight::default());
+        in_flight.add(2);
+        let waiter = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move { in_flight.idle().await }
+        });
+        in_flight.done(1);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        in_flight.done(1);
+        waiter.await.unwrap();
+        assert_eq!(in_flight.count(), 0);
+    }
+}
