@@ -206,7 +206,7 @@ async fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) -> bool {
     batches.add(
         &link,
         Request {
-            body: Body::new(topic, &data),
+            body: Body::new(topic.as_str(), &data),
             forwarded: true,
             reply: Reply::Legacy,
             permit,

@@ -107,9 +107,10 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 Some(parts) => (parts.id, Body::in_frame(text.clone(), &parts)),
                 None => match Frame::decode_str(text.as_str(), shared.limits.max_frame_bytes) {
                     // `forwarded` means nothing coming from a publisher; it is not passed on.
-                    Ok(Frame::Publish(publish)) => {
-                        (publish.id, Body::new(&publish.topic, &publish.payload))
-                    }
+                    Ok(Frame::Publish(publish)) => (
+                        publish.id,
+                        Body::new(publish.topic.as_str(), &publish.payload),
+                    ),
                     Ok(other) => {
                         let refusal = Frame::error(
                             None,
@@ -137,8 +138,7 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 continue;
             }
             let topic = body.topic();
-            let (queue, event) = topic.split_once('/').unwrap_or((topic, ""));
-            if let Err(error) = shared.queues.load().check_parts(queue, event) {
+            if let Err(error) = shared.queues.load().check_text(topic) {
                 answers.push(refusal(shared, id, error.code(), &error.to_string()));
                 continue;
             }
@@ -266,7 +266,7 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
         batches.add(
             link,
             Request {
-                body: Body::new(&topic, &data),
+                body: Body::new(topic.as_str(), &data),
                 forwarded: false,
                 reply: Reply::Legacy,
                 permit,

@@ -271,11 +271,13 @@ impl QueueConfig {
 
     /// Whether a topic may be published to or subscribed to.
     pub fn check(&self, topic: &Topic) -> Result<(), TopicError> {
-        self.check_parts(topic.queue(), topic.event())
+        self.check_text(topic.as_str())
     }
 
-    /// [`check`](Self::check) for a topic's queue and event.
-    pub fn check_parts(&self, queue: &str, event: &str) -> Result<(), TopicError> {
+    /// [`check`](Self::check) for a topic's text, valid as
+    /// [`Topic::validate`] requires.
+    pub fn check_text(&self, topic: &str) -> Result<(), TopicError> {
+        let (queue, event) = topic.split_once('/').unwrap_or((topic, ""));
         match self.queues.get(queue) {
             Some(events) if events.contains(event) => Ok(()),
             _ if self.open_topics => Ok(()),

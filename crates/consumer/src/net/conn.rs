@@ -386,8 +386,14 @@ impl Reader {
                 WsMessage::Text(text) => Incoming::Text(text),
                 WsMessage::Binary(_) => Incoming::Binary,
                 WsMessage::Ping(payload) => {
-                    let pong = ws::pong_frame(&payload, self.outbox.role());
-                    let _ = self.outbox.push_unbounded(pong);
+                    // A peer that pings without reading gets no more pongs
+                    // once its outbox is backed up (RFC 6455 lets a node
+                    // answer only the latest ping), so pings cannot make it
+                    // queue without bound.
+                    if !self.outbox.is_backed_up() {
+                        let pong = ws::pong_frame(&payload, self.outbox.role());
+                        let _ = self.outbox.push_unbounded(pong);
+                    }
                     continue;
                 }
                 WsMessage::Pong => Incoming::Pong,

@@ -10,12 +10,13 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xa;
+// Opcodes (RFC 6455 5.2); the encoder in `ws` uses them too.
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xa;
 
 /// Largest payload of a control frame.
 const MAX_CONTROL_PAYLOAD: usize = 125;

@@ -5,8 +5,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use shardq_protocol::RawValue;
 use shardq_protocol::frame::PublishParts;
-use shardq_protocol::{RawValue, Topic};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -88,9 +88,9 @@ impl Body {
     }
 
     /// A body of its own (one allocation), for a publish that was not read
-    /// by `parse_publish_parts`.
-    pub fn new(topic: &Topic, payload: &RawValue) -> Body {
-        let (topic, payload) = (topic.as_str(), payload.get());
+    /// by `parse_publish_parts`. `topic` must be valid (see [`Topic`](shardq_protocol::Topic)).
+    pub fn new(topic: &str, payload: &RawValue) -> Body {
+        let payload = payload.get();
         Body {
             text: Utf8Bytes::from(format!("{topic}{payload}")),
             topic: 0..topic.len(),
@@ -98,7 +98,7 @@ impl Body {
         }
     }
 
-    /// The topic (valid, see [`Topic`]).
+    /// The topic (valid, see [`Topic`](shardq_protocol::Topic)).
     pub fn topic(&self) -> &str {
         self.text.get(self.topic.clone()).unwrap_or_default()
     }
@@ -134,6 +134,7 @@ pub struct Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardq_protocol::Topic;
     use shardq_protocol::frame::parse_publish_parts;
 
     #[test]
@@ -149,7 +150,7 @@ mod tests {
         );
         let topic = Topic::parse("db/create").unwrap();
         let payload = RawValue::from_string("[1,2]".into()).unwrap();
-        let own = Body::new(&topic, &payload);
+        let own = Body::new(topic.as_str(), &payload);
         assert_eq!((own.topic(), own.payload()), ("db/create", "[1,2]"));
     }
 

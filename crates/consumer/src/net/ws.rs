@@ -5,12 +5,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use shardq_protocol::CloseCode;
 
-use super::decode::apply_mask;
+use super::decode::{OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, apply_mask};
 
-const OP_TEXT: u8 = 0x1;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xa;
 const FIN: u8 = 0x80;
 const MASKED: u8 = 0x80;
 
