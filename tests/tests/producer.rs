@@ -112,6 +112,44 @@ async fn refusals_carry_the_id_and_code() {
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_pass_through_byte_for_byte_whatever_their_size_or_form() {
+    let cluster = Cluster::builder().producers(1).start().await;
+    let mut subscriber = cluster.subscriber(0).await;
+    expect_ack(subscriber.subscribe(1, "files/save").await);
+    let mut publisher = cluster.publisher(0).await;
+    let large = format!("\"{}\"", "L".repeat(900 << 10));
+    let payloads = [
+        large.as_str(),
+        r#"{"name": "Jos\u00e9 \"J\" é", "n": [1, 2.5e3, null, true]}"#,
+        "  [ ]  ",
+    ];
+    // The canonical form (read in place) and another field order with
+    // spaces (decoded in full) for each payload.
+    let mut id = 0;
+    for payload in payloads {
+        for canonical in [true, false] {
+            id += 1;
+            let frame = if canonical {
+                format!(
+                    r#"{{"type":"publish","id":{id},"topic":"files/save","payload":{payload}}}"#
+                )
+            } else {
+                format!(
+                    r#"{{ "payload" : {payload}, "topic" : "files/save", "id" : {id}, "type" : "publish" }}"#
+                )
+            };
+            publisher.send_text(&frame).await;
+            expect_ack(publisher.recv().await);
+            let message = expect_message(subscriber.recv().await);
+            // Nodes keep the payload's bytes; only the padding outside a
+            // top-level value is JSON whitespace, which a raw value drops.
+            assert_eq!(message.payload.get(), payload.trim(), "id {id}");
+        }
+    }
+    cluster.shutdown().await;
+}
+
 #[tokio::test]
 async fn wrong_psk_is_refused() {
     let cluster = Cluster::builder().producers(1).start().await;

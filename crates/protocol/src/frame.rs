@@ -400,7 +400,8 @@ pub struct PublishParts<'a> {
     pub forwarded: bool,
     /// The payload, valid JSON.
     pub payload: &'a RawValue,
-    /// Where the payload starts in the text (it ends one byte before the end).
+    /// Where the payload starts in the text (`payload.get()` is
+    /// `text[payload_at..payload_at + payload.get().len()]`).
     pub payload_at: usize,
 }
 
@@ -417,8 +418,10 @@ pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
         None => (false, rest),
     };
     let rest = rest.strip_prefix(",\"payload\":")?;
-    let payload_at = text.len() - rest.len();
     let payload = rest.strip_suffix('}')?;
+    // The raw value leaves out the whitespace around it.
+    let value = payload.trim_start_matches([' ', '\t', '\n', '\r']);
+    let payload_at = text.len() - rest.len() + (payload.len() - value.len());
     Topic::validate(topic).ok()?;
     let payload: &RawValue = serde_json::from_str(payload).ok()?;
     Some(PublishParts {
@@ -1086,6 +1089,12 @@ mod tests {
         assert_eq!(parts.payload.get(), r#"{"a":[1,"}"]}"#);
         assert_eq!(&text[parts.payload_at..text.len() - 1], parts.payload.get());
         assert_eq!(&text[parts.topic_at..parts.topic_at + 9], "db/create");
+        // Whitespace around the payload is not part of it.
+        let spaced = "{\"type\":\"publish\",\"id\":1,\"topic\":\"a/b\",\"payload\": \t[ 1 ]\n }";
+        let parts = parse_publish_parts(spaced).unwrap();
+        assert_eq!(parts.payload.get(), "[ 1 ]");
+        let at = parts.payload_at;
+        assert_eq!(&spaced[at..at + parts.payload.get().len()], "[ 1 ]");
         // The same checks as the owning parse: a bad topic or payload is refused.
         for bad in [
             r#"{"type":"publish","id":1,"topic":"db","payload":1}"#,

@@ -339,9 +339,14 @@ impl Reader {
             if let Some(incoming) = self.decoded() {
                 return incoming;
             }
-            // Room for the rest of the frame (bounded by the decoder's
-            // limit, checked on its header) or for a read's worth.
-            let room = self.decoder.wanted().max(self.read_chunk);
+            // Room for a read's worth, or for more of a large frame: at
+            // most 64 KiB more at a time, so a frame announced large but
+            // sent slowly holds only what actually arrived.
+            let room = self
+                .decoder
+                .wanted()
+                .min(LINK_READ_CHUNK)
+                .max(self.read_chunk);
             let buffer = self.decoder.buffer();
             buffer.reserve(room);
             match self.read.read_buf(buffer).await {

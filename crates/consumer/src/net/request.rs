@@ -148,6 +148,10 @@ mod tests {
             (body.topic(), body.payload()),
             ("db/create", r#"{"name":"é"}"#)
         );
+        let spaced =
+            Utf8Bytes::from(r#"{"type":"publish","id":4,"topic":"a/b","payload":  [ 1 ] }"#);
+        let parts = parse_publish_parts(&spaced).unwrap();
+        assert_eq!(Body::in_frame(spaced.clone(), &parts).payload(), "[ 1 ]");
         let topic = Topic::parse("db/create").unwrap();
         let payload = RawValue::from_string("[1,2]".into()).unwrap();
         let own = Body::new(topic.as_str(), &payload);
