@@ -275,10 +275,16 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
         [] => Ok(None),
         [_] => Err(WsError::Protocol("close frame with a one-byte payload")),
         [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            // RFC 6455 7.4: codes a close frame may carry (1004-1006 and
+            // 1015 are reserved, 1016-2999 unassigned).
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(WsError::Protocol("close frame with an invalid status code"));
+            }
             if std::str::from_utf8(reason).is_err() {
                 return Err(WsError::Protocol("close reason is not valid UTF-8"));
             }
-            Ok(Some(u16::from_be_bytes([*high, *low])))
+            Ok(Some(code))
         }
     }
 }
@@ -451,6 +457,11 @@ mod tests {
             (frame(true, OP_CONTINUATION, b"x", KEY), "continuation"),
             (frame(true, OP_TEXT, &[0xff, 0xfe], KEY), "UTF-8"),
             (frame(true, OP_CLOSE, &[3], KEY), "one-byte"),
+            (
+                frame(true, OP_CLOSE, &[0x03, 0xed], KEY),
+                "invalid status code",
+            ),
+            (frame(true, OP_CLOSE, &[0x03, 0xe8, 0xff], KEY), "UTF-8"),
             (
                 [
                     frame(false, OP_TEXT, b"a", KEY),
