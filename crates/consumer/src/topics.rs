@@ -368,7 +368,7 @@ impl TopicTable {
             if state.removed {
                 // Removed meanwhile: a fresh cell takes over.
                 drop(state);
-                cell = self.cell(&cell.topic.clone());
+                cell = self.cell(&cell.topic);
                 continue;
             }
             self.sync(&cell, &mut state);

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use shardq_protocol::{CloseCode, ErrorCode, Frame, Limits};
+use shardq_protocol::{CloseCode, Frame, Limits};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Incoming, Reader};
+use super::conn::{Incoming, Reader, binary_refusal};
 use super::outbox::{Outbox, PushError};
 use super::ws;
 
@@ -144,12 +144,7 @@ impl Channel {
                 None
             }
             Incoming::Binary => {
-                let refusal = Frame::error(
-                    None,
-                    ErrorCode::BadFrame,
-                    "binary messages are not accepted: send each frame as a text message",
-                );
-                let _ = self.send(&refusal);
+                let _ = self.send(&binary_refusal());
                 None
             }
             Incoming::PeerClosed | Incoming::Closed => {

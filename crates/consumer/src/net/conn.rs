@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use shardq_protocol::{CloseCode, Limits};
+use shardq_protocol::{CloseCode, ErrorCode, Frame, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -310,6 +310,15 @@ pub enum Incoming {
     Closed,
     /// The peer violated a limit or the WebSocket protocol: close with this code.
     Violation(CloseCode, String),
+}
+
+/// The answer to a binary message (`bad_frame`, no id).
+pub fn binary_refusal() -> Frame {
+    Frame::error(
+        None,
+        ErrorCode::BadFrame,
+        "binary messages are not accepted: send each frame as a text message",
+    )
 }
 
 /// Room for each read before authentication: the pre-auth limit is small,

@@ -8,7 +8,7 @@ use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
 use shardq_protocol::{CloseCode, ErrorCode, Frame, Nonce, Psk, ServerHandshake};
 use tokio::time::{Instant, timeout_at};
 
-use super::conn::{Incoming, Reader};
+use super::conn::{Incoming, Reader, binary_refusal};
 use super::outbox::Outbox;
 use super::ws;
 
@@ -40,12 +40,7 @@ async fn next_text(
             Err(Refused)
         }
         Ok(Incoming::Binary) => {
-            let refusal = Frame::error(
-                None,
-                ErrorCode::BadFrame,
-                "binary messages are not accepted: send each frame as a text message",
-            );
-            send(outbox, &refusal.encode());
+            send(outbox, &binary_refusal().encode());
             outbox.close(CloseCode::ProtocolError);
             Err(Refused)
         }
