@@ -9,17 +9,22 @@
 //! - [`routing`]: which consumer owns a topic (rendezvous hashing over ids).
 //! - [`legacy`]: the origin system's dialect and its handshake.
 //! - [`config`]: the cluster file shared by every node.
+//! - [`cluster_file`]: loading it and its psk (the reading is the caller's).
+//! - [`status`]: the JSON of the nodes' admin status routes.
 //!
 //! `docs/PROTOCOL.md` in the repository is the normative description; the
 //! test vectors there are asserted by this crate's tests.
 
+pub mod cluster_file;
 pub mod config;
 pub mod frame;
 pub mod handshake;
 pub mod legacy;
 pub mod routing;
+pub mod status;
 pub mod topic;
 
+pub use cluster_file::ClusterFileError;
 pub use config::{ClusterConfig, ConfigError, Limits, NodeEntry};
 pub use frame::{
     Ack, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Message, Moved, PROTOCOL_VERSION,

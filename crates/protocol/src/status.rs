@@ -1,0 +1,143 @@
+//! The JSON of the nodes' admin status routes: what `GET /v1/status` (and
+//! `/readyz`) answer, as typed values that the nodes serialize and tools
+//! such as `shardq-demo cluster` read back. One definition, so the two
+//! cannot drift.
+
+use serde::{Deserialize, Serialize};
+
+/// Which kind of node answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// `shardq-consumer`.
+    Consumer,
+    /// `shardq-producer`.
+    Producer,
+}
+
+impl NodeKind {
+    /// `consumer` or `producer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Consumer => "consumer",
+            NodeKind::Producer => "producer",
+        }
+    }
+}
+
+/// Whether a link to a consumer is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Connected and authenticated.
+    Up,
+    /// Not connected (never yet, or lost and reconnecting).
+    Down,
+}
+
+/// One link to a consumer, as a node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// The consumer's id.
+    pub id: String,
+    /// Its `/v1/cluster` URL.
+    pub url: String,
+    /// `up` or `down`.
+    pub state: LinkState,
+    /// Publishes sent on the link and not answered yet.
+    #[serde(default)]
+    pub in_flight: usize,
+    /// Why the last attempt failed, while down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Connections opened after the first.
+    #[serde(default)]
+    pub reconnects: u64,
+}
+
+/// What `GET /v1/status` answers: the node's own view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The id the node runs as.
+    pub node: String,
+    /// `consumer` or `producer`.
+    pub kind: NodeKind,
+    /// The consumer ids of the node list it runs with, in file order.
+    pub node_list: Vec<String>,
+    /// Fingerprint of that node list (ids and URLs).
+    pub node_list_hash: String,
+    /// Its links to consumers.
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
+    /// Topics it owns (consumers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_topics: Option<u64>,
+    /// Topics it serves as an edge for another owner (consumers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_topics: Option<u64>,
+}
+
+impl NodeStatus {
+    /// How many of its links are up.
+    pub fn links_up(&self) -> usize {
+        self.links
+            .iter()
+            .filter(|link| link.state == LinkState::Up)
+            .count()
+    }
+}
+
+/// What a producer's `GET /readyz` answers (status 200 when `ready`, else 503).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Whether at least one consumer link is up.
+    pub ready: bool,
+    /// Every link.
+    pub links: Vec<LinkStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_status_reads_back_and_keeps_its_field_names() {
+        let status = NodeStatus {
+            node: "consumer-0".into(),
+            kind: NodeKind::Consumer,
+            node_list: vec!["consumer-0".into(), "consumer-1".into()],
+            node_list_hash: "00112233aabbccdd".into(),
+            links: vec![LinkStatus {
+                id: "consumer-1".into(),
+                url: "ws://c1:7100/v1/cluster".into(),
+                state: LinkState::Down,
+                in_flight: 0,
+                last_error: Some("connection refused".into()),
+                reconnects: 2,
+            }],
+            owned_topics: Some(3),
+            edge_topics: Some(1),
+        };
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(
+            json,
+            r#"{"node":"consumer-0","kind":"consumer","node_list":["consumer-0","consumer-1"],"node_list_hash":"00112233aabbccdd","links":[{"id":"consumer-1","url":"ws://c1:7100/v1/cluster","state":"down","in_flight":0,"last_error":"connection refused","reconnects":2}],"owned_topics":3,"edge_topics":1}"#
+        );
+        let back: NodeStatus = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, status);
+        assert_eq!(back.links_up(), 0);
+    }
+
+    #[test]
+    fn a_producer_status_has_no_topic_counts() {
+        let json = r#"{"node":"p","kind":"producer","node_list":["c"],"node_list_hash":"h","links":[{"id":"c","url":"u","state":"up"}]}"#;
+        let status: NodeStatus = serde_json::from_str(json).unwrap();
+        assert_eq!(status.kind, NodeKind::Producer);
+        assert_eq!((status.owned_topics, status.links_up()), (None, 1));
+        assert!(
+            !serde_json::to_string(&status)
+                .unwrap()
+                .contains("owned_topics")
+        );
+    }
+}
