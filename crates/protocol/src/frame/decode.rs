@@ -1,0 +1,345 @@
+//! Decoding: [`DecodeError`] (why bytes are not a frame, and the `error`
+//! frame answering it), and the bounded decoders [`decode`] and
+//! [`decode_str`], which read every valid form through the serde
+//! `WireFrame` first pass and dispatch on `"type"` by hand.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::Deserializer;
+use serde_json::value::RawValue;
+
+use super::Frame;
+use super::codes::ErrorCode;
+use super::fast::parse_publish;
+use super::types::{
+    Ack, Auth, ErrorFrame, Hello, Message, Moved, Position, Publish, Subscribe, TopicPosition,
+    Unsubscribe, Welcome,
+};
+use crate::topic::{Topic, TopicError, TopicFilter};
+
+/// Why bytes could not be decoded into a [`Frame`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame is larger than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
+    /// Not JSON, not an object, a duplicate field, or a field of the wrong type.
+    #[error("malformed frame: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The `"type"` is not one this version knows.
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    /// A field the frame type requires is absent.
+    #[error("{kind} frame without {field:?}")]
+    MissingField {
+        /// The frame type.
+        kind: &'static str,
+        /// The missing field.
+        field: &'static str,
+        /// The frame's id, when it had one.
+        id: Option<u64>,
+    },
+    /// The topic is malformed.
+    #[error("{error}")]
+    BadTopic {
+        /// The frame's id, when it had one.
+        id: Option<u64>,
+        /// What is wrong with the topic.
+        #[source]
+        error: TopicError,
+    },
+    /// A field is present but its value is not allowed.
+    #[error("{kind} frame: {reason}")]
+    BadValue {
+        /// The frame type.
+        kind: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+        /// The frame's id, when it had one.
+        id: Option<u64>,
+    },
+}
+
+impl DecodeError {
+    /// The id of the request the frame carried, when it could be read, so the
+    /// answer can name it.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            DecodeError::MissingField { id, .. }
+            | DecodeError::BadTopic { id, .. }
+            | DecodeError::BadValue { id, .. } => *id,
+            DecodeError::TooLarge { .. } | DecodeError::Json(_) | DecodeError::UnknownType(_) => {
+                None
+            }
+        }
+    }
+
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::BadTopic { error, .. } => error.code(),
+            _ => ErrorCode::BadFrame,
+        }
+    }
+
+    /// The `error` frame answering this failure.
+    pub fn to_frame(&self) -> Frame {
+        Frame::error(self.id(), self.code(), self.to_string())
+    }
+}
+
+/// Deserializes a present field as `Some`, even when its value is `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Decodes one frame of at most `limit` bytes from text already known to be
+/// UTF-8 (a WebSocket text message), skipping a second UTF-8 validation.
+/// Publishes in their canonical form take a faster path with the same
+/// result ([`parse_publish`]).
+pub fn decode_str(text: &str, limit: usize) -> Result<Frame, DecodeError> {
+    if text.len() > limit {
+        return Err(DecodeError::TooLarge {
+            len: text.len(),
+            limit,
+        });
+    }
+    if let Some(publish) = parse_publish(text) {
+        return Ok(Frame::Publish(publish));
+    }
+    let wire: WireFrame<'_> = serde_json::from_str(text).map_err(DecodeError::Json)?;
+    wire.into_frame()
+}
+
+/// Every field any frame has, all optional: the first pass of decoding.
+/// (serde's internally tagged enums buffer their input, which raw payloads do
+/// not survive, so the tag is dispatched by hand.)
+#[derive(Deserialize)]
+struct WireFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    version: Option<String>,
+    node: Option<String>,
+    nonce: Option<String>,
+    proof: Option<String>,
+    id: Option<u64>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    since: Option<Position>,
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Box<RawValue>>,
+    forwarded: Option<bool>,
+    owner: Option<String>,
+    epoch: Option<u64>,
+    offset: Option<u64>,
+    recovered: Option<bool>,
+    topics: Option<Vec<TopicPosition>>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+/// Decodes one frame of at most `limit` bytes. Unknown fields are ignored, so
+/// newer peers may add fields; unknown types are errors.
+pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    let wire: WireFrame<'_> = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
+    wire.into_frame()
+}
+
+impl WireFrame<'_> {
+    fn into_frame(self) -> Result<Frame, DecodeError> {
+        let id = self.id;
+        macro_rules! need {
+            ($kind:literal, $field:ident) => {
+                match self.$field {
+                    Some(value) => value,
+                    None => {
+                        return Err(DecodeError::MissingField {
+                            kind: $kind,
+                            field: stringify!($field),
+                            id,
+                        })
+                    }
+                }
+            };
+        }
+        let topic_filter = |topic: &str| {
+            TopicFilter::parse(topic).map_err(|error| DecodeError::BadTopic { id, error })
+        };
+        let exact_topic =
+            |topic: &str| Topic::parse(topic).map_err(|error| DecodeError::BadTopic { id, error });
+        let frame = match &*self.kind {
+            "hello" => Frame::Hello(Hello {
+                version: need!("hello", version),
+                node: need!("hello", node),
+                nonce: need!("hello", nonce),
+            }),
+            "auth" => Frame::Auth(Auth {
+                nonce: need!("auth", nonce),
+                proof: need!("auth", proof),
+                node: self.node,
+            }),
+            "welcome" => Frame::Welcome(Welcome {
+                proof: need!("welcome", proof),
+            }),
+            "subscribe" => {
+                let id = need!("subscribe", id);
+                let topic = topic_filter(&need!("subscribe", topic))?;
+                if self.since.is_some() && !matches!(topic, TopicFilter::Exact(_)) {
+                    return Err(DecodeError::BadValue {
+                        kind: "subscribe",
+                        reason: "since needs an exact topic, not queue/*",
+                        id: Some(id),
+                    });
+                }
+                Frame::Subscribe(Subscribe {
+                    id,
+                    topic,
+                    since: self.since,
+                })
+            }
+            "unsubscribe" => Frame::Unsubscribe(Unsubscribe {
+                id: need!("unsubscribe", id),
+                topic: topic_filter(&need!("unsubscribe", topic))?,
+            }),
+            "publish" => Frame::Publish(Publish {
+                id: need!("publish", id),
+                topic: exact_topic(&need!("publish", topic))?,
+                forwarded: self.forwarded.unwrap_or(false),
+                payload: need!("publish", payload),
+            }),
+            "ack" => Frame::Ack(Ack {
+                id: need!("ack", id),
+                epoch: self.epoch,
+                offset: self.offset,
+                topics: self.topics,
+                recovered: self.recovered,
+            }),
+            "error" => Frame::Error(ErrorFrame {
+                id,
+                code: ErrorCode::parse(&need!("error", code)),
+                message: self.message.unwrap_or_default(),
+            }),
+            "message" => Frame::Message(Message {
+                topic: exact_topic(&need!("message", topic))?,
+                epoch: need!("message", epoch),
+                offset: need!("message", offset),
+                payload: need!("message", payload),
+            }),
+            "moved" => Frame::Moved(Moved {
+                topic: exact_topic(&need!("moved", topic))?,
+                epoch: need!("moved", epoch),
+                offset: need!("moved", offset),
+                owner: need!("moved", owner),
+            }),
+            other => return Err(DecodeError::UnknownType(other.chars().take(40).collect())),
+        };
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 1 << 20;
+
+    #[test]
+    fn decoding_text_and_bytes_agree() {
+        let text = r#"{"type":"publish","id":5,"topic":"a/b","payload":"\u00e9"}"#;
+        assert_eq!(
+            decode_str(text, LIMIT).unwrap(),
+            decode(text.as_bytes(), LIMIT).unwrap()
+        );
+        assert!(matches!(
+            decode_str("x".repeat(10).as_str(), 4),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn null_payload_is_present() {
+        let frame = decode(
+            br#"{"type":"publish","id":1,"topic":"a/b","payload":null}"#,
+            LIMIT,
+        )
+        .unwrap();
+        let Frame::Publish(publish) = frame else {
+            panic!("not a publish")
+        };
+        assert_eq!(publish.payload.get(), "null");
+    }
+
+    #[test]
+    fn errors_carry_the_request_id_and_code() {
+        let cases: [(&str, Option<u64>, ErrorCode); 9] = [
+            ("not json", None, ErrorCode::BadFrame),
+            ("[1,2]", None, ErrorCode::BadFrame),
+            (r#"{"type":"nope"}"#, None, ErrorCode::BadFrame),
+            (r#"{"id":1}"#, None, ErrorCode::BadFrame),
+            (
+                r#"{"type":"publish","id":3,"topic":"a/b"}"#,
+                Some(3),
+                ErrorCode::BadFrame,
+            ),
+            (
+                r#"{"type":"publish","id":4,"topic":"a b/c","payload":1}"#,
+                Some(4),
+                ErrorCode::BadTopic,
+            ),
+            (
+                r#"{"type":"subscribe","id":5,"topic":"a/*","since":{"epoch":1,"offset":2}}"#,
+                Some(5),
+                ErrorCode::BadFrame,
+            ),
+            (
+                r#"{"type":"publish","id":6,"id":7,"topic":"a/b","payload":1}"#,
+                None,
+                ErrorCode::BadFrame,
+            ),
+            (
+                r#"{"type":"publish","id":-1,"topic":"a/b","payload":1}"#,
+                None,
+                ErrorCode::BadFrame,
+            ),
+        ];
+        for (input, id, code) in cases {
+            let err = decode(input.as_bytes(), LIMIT).unwrap_err();
+            assert_eq!(err.id(), id, "{input}");
+            assert_eq!(err.code(), code, "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn enforces_the_size_limit_before_parsing() {
+        let err = decode(&[b' '; 65], 64).unwrap_err();
+        assert!(matches!(err, DecodeError::TooLarge { len: 65, limit: 64 }));
+        assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let frame = decode(
+            br#"{"type":"unsubscribe","id":1,"topic":"a/b","future":{"x":1}}"#,
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(frame.kind(), "unsubscribe");
+    }
+}

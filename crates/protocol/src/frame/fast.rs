@@ -1,0 +1,334 @@
+//! The allocation-free hot path: encoders that append `message`, `publish`
+//! and publish-`ack` frames byte-identical to [`Frame::encode`], and parsers
+//! that read those exact canonical forms without a JSON parser ([`decode_str`]
+//! handles every other form).
+//!
+//! [`Frame::encode`]: super::Frame::encode
+//! [`decode_str`]: super::decode_str
+
+use serde_json::value::RawValue;
+
+use super::types::{Position, Publish};
+use crate::topic::Topic;
+
+fn push_number(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Appends the JSON of a `message` frame to `out`, byte-identical to
+/// `Frame::Message(..).encode()` but without building a `Frame`.
+///
+/// `topic` must be valid (see [`Topic`]): topics never need escaping, so it
+/// is written verbatim.
+pub fn encode_message_into(out: &mut Vec<u8>, topic: &str, at: Position, payload: &RawValue) {
+    out.extend_from_slice(b"{\"type\":\"message\",\"topic\":\"");
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(b"\",\"epoch\":");
+    push_number(out, at.epoch);
+    out.extend_from_slice(b",\"offset\":");
+    push_number(out, at.offset);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload.get().as_bytes());
+    out.push(b'}');
+}
+
+/// Appends the JSON of a `publish` frame, byte-identical to
+/// `Frame::Publish(..).encode()`; the payload is copied verbatim.
+///
+/// `topic` must be valid (see [`Topic`]) and `payload` valid JSON: both are
+/// written verbatim.
+pub fn encode_publish_into(
+    out: &mut Vec<u8>,
+    id: u64,
+    topic: &str,
+    forwarded: bool,
+    payload: &str,
+) {
+    out.extend_from_slice(b"{\"type\":\"publish\",\"id\":");
+    push_number(out, id);
+    out.extend_from_slice(b",\"topic\":\"");
+    out.extend_from_slice(topic.as_bytes());
+    out.push(b'"');
+    if forwarded {
+        out.extend_from_slice(b",\"forwarded\":true");
+    }
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload.as_bytes());
+    out.push(b'}');
+}
+
+/// Appends the JSON of a publish's `ack`, byte-identical to
+/// `Frame::Ack(Ack::published(id, at)).encode()`.
+pub fn encode_publish_ack_into(out: &mut Vec<u8>, id: u64, at: Position) {
+    out.extend_from_slice(b"{\"type\":\"ack\",\"id\":");
+    push_number(out, id);
+    out.extend_from_slice(b",\"epoch\":");
+    push_number(out, at.epoch);
+    out.extend_from_slice(b",\"offset\":");
+    push_number(out, at.offset);
+    out.push(b'}');
+}
+
+/// Reads a publish's `ack` in exactly the form
+/// [`encode_publish_ack_into`] writes, without a JSON parser; `None` for
+/// anything else (decode those with [`decode_str`]).
+///
+/// [`decode_str`]: super::decode_str
+pub fn parse_publish_ack(text: &str) -> Option<(u64, Position)> {
+    let rest = text.strip_prefix("{\"type\":\"ack\",\"id\":")?;
+    let (id, rest) = leading_number(rest)?;
+    let rest = rest.strip_prefix(",\"epoch\":")?;
+    let (epoch, rest) = leading_number(rest)?;
+    let rest = rest.strip_prefix(",\"offset\":")?;
+    let (offset, rest) = leading_number(rest)?;
+    (rest == "}").then_some((id, Position { epoch, offset }))
+}
+
+/// Reads a `publish` in exactly the form [`encode_publish_into`] writes
+/// (`{"type":"publish","id":N,"topic":"q/e"[,"forwarded":true],"payload":…}`,
+/// no spaces) with
+/// one validating pass over the payload and none over the rest; `None` for
+/// any other shape (decode those with [`decode_str`], which accepts every
+/// valid form and reports errors).
+///
+/// [`decode_str`]: super::decode_str
+pub fn parse_publish(text: &str) -> Option<Publish> {
+    let parts = parse_publish_parts(text)?;
+    Some(Publish {
+        id: parts.id,
+        topic: Topic::parse(parts.topic).ok()?,
+        forwarded: parts.forwarded,
+        payload: parts.payload.to_owned(),
+    })
+}
+
+/// A `publish` read by [`parse_publish_parts`]: its fields borrowed from
+/// the frame's text, nothing copied.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishParts<'a> {
+    /// The request id.
+    pub id: u64,
+    /// The topic, valid as [`Topic::parse`] requires.
+    pub topic: &'a str,
+    /// Where the topic starts in the text.
+    pub topic_at: usize,
+    /// Set when a consumer forwarded it.
+    pub forwarded: bool,
+    /// The payload, valid JSON.
+    pub payload: &'a RawValue,
+    /// Where the payload starts in the text (`payload.get()` is
+    /// `text[payload_at..payload_at + payload.get().len()]`).
+    pub payload_at: usize,
+}
+
+/// [`parse_publish`] without allocating: the same fast form, the same
+/// checks (a valid topic, a valid JSON payload), the fields borrowed.
+pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
+    let rest = text.strip_prefix("{\"type\":\"publish\",\"id\":")?;
+    let (id, rest) = leading_number(rest)?;
+    let rest = rest.strip_prefix(",\"topic\":\"")?;
+    let topic_at = text.len() - rest.len();
+    let (topic, rest) = rest.split_once('"')?;
+    let (forwarded, rest) = match rest.strip_prefix(",\"forwarded\":true") {
+        Some(rest) => (true, rest),
+        None => (false, rest),
+    };
+    let rest = rest.strip_prefix(",\"payload\":")?;
+    let payload = rest.strip_suffix('}')?;
+    // The raw value leaves out the whitespace around it.
+    let value = payload.trim_start_matches([' ', '\t', '\n', '\r']);
+    let payload_at = text.len() - rest.len() + (payload.len() - value.len());
+    Topic::validate(topic).ok()?;
+    let payload: &RawValue = serde_json::from_str(payload).ok()?;
+    Some(PublishParts {
+        id,
+        topic,
+        topic_at,
+        forwarded,
+        payload,
+        payload_at,
+    })
+}
+
+/// A JSON unsigned integer at the start of `text` (no leading zeros, no
+/// overflow) and what follows it.
+fn leading_number(text: &str) -> Option<(u64, &str)> {
+    let bytes = text.as_bytes();
+    let mut value: u64 = 0;
+    let mut digits = 0;
+    while let Some(&byte) = bytes.get(digits) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        // Nineteen digits always fit; the twentieth may overflow.
+        value = if digits < 19 {
+            value * 10 + u64::from(digit)
+        } else {
+            value.checked_mul(10)?.checked_add(u64::from(digit))?
+        };
+        digits += 1;
+    }
+    if digits == 0 || (digits > 1 && bytes[0] == b'0') {
+        return None;
+    }
+    // The digits are ASCII, so `digits` is a char boundary.
+    Some((value, text.get(digits..)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Ack, Frame, Message, decode_str};
+
+    const LIMIT: usize = 1 << 20;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn fast_message_encoding_matches_serde() {
+        let topic = Topic::parse("database/update").unwrap();
+        let payload = raw(r#"{"id":77}"#);
+        let at = Position {
+            epoch: 9_007_199_254_740_991,
+            offset: 12,
+        };
+        let mut fast = Vec::new();
+        encode_message_into(&mut fast, topic.as_str(), at, &payload);
+        let slow = Frame::Message(Message {
+            topic,
+            epoch: at.epoch,
+            offset: at.offset,
+            payload,
+        })
+        .encode();
+        assert_eq!(String::from_utf8(fast).unwrap(), slow);
+    }
+
+    #[test]
+    fn fast_publish_and_ack_encodings_match_serde() {
+        let topic = Topic::parse("files/save").unwrap();
+        let payload = raw(r#"{"a": [1, 2]}"#);
+        for forwarded in [false, true] {
+            let mut fast = Vec::new();
+            encode_publish_into(&mut fast, 42, topic.as_str(), forwarded, payload.get());
+            let slow = Frame::Publish(Publish {
+                id: 42,
+                topic: topic.clone(),
+                forwarded,
+                payload: payload.clone(),
+            })
+            .encode();
+            let fast = String::from_utf8(fast).unwrap();
+            assert_eq!(fast, slow);
+            assert_eq!(parse_publish(&fast).unwrap().forwarded, forwarded);
+        }
+        for (id, epoch, offset) in [
+            (0, 1, 0),
+            (7, 9_007_199_254_740_991, 12),
+            (u64::MAX, 5, u64::MAX),
+        ] {
+            let at = Position { epoch, offset };
+            let mut fast = Vec::new();
+            encode_publish_ack_into(&mut fast, id, at);
+            let text = String::from_utf8(fast).unwrap();
+            assert_eq!(text, Frame::Ack(Ack::published(id, at)).encode());
+            assert_eq!(parse_publish_ack(&text), Some((id, at)));
+        }
+    }
+
+    #[test]
+    fn fast_publish_parsing_agrees_with_the_decoder() {
+        let fast = [
+            r#"{"type":"publish","id":7,"topic":"files/save","payload":{"a":[1,2,{"b":"}"}]}}"#,
+            r#"{"type":"publish","id":0,"topic":"a/b","payload":"x"}"#,
+            r#"{"type":"publish","id":1,"topic":"a/b","payload":null}"#,
+            r#"{"type":"publish","id":2,"topic":"a/b","forwarded":true,"payload":1}"#,
+        ];
+        for text in fast {
+            let parsed = parse_publish(text).unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(Frame::Publish(parsed), decode_str(text, LIMIT).unwrap());
+        }
+        // Anything else falls back to the decoder.
+        for text in [
+            r#"{"type":"publish","id":1,"topic":"a/b","payload":1,"extra":2}"#,
+            r#"{"type":"publish","id":1,"topic":"a\u002fb","payload":1}"#,
+            r#"{"type":"publish", "id":1,"topic":"a/b","payload":1}"#,
+            r#"{"type":"publish","id":1,"topic":"a/b","payload":{"x":}"#,
+            r#"{"type":"publish","id":1,"topic":"a b/c","payload":1}"#,
+        ] {
+            assert!(parse_publish(text).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn fast_ack_parsing_refuses_other_shapes() {
+        for text in [
+            r#"{"type":"ack","id":1}"#,
+            r#"{"type":"ack","id":01,"epoch":1,"offset":1}"#,
+            r#"{"type":"ack","id":1,"epoch":1,"offset":1,"x":2}"#,
+            r#"{"type":"ack","id":1,"epoch":1,"offset":99999999999999999999}"#,
+            r#"{"id":1,"type":"ack","epoch":1,"offset":1}"#,
+            r#"{"type":"ack","id":-1,"epoch":1,"offset":1}"#,
+        ] {
+            assert_eq!(parse_publish_ack(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn publish_parts_borrow_the_text() {
+        let text = r#"{"type":"publish","id":12,"topic":"db/create","forwarded":true,"payload":{"a":[1,"}"]}}"#;
+        let parts = parse_publish_parts(text).unwrap();
+        assert_eq!(
+            (parts.id, parts.topic, parts.forwarded),
+            (12, "db/create", true)
+        );
+        assert_eq!(parts.payload.get(), r#"{"a":[1,"}"]}"#);
+        assert_eq!(&text[parts.payload_at..text.len() - 1], parts.payload.get());
+        assert_eq!(&text[parts.topic_at..parts.topic_at + 9], "db/create");
+        // Whitespace around the payload is not part of it.
+        let spaced = "{\"type\":\"publish\",\"id\":1,\"topic\":\"a/b\",\"payload\": \t[ 1 ]\n }";
+        let parts = parse_publish_parts(spaced).unwrap();
+        assert_eq!(parts.payload.get(), "[ 1 ]");
+        let at = parts.payload_at;
+        assert_eq!(&spaced[at..at + parts.payload.get().len()], "[ 1 ]");
+        // The same checks as the owning parse: a bad topic or payload is refused.
+        for bad in [
+            r#"{"type":"publish","id":1,"topic":"db","payload":1}"#,
+            r#"{"type":"publish","id":1,"topic":"d b/x","payload":1}"#,
+            r#"{"type":"publish","id":1,"topic":"db/x","payload":{"a":}}"#,
+        ] {
+            assert!(parse_publish_parts(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn leading_numbers_match_the_standard_parser() {
+        for text in [
+            "0",
+            "7",
+            "10",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "1234567890123456789",
+            "12345678901234567890",
+            "00",
+            "01",
+            "",
+            "x",
+            "42,",
+            "0}",
+        ] {
+            let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+            let expected = match &text[..digits] {
+                "" => None,
+                number if digits > 1 && number.starts_with('0') => None,
+                number => number.parse::<u64>().ok().map(|n| (n, &text[digits..])),
+            };
+            assert_eq!(leading_number(text), expected, "{text}");
+        }
+    }
+}

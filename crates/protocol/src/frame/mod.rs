@@ -1,0 +1,220 @@
+//! The shardq/1 frames: JSON objects in WebSocket text messages, tagged by
+//! `"type"`. Decoding is bounded, typed and never panics; payloads stay raw JSON.
+//!
+//! This module owns [`PROTOCOL_VERSION`] and the [`Frame`] enum (its kind,
+//! encoding and decoding entry points), and re-exports the rest from:
+//!
+//! - `types`: the frame structs ([`Position`], [`Hello`], [`Publish`], [`Ack`], ...).
+//! - `codes`: [`ErrorCode`] and [`CloseCode`].
+//! - `fast`: the allocation-free encoders and parsers of the hot path
+//!   ([`encode_message_into`], [`parse_publish_parts`], ...).
+//! - `decode`: [`DecodeError`] and the bounded decoders [`decode`](fn@decode)
+//!   and [`decode_str`].
+
+use serde::Serialize;
+
+mod codes;
+mod decode;
+mod fast;
+mod types;
+
+pub use codes::{CloseCode, ErrorCode};
+pub use decode::{DecodeError, decode, decode_str};
+pub use fast::{
+    PublishParts, encode_message_into, encode_publish_ack_into, encode_publish_into, parse_publish,
+    parse_publish_ack, parse_publish_parts,
+};
+pub use types::{
+    Ack, Auth, ErrorFrame, Hello, Message, Moved, Position, Publish, Subscribe, TopicPosition,
+    Unsubscribe, Welcome,
+};
+
+/// The protocol version a `hello` announces.
+pub const PROTOCOL_VERSION: &str = "shardq/1";
+
+/// Every shardq/1 frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Frame {
+    /// Server → client, handshake step 1.
+    Hello(Hello),
+    /// Client → server, handshake step 2.
+    Auth(Auth),
+    /// Server → client, handshake step 3.
+    Welcome(Welcome),
+    /// Client → server.
+    Subscribe(Subscribe),
+    /// Client → server.
+    Unsubscribe(Unsubscribe),
+    /// Client → server.
+    Publish(Publish),
+    /// Server → client.
+    Ack(Ack),
+    /// Server → client.
+    Error(ErrorFrame),
+    /// Server → client.
+    Message(Message),
+    /// Consumer → peer consumer.
+    Moved(Moved),
+}
+
+impl Frame {
+    /// The `"type"` of the frame.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Auth(_) => "auth",
+            Frame::Welcome(_) => "welcome",
+            Frame::Subscribe(_) => "subscribe",
+            Frame::Unsubscribe(_) => "unsubscribe",
+            Frame::Publish(_) => "publish",
+            Frame::Ack(_) => "ack",
+            Frame::Error(_) => "error",
+            Frame::Message(_) => "message",
+            Frame::Moved(_) => "moved",
+        }
+    }
+
+    /// An `error` frame.
+    pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Frame {
+        Frame::Error(ErrorFrame {
+            id,
+            code,
+            message: message.into(),
+        })
+    }
+
+    /// Encodes the frame as compact JSON.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and
+        // raw payloads are valid JSON by construction.
+        serde_json::to_string(self).unwrap_or_else(|_| unreachable!("frames always serialize"))
+    }
+
+    /// Decodes one frame of at most `limit` bytes.
+    pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, DecodeError> {
+        decode(bytes, limit)
+    }
+
+    /// Decodes one frame from text known to be UTF-8 (see [`decode_str`]).
+    pub fn decode_str(text: &str, limit: usize) -> Result<Frame, DecodeError> {
+        decode_str(text, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::topic::{Topic, TopicFilter};
+
+    const LIMIT: usize = 1 << 20;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    fn round_trip(frame: &Frame) -> Frame {
+        let text = frame.encode();
+        decode(text.as_bytes(), LIMIT).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let topic = Topic::parse("database/create").unwrap();
+        let frames = [
+            Frame::Hello(Hello {
+                version: PROTOCOL_VERSION.into(),
+                node: "consumer-0".into(),
+                nonce: "00".repeat(32),
+            }),
+            Frame::Auth(Auth {
+                nonce: "11".repeat(32),
+                proof: "22".repeat(32),
+                node: Some("producer-1".into()),
+            }),
+            Frame::Welcome(Welcome {
+                proof: "33".repeat(32),
+            }),
+            Frame::Subscribe(Subscribe {
+                id: 1,
+                topic: TopicFilter::Exact(topic.clone()),
+                since: Some(Position {
+                    epoch: 77,
+                    offset: 9,
+                }),
+            }),
+            Frame::Subscribe(Subscribe {
+                id: 2,
+                topic: TopicFilter::AllEvents("files".into()),
+                since: None,
+            }),
+            Frame::Unsubscribe(Unsubscribe {
+                id: 3,
+                topic: TopicFilter::Exact(topic.clone()),
+            }),
+            Frame::Publish(Publish {
+                id: 4,
+                topic: topic.clone(),
+                forwarded: false,
+                payload: raw(r#"{"id":99,"name":"John"}"#),
+            }),
+            Frame::Publish(Publish {
+                id: 5,
+                topic: topic.clone(),
+                forwarded: true,
+                payload: raw("[]"),
+            }),
+            Frame::Moved(Moved {
+                topic: topic.clone(),
+                epoch: 3,
+                offset: 99,
+                owner: "consumer-3".into(),
+            }),
+            Frame::Ack(Ack::published(
+                4,
+                Position {
+                    epoch: 77,
+                    offset: 10,
+                },
+            )),
+            Frame::Ack(Ack::subscribed(
+                1,
+                vec![TopicPosition {
+                    topic: topic.clone(),
+                    epoch: 77,
+                    offset: 9,
+                }],
+                Some(true),
+            )),
+            Frame::Ack(Ack::unsubscribed(3)),
+            Frame::error(Some(5), ErrorCode::UnknownEvent, "no such event"),
+            Frame::error(None, ErrorCode::AuthFailed, "authentication failed"),
+            Frame::Message(Message {
+                topic,
+                epoch: 77,
+                offset: 10,
+                payload: raw("null"),
+            }),
+        ];
+        for frame in &frames {
+            let again = round_trip(frame);
+            assert_eq!(again.encode(), frame.encode());
+        }
+    }
+
+    #[test]
+    fn type_comes_first_and_payload_is_verbatim() {
+        let frame = Frame::Publish(Publish {
+            id: 7,
+            topic: Topic::parse("files/save").unwrap(),
+            forwarded: false,
+            payload: raw(r#"{"path" : "/tmp/x", "n":[1, 2.50]}"#),
+        });
+        assert_eq!(
+            frame.encode(),
+            r#"{"type":"publish","id":7,"topic":"files/save","payload":{"path" : "/tmp/x", "n":[1, 2.50]}}"#
+        );
+    }
+}

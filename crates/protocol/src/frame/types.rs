@@ -1,0 +1,225 @@
+//! The frame structs: the fields each shardq/1 frame carries ([`Position`],
+//! [`TopicPosition`], the handshake frames, requests, answers, deliveries and
+//! [`Moved`]), and their small constructors and comparisons.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::codes::ErrorCode;
+use crate::topic::{Topic, TopicFilter};
+
+/// A place in a topic's sequence: the epoch (made when a node created the
+/// topic's state) and the offset of a message within it (the first is 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Random non-zero id of the topic's current sequence, below 2^53.
+    pub epoch: u64,
+    /// Offset of a message in the epoch; 0 means "before the first message".
+    pub offset: u64,
+}
+
+/// One topic's position as reported in a `subscribe` ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPosition {
+    /// The topic.
+    pub topic: Topic,
+    /// Its current epoch.
+    pub epoch: u64,
+    /// The offset of the last message sequenced before the subscription went
+    /// live: every message with a greater offset will be delivered.
+    pub offset: u64,
+}
+
+/// Server → client, first frame of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hello {
+    /// Always [`PROTOCOL_VERSION`](super::PROTOCOL_VERSION).
+    pub version: String,
+    /// The id of the node (e.g. `consumer-0`).
+    pub node: String,
+    /// The server's 32-byte nonce, lowercase hex.
+    pub nonce: String,
+}
+
+/// Client → server: the client's nonce and its proof of the psk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Auth {
+    /// The client's 32-byte nonce, lowercase hex.
+    pub nonce: String,
+    /// Lowercase hex HMAC-SHA256 client proof.
+    pub proof: String,
+    /// Optional name of the connecting node or application, for logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// Server → client: the handshake succeeded; the server's proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Welcome {
+    /// Lowercase hex HMAC-SHA256 server proof.
+    pub proof: String,
+}
+
+/// Client → server: start receiving a topic (or every event of a queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Subscribe {
+    /// Client-chosen id, echoed by the answer.
+    pub id: u64,
+    /// `queue/event` or `queue/*`.
+    pub topic: TopicFilter,
+    /// Resume after this position (exact topics only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<Position>,
+}
+
+/// Client → server: stop receiving a topic (or every event of a queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unsubscribe {
+    /// Client-chosen id, echoed by the answer.
+    pub id: u64,
+    /// `queue/event` or `queue/*`.
+    pub topic: TopicFilter,
+}
+
+/// Client → server: publish one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Publish {
+    /// Client-chosen id, echoed by the answer.
+    pub id: u64,
+    /// The topic.
+    pub topic: Topic,
+    /// Consumer → consumer only: this publish was already forwarded once by
+    /// a consumer that does not own the topic; it is never forwarded again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub forwarded: bool,
+    /// Any JSON value, kept as raw text.
+    pub payload: Box<RawValue>,
+}
+
+/// Server → client: the request with this id succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    /// The id of the request.
+    pub id: u64,
+    /// `publish`: the epoch the message was sequenced in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// `publish`: the offset the message was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// `subscribe`: the topics now live and where each starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<TopicPosition>>,
+    /// `subscribe` with `since`: whether every message after `since` was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+impl Ack {
+    /// The ack of a `publish`.
+    pub fn published(id: u64, at: Position) -> Ack {
+        Ack {
+            id,
+            epoch: Some(at.epoch),
+            offset: Some(at.offset),
+            ..Ack::default()
+        }
+    }
+
+    /// The ack of a `subscribe`.
+    pub fn subscribed(id: u64, topics: Vec<TopicPosition>, recovered: Option<bool>) -> Ack {
+        Ack {
+            id,
+            topics: Some(topics),
+            recovered,
+            ..Ack::default()
+        }
+    }
+
+    /// The ack of an `unsubscribe`.
+    pub fn unsubscribed(id: u64) -> Ack {
+        Ack {
+            id,
+            ..Ack::default()
+        }
+    }
+
+    /// The position of an acked publish, when both fields are present.
+    pub fn position(&self) -> Option<Position> {
+        Some(Position {
+            epoch: self.epoch?,
+            offset: self.offset?,
+        })
+    }
+}
+
+/// Server → client: a request failed, or (without `id`) the connection did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorFrame {
+    /// The id of the failed request; absent for connection-level errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Server → client: one delivered message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// The topic it was published to.
+    pub topic: Topic,
+    /// The epoch it was sequenced in.
+    pub epoch: u64,
+    /// Its offset in the epoch.
+    pub offset: u64,
+    /// The published JSON value, byte for byte.
+    pub payload: Box<RawValue>,
+}
+
+impl PartialEq for Publish {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.topic == other.topic
+            && self.payload.get() == other.payload.get()
+    }
+}
+
+impl Eq for Publish {}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.topic == other.topic
+            && self.position() == other.position()
+            && self.payload.get() == other.payload.get()
+    }
+}
+
+impl Eq for Message {}
+
+impl Message {
+    /// Its `(epoch, offset)`.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset: self.offset,
+        }
+    }
+}
+
+/// Consumer → consumer (peers subscribed on `/v1/cluster`): this node no
+/// longer owns the topic. Its epoch ended at `offset`; `owner` sequences it
+/// now (in this node's view). The node keeps relaying the topic to the
+/// peer until the peer re-points at the new owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Moved {
+    /// The topic.
+    pub topic: Topic,
+    /// The epoch that ended.
+    pub epoch: u64,
+    /// Its last offset.
+    pub offset: u64,
+    /// The new owner's id.
+    pub owner: String,
+}
