@@ -89,11 +89,6 @@ impl Ring {
         self.entries.front().map(|entry| entry.seq)
     }
 
-    /// The sequence number the next message will get.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
     /// Number of messages retained.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -102,15 +97,6 @@ impl Ring {
     /// Whether nothing is retained.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// The frames with sequence numbers from `seq` on, oldest first.
-    pub fn from_seq(&self, seq: u64) -> Vec<Bytes> {
-        self.entries
-            .iter()
-            .filter(|entry| entry.seq >= seq)
-            .map(|entry| entry.frame.clone())
-            .collect()
     }
 
     /// What to replay to resume after `since`, given the stream's latest
@@ -250,10 +236,10 @@ impl<T: Retains> HistoryBudget<T> {
     pub fn oldest(&self) -> Option<(std::sync::Arc<T>, u64)> {
         let mut fifo = self.fifo();
         while let Some(entry) = fifo.pop_front() {
-            if let Some(topic) = entry.topic.upgrade() {
-                if topic.first_retained() <= entry.seq {
-                    return Some((topic, entry.seq));
-                }
+            if let Some(topic) = entry.topic.upgrade()
+                && topic.first_retained() <= entry.seq
+            {
+                return Some((topic, entry.seq));
             }
         }
         None
@@ -270,6 +256,7 @@ impl<T: Retains> HistoryBudget<T> {
     }
 
     /// FIFO length (for tests of its compaction).
+    #[cfg(test)]
     pub fn fifo_len(&self) -> usize {
         self.fifo().len()
     }

@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use shardq_net::channel::{Channel, Ended};
+use shardq_net::conn::Connection;
+use shardq_net::handshake;
+use shardq_net::link::{self, Batches, Body, Reply, Request};
 use shardq_protocol::legacy::{self, LegacyFrame};
 use shardq_protocol::{CloseCode, RawValue, Topic, TopicError};
 use tokio::time::Instant;
 
-use crate::net::channel::{Channel, Ended};
-use crate::net::conn::Connection;
-use crate::net::handshake;
-use crate::net::link::{self, Batches, Body, Reply, Request};
 use crate::server::{Endpoint, Shared};
-use crate::topics::Subscriber;
+use crate::topics::{NotSequenced, Subscriber};
 
 /// Runs the legacy handshake and then the connection.
 pub(crate) async fn run(
@@ -141,10 +141,10 @@ async fn serve(
                 }
             }
             (LegacyFrame::Unsubscribe(name), Endpoint::LegacySubscribe(_)) => {
-                if let Ok(topic) = legacy::topic(&name) {
-                    if subscriptions.remove(&topic).is_some() {
-                        shared.topics.unsubscribe(&topic, id);
-                    }
+                if let Ok(topic) = legacy::topic(&name)
+                    && subscriptions.remove(&topic).is_some()
+                {
+                    shared.topics.unsubscribe(&topic, id);
                 }
             }
             (frame, _) => {
@@ -191,7 +191,8 @@ async fn subscribe(
 async fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) -> bool {
     let owner = match shared.topics.publish(topic, &data) {
         Ok(_) => return true,
-        Err(owner) => owner,
+        Err(NotSequenced::OwnedBy(owner)) => Some(owner),
+        Err(NotSequenced::NoOwner | NotSequenced::BadTopic) => None,
     };
     let Some(link) = owner.and_then(|owner| shared.peers.current().link(&owner).cloned()) else {
         shared.metrics.legacy_dropped.inc();

@@ -4,25 +4,22 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: [`run`], the accept loop, endpoint dispatch.
+//! - `server`: [`run`], the accept loop, endpoint dispatch, admin routes.
 //! - `session`: one shardq/1 connection (`/v1/subscribe`, `/v1/cluster`).
 //! - `legacy_session`: the origin dialect (`/producer`, `/subscribe/{topic}`).
-//! - [`topics`]: per-topic state, sequencing, fan-out, edges.
-//! - [`handoff`]: ownership changes, upstream streams, the peer-link handler.
-//! - [`history`]: per-topic rings under one node-wide byte budget.
-//! - [`net`]: the connection runtime both node kinds share (outbox, writer
-//!   task, keepalive, admin HTTP).
-//! - [`node`]: flags, environment, psk and cluster file loading.
-//! - [`metrics`]: the Prometheus metrics.
+//! - `topics`: per-topic state, sequencing, fan-out, edges, handoff.
+//! - `history`: per-topic rings under one node-wide byte budget.
+//! - `metrics`: the Prometheus metrics.
+//!
+//! The connection runtime (upgrade, codec, outbox, writer task, keepalive,
+//! handshakes, links to other consumers, admin HTTP, start-up) is
+//! `shardq-net`, shared with the producer.
 
-pub mod handoff;
-pub mod history;
+mod history;
 mod legacy_session;
-pub mod metrics;
-pub mod net;
-pub mod node;
-pub mod server;
+mod metrics;
+mod server;
 mod session;
-pub mod topics;
+mod topics;
 
-pub use server::{ConsumerConfig, run};
+pub use server::{ConsumerConfig, SHUTDOWN_GRACE, run};

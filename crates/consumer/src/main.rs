@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shardq_consumer::node::{self, NodeArgs, NodeKind, StartError};
 use shardq_consumer::{ConsumerConfig, run};
+use shardq_net::node::{self, NodeArgs, StartError};
+use shardq_protocol::status::NodeKind;
 
 // Fan-out allocates and frees many small buffers across threads; mimalloc
 // does that markedly cheaper than the system allocator.

@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::Json;
-use axum::routing::get;
+use shardq_net::admin;
+use shardq_net::conn::{self, ConnLimits};
+use shardq_net::link::{LinkMetrics, LinkOptions, Links};
+use shardq_net::upgrade::{self, UpgradeError};
+use shardq_protocol::status::{NodeKind, NodeStatus};
 use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -17,12 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::handoff::PeerHandler;
 use crate::metrics::{ConsumerMetrics, EndpointLabel};
-use crate::net::admin;
-use crate::net::conn::{self, ConnLimits, UpgradeError};
-use crate::net::link::{LinkMetrics, LinkOptions, Links};
-use crate::topics::{TableLimits, TopicTable, View};
+use crate::topics::{PeerHandler, TableLimits, TopicTable, View};
 use crate::{legacy_session, session};
 
 /// How long shutdown waits for connections to close.
@@ -174,7 +173,7 @@ pub async fn run(
         links_stop.clone(),
         &link_tasks,
     ));
-    let _ = topics.peers.set(peers.clone());
+    topics.set_peers(peers.clone());
     let shared = Arc::new(Shared {
         topics,
         peers,
@@ -207,13 +206,9 @@ pub async fn run(
     let admin_stop = CancellationToken::new();
     if let Some(admin) = admin {
         let status = shared.clone();
-        let router = admin::base_routes(Arc::new(registry)).route(
-            "/v1/cluster",
-            get(move || {
-                let shared = status.clone();
-                async move { Json(cluster_status(&shared)) }
-            }),
-        );
+        let router = admin::with_status(admin::base_routes(Arc::new(registry)), move || {
+            node_status(&status)
+        });
         link_tasks.spawn(admin::serve(admin, router, admin_stop.clone()));
     }
     if let Ok(addr) = listener.local_addr() {
@@ -239,26 +234,26 @@ pub async fn run(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, link_tasks.wait()).await;
 }
 
-/// What `GET /v1/cluster` answers.
-fn cluster_status(shared: &Shared) -> serde_json::Value {
+/// What `GET /v1/status` answers.
+fn node_status(shared: &Shared) -> NodeStatus {
     let cluster = shared.cluster.load();
     let (owned, edges) = shared.topics.owned_and_edge_counts();
-    serde_json::json!({
-        "node": shared.id,
-        "kind": "consumer",
-        "node_list": cluster.consumer_ids(),
-        "node_list_hash": cluster.node_list_hash(),
-        "links": shared.peers.statuses(),
-        "owned_topics": owned,
-        "edge_topics": edges,
-    })
+    NodeStatus {
+        node: shared.id.clone(),
+        kind: NodeKind::Consumer,
+        node_list: cluster.consumer_ids(),
+        node_list_hash: cluster.node_list_hash(),
+        links: shared.peers.statuses(),
+        owned_topics: Some(owned as u64),
+        edge_topics: Some(edges as u64),
+    }
 }
 
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
     // Boxed: the upgrade's state is large and only needed for a moment, so
     // it must not stay part of every connection's long-lived future.
-    let connection = match Box::pin(conn::upgrade(
+    let connection = match Box::pin(upgrade::upgrade(
         stream,
         &ConnLimits::from(&shared.limits),
         deadline,

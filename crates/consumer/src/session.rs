@@ -4,6 +4,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use shardq_net::channel::{Channel, Ended};
+use shardq_net::codec::{FrameBuf, Role, Text};
+use shardq_net::conn::Connection;
+use shardq_net::handshake;
+use shardq_net::link::{self, Batches, Body, InFlight, Reply, Request};
+use shardq_net::outbox::FrameBatch;
 use shardq_protocol::frame::{
     DecodeError, PublishParts, encode_publish_ack_into, parse_publish_parts,
 };
@@ -12,16 +18,9 @@ use shardq_protocol::{
     Unsubscribe,
 };
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::net::channel::{Channel, Ended};
-use crate::net::conn::Connection;
-use crate::net::handshake;
-use crate::net::link::{self, Batches, Body, InFlight, Reply, Request};
-use crate::net::outbox::FrameBatch;
-use crate::net::ws::{FrameBuf, Role};
 use crate::server::{Endpoint, Shared};
-use crate::topics::Subscriber;
+use crate::topics::{NotSequenced, Subscriber};
 
 /// Most frames read and handled as one burst.
 const BURST: usize = 64;
@@ -147,7 +146,7 @@ impl Session {
                 }
             }
             let mut answers = FrameBuf::new(Role::Server, 64 * burst.len());
-            let texts: Vec<Utf8Bytes> = std::mem::take(&mut burst);
+            let texts: Vec<Text> = std::mem::take(&mut burst);
             // Boxed: a burst's state (a subscribe waiting for its upstream,
             // a forward waiting for a window slot) is large and short-lived,
             // and must not be part of every idle connection's future.
@@ -169,7 +168,7 @@ impl Session {
     /// Handles frames that arrived together, in arrival order; each run of
     /// publishes to one topic is sequenced (or forwarded) as one batch.
     /// `true` when the node started stopping meanwhile.
-    async fn handle_burst(&mut self, burst: Vec<Utf8Bytes>, answers: &mut FrameBuf) -> bool {
+    async fn handle_burst(&mut self, burst: Vec<Text>, answers: &mut FrameBuf) -> bool {
         let cluster = self.endpoint == Endpoint::Cluster;
         let limit = self.shared.limits.max_frame_bytes;
         let items: Vec<Item<'_>> = burst
@@ -179,7 +178,7 @@ impl Session {
                 if let Some(parts) = parse_publish_parts(text).filter(|_| cluster) {
                     return Item::Publish(parts);
                 }
-                match Frame::decode_str(text.as_str(), limit) {
+                match Frame::decode_str(text, limit) {
                     Ok(Frame::Publish(publish)) if cluster => Item::OwnedPublish(publish),
                     other => Item::Other(other),
                 }
@@ -256,7 +255,8 @@ impl Session {
                     }
                     continue;
                 }
-                Err(owner) => owner,
+                Err(NotSequenced::OwnedBy(owner)) => Some(owner),
+                Err(NotSequenced::NoOwner | NotSequenced::BadTopic) => None,
             };
             let link = owner
                 .as_deref()

@@ -141,7 +141,7 @@ async fn open_subscribers(
                     let ack = conn.reader.next_text().await?;
                     if !ack.starts_with(br#"{"type":"ack""#) {
                         return Err(std::io::Error::other(
-                            String::from_utf8_lossy(ack).into_owned(),
+                            String::from_utf8_lossy(&ack).into_owned(),
                         ));
                     }
                     Ok::<_, std::io::Error>(conn)
@@ -169,7 +169,7 @@ async fn fanout(
     window: Option<u64>,
 ) -> Result<serde_json::Value, String> {
     let topics = topics.clamp(1, subscribers.max(1));
-    if subscribers % topics != 0 {
+    if !subscribers.is_multiple_of(topics) {
         return Err("--subscribers must be a multiple of --topics".into());
     }
     let per_topic = (subscribers / topics) as u64;
@@ -195,7 +195,7 @@ async fn fanout(
             let _writer = writer;
             let mut last = 0u64;
             while let Ok(frame) = reader.next_text().await {
-                let Some(offset) = message_offset(frame) else {
+                let Some(offset) = message_offset(&frame) else {
                     continue;
                 };
                 if offset != last + 1 {

@@ -174,7 +174,7 @@ async fn read_answers(
             },
             () = flight.done.notified() => break,
         };
-        let id = match answer_id(frame) {
+        let id = match answer_id(&frame) {
             Some(Ok(id)) => {
                 tally.acked += 1;
                 id
@@ -471,10 +471,10 @@ async fn wait_ready(nodes: &NodeProcesses, consumers: usize) -> Result<(), Strin
         .to_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(body) = http_get(&admin, "/readyz").await {
-            if body.matches(r#""state":"up""#).count() == consumers {
-                return Ok(());
-            }
+        if let Ok(body) = http_get(&admin, "/readyz").await
+            && body.matches(r#""state":"up""#).count() == consumers
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err("the producer's links did not come up within 10 s".into());

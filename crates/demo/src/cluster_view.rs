@@ -1,5 +1,5 @@
 //! `shardq-demo cluster`: every node's own view of the cluster (its
-//! `GET {admin}/v1/cluster`) side by side with the cluster file's, and a
+//! `GET {admin}/v1/status`) side by side with the cluster file's, and a
 //! warning for each place they disagree.
 //!
 //! The probes run concurrently, each under its own timeout; the analysis
@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use shardq_protocol::ClusterConfig;
+use shardq_protocol::status::{LinkState, NodeStatus};
 
 use crate::cluster::ClusterArgs;
 
@@ -48,49 +49,6 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?}: the timeout must be greater than 0"));
     }
     Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|e| format!("{text:?}: {e}"))
-}
-
-/// What a node's `GET /v1/cluster` answers. Producers leave out the topic
-/// counts.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct NodeStatus {
-    /// The id the node runs as.
-    pub node: String,
-    /// `consumer` or `producer`.
-    pub kind: String,
-    /// The consumer ids of the node list it runs with.
-    pub node_list: Vec<String>,
-    /// Fingerprint of that node list (ids and URLs).
-    pub node_list_hash: String,
-    /// Its links to consumers.
-    #[serde(default)]
-    pub links: Vec<LinkStatus>,
-    /// Topics it owns (consumers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owned_topics: Option<u64>,
-    /// Topics it serves as an edge for another owner (consumers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub edge_topics: Option<u64>,
-}
-
-impl NodeStatus {
-    fn links_up(&self) -> usize {
-        self.links.iter().filter(|link| link.state == "up").count()
-    }
-}
-
-/// One link as a node's `/v1/cluster` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct LinkStatus {
-    /// The consumer at the other end.
-    pub id: String,
-    /// Its URL.
-    pub url: String,
-    /// `up` or `down`.
-    pub state: String,
-    /// Why the last attempt failed, while down.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
 }
 
 /// What asking one node gave.
@@ -203,9 +161,9 @@ pub async fn run(args: ClusterViewArgs) -> Result<(), String> {
     verdict(&report)
 }
 
-/// `GET {admin}/v1/cluster` within `timeout`.
+/// `GET {admin}/v1/status` within `timeout`.
 async fn probe(admin: &str, timeout: Duration) -> Probe {
-    let url = format!("{}/v1/cluster", admin.trim_end_matches('/'));
+    let url = format!("{}/v1/status", admin.trim_end_matches('/'));
     let failed = |why: String| Probe::Failed(format!("GET {url}: {why}"));
     let (addr, path) = match crate::health::split_url(&url) {
         Ok(parts) => parts,
@@ -320,7 +278,7 @@ pub fn analyze(config: &ClusterConfig, file: String, probes: Vec<Probe>) -> Repo
             }
             Probe::Answered(status) => {
                 view.reachable = Some(true);
-                if status.node != entry.id || status.kind != kind {
+                if status.node != entry.id || status.kind.as_str() != kind {
                     warnings.push(warn(
                         "wrong_node",
                         vec![entry.id.clone()],
@@ -329,7 +287,7 @@ pub fn analyze(config: &ClusterConfig, file: String, probes: Vec<Probe>) -> Repo
                             "{}'s admin URL {} answers as {} {}, not as {kind} {}",
                             entry.id,
                             entry.admin.as_deref().unwrap_or_default(),
-                            status.kind,
+                            status.kind.as_str(),
                             status.node,
                             entry.id
                         ),
@@ -346,7 +304,11 @@ pub fn analyze(config: &ClusterConfig, file: String, probes: Vec<Probe>) -> Repo
                         vec![entry.id.clone()],
                     )),
                 }
-                for link in status.links.iter().filter(|link| link.state != "up") {
+                for link in status
+                    .links
+                    .iter()
+                    .filter(|link| link.state != LinkState::Up)
+                {
                     let why = link
                         .last_error
                         .as_deref()
@@ -357,8 +319,8 @@ pub fn analyze(config: &ClusterConfig, file: String, probes: Vec<Probe>) -> Repo
                         vec![entry.id.clone()],
                         false,
                         format!(
-                            "{}'s link to {} ({}) is {}{why}",
-                            entry.id, link.id, link.url, link.state
+                            "{}'s link to {} ({}) is down{why}",
+                            entry.id, link.id, link.url
                         ),
                     ));
                 }
@@ -402,9 +364,10 @@ pub fn analyze(config: &ClusterConfig, file: String, probes: Vec<Probe>) -> Repo
                 groups.join("; ")
             ),
         ));
-    } else if let [(hash, _, _)] = lists.as_slice() {
-        if *hash != reference {
-            warnings.push(warn(
+    } else if let [(hash, _, _)] = lists.as_slice()
+        && *hash != reference
+    {
+        warnings.push(warn(
                 "node_list",
                 Vec::new(),
                 true,
@@ -414,7 +377,6 @@ pub fn analyze(config: &ClusterConfig, file: String, probes: Vec<Probe>) -> Repo
                     short(&reference)
                 ),
             ));
-        }
     }
     Report {
         ok: warnings.iter().all(|warning| !warning.fails),
@@ -552,6 +514,7 @@ fn verdict(report: &Report) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shardq_protocol::status::{LinkStatus, NodeKind};
 
     fn config() -> ClusterConfig {
         ClusterConfig::parse(
@@ -563,16 +526,22 @@ mod tests {
     }
 
     fn answer(node: &str, kind: &str, cluster: &ClusterConfig) -> Probe {
+        let kind = match kind {
+            "consumer" => NodeKind::Consumer,
+            _ => NodeKind::Producer,
+        };
         Probe::Answered(NodeStatus {
             node: node.into(),
-            kind: kind.into(),
+            kind,
             node_list: cluster.consumer_ids(),
             node_list_hash: cluster.node_list_hash(),
             links: vec![LinkStatus {
                 id: "c1".into(),
                 url: "ws://c1:1".into(),
-                state: "up".into(),
+                state: LinkState::Up,
+                in_flight: 0,
                 last_error: None,
+                reconnects: 0,
             }],
             owned_topics: Some(3),
             edge_topics: Some(0),
@@ -676,7 +645,7 @@ mod tests {
         let config = config();
         let mut down = answer("c0", "consumer", &config);
         if let Probe::Answered(status) = &mut down {
-            status.links[0].state = "down".into();
+            status.links[0].state = LinkState::Down;
             status.links[0].last_error = Some("connection refused".into());
         }
         let report = analyze(

@@ -296,12 +296,12 @@ fn cluster_reports_unreachable_and_unchecked_nodes_and_exits_1() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("c is unreachable: GET http://127.0.0.1:1/v1/cluster: "),
+        stdout.contains("c is unreachable: GET http://127.0.0.1:1/v1/status: "),
         "{stdout}"
     );
     assert!(
         stdout.contains(&format!(
-            "p is unreachable: GET http://{silent_addr}/v1/cluster: no answer within 200ms"
+            "p is unreachable: GET http://{silent_addr}/v1/status: no answer within 200ms"
         )),
         "{stdout}"
     );

@@ -5,17 +5,18 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: [`run`], accept loop, admin routes (`/healthz`, `/readyz`,
-//!   `/metrics`), graceful shutdown.
-//! - `session`: publisher connections (`/v1/publish`, legacy `/produce`).
-//! - [`metrics`]: the Prometheus metrics.
+//! - `server`: [`run`], accept loop, admin routes (`/healthz`, `/readyz`,
+//!   `/metrics`, `/v1/status`), graceful shutdown.
+//! - `session`: publisher connections (`/v1/publish`, legacy `/produce`):
+//!   check, route to the owner's link, let the link answer.
+//! - `metrics`: the Prometheus metrics.
 //!
-//! The connection runtime (outbox, writer task, keepalive, handshakes) and
-//! the links to consumers are shared with the consumer:
-//! `shardq_consumer::net`.
+//! The connection runtime (upgrade, codec, outbox, writer task, keepalive,
+//! handshakes) and the links to consumers (pipeline, window, reconnect,
+//! routing over the node list) are `shardq-net`, shared with the consumer.
 
-pub mod metrics;
-pub mod server;
+mod metrics;
+mod server;
 mod session;
 
 pub use server::{ProducerConfig, run};

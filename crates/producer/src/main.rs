@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shardq_consumer::node::{self, NodeArgs, NodeKind, StartError};
+use shardq_net::node::{self, NodeArgs, StartError};
 use shardq_producer::{ProducerConfig, run};
+use shardq_protocol::status::NodeKind;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -8,8 +8,11 @@ use arc_swap::ArcSwap;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::routing::get;
-use shardq_consumer::net::admin;
-use shardq_consumer::net::conn::{self, ConnLimits};
+use shardq_net::admin;
+use shardq_net::conn::{self, ConnLimits};
+use shardq_net::link::{LinkOptions, Links};
+use shardq_net::upgrade;
+use shardq_protocol::status::{NodeKind, NodeStatus, Readiness};
 use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -20,7 +23,6 @@ use tracing::Instrument;
 
 use crate::metrics::{EndpointLabel, ProducerMetrics};
 use crate::session;
-use shardq_consumer::net::link::{LinkOptions, Links};
 
 /// Everything a producer needs to run.
 #[derive(Debug, Clone)]
@@ -127,42 +129,27 @@ pub async fn run(
     }
     if let Some(admin_listener) = admin {
         let status = shared.clone();
-        let router = admin::base_routes(Arc::new(registry))
-            .route(
-                "/v1/cluster",
-                get(move || {
-                    let shared = status.clone();
-                    async move {
-                        let cluster = shared.cluster.load();
-                        Json(serde_json::json!({
-                            "node": shared.id,
-                            "kind": "producer",
-                            "node_list": cluster.consumer_ids(),
-                            "node_list_hash": cluster.node_list_hash(),
-                            "links": shared.links.statuses(),
-                        }))
-                    }
-                }),
-            )
-            .route(
-                "/readyz",
-                get({
-                    let shared = shared.clone();
-                    move || async move {
-                        let ready = shared.links.any_up();
-                        let body = serde_json::json!({
-                            "ready": ready,
-                            "links": shared.links.statuses(),
-                        });
-                        let status = if ready {
-                            StatusCode::OK
-                        } else {
-                            StatusCode::SERVICE_UNAVAILABLE
-                        };
-                        (status, Json(body))
-                    }
-                }),
-            );
+        let router = admin::with_status(admin::base_routes(Arc::new(registry)), move || {
+            node_status(&status)
+        })
+        .route(
+            "/readyz",
+            get({
+                let shared = shared.clone();
+                move || async move {
+                    let readiness = Readiness {
+                        ready: shared.links.any_up(),
+                        links: shared.links.statuses(),
+                    };
+                    let status = if readiness.ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, Json(readiness))
+                }
+            }),
+        );
         link_tasks.spawn(admin::serve(admin_listener, router, admin_stop.clone()));
     }
     if let Ok(addr) = listener.local_addr() {
@@ -189,12 +176,26 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), link_tasks.wait()).await;
 }
 
+/// What `GET /v1/status` answers.
+fn node_status(shared: &Shared) -> NodeStatus {
+    let cluster = shared.cluster.load();
+    NodeStatus {
+        node: shared.id.clone(),
+        kind: NodeKind::Producer,
+        node_list: cluster.consumer_ids(),
+        node_list_hash: cluster.node_list_hash(),
+        links: shared.links.statuses(),
+        owned_topics: None,
+        edge_topics: None,
+    }
+}
+
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
     let limits = ConnLimits::from(&shared.limits);
     // Publishers send in bulk: a large read buffer.
     let route = |path: &str| Endpoint::parse(path).map(|_| 64 << 10);
-    let connection = match Box::pin(conn::upgrade(
+    let connection = match Box::pin(upgrade::upgrade(
         stream,
         &limits,
         deadline,

@@ -9,20 +9,19 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardq_consumer::net::channel::{Channel, Ended};
-use shardq_consumer::net::conn::Connection;
-use shardq_consumer::net::handshake;
-use shardq_consumer::net::outbox::FrameBatch;
-use shardq_consumer::net::ws;
+use shardq_net::channel::{Channel, Ended};
+use shardq_net::codec::{Text, encode};
+use shardq_net::conn::Connection;
+use shardq_net::handshake;
+use shardq_net::link::{self, Batches, Body, ConsumerLink, InFlight, Reply, Request};
+use shardq_net::outbox::FrameBatch;
 use shardq_protocol::frame::parse_publish_parts;
 use shardq_protocol::legacy::{self, LegacyFrame};
 use shardq_protocol::{CloseCode, ErrorCode, Frame, Topic};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::server::Shared;
-use shardq_consumer::net::link::{self, Batches, Body, ConsumerLink, InFlight, Reply, Request};
 
 /// Most frames read and handled as one burst.
 const BURST: usize = 64;
@@ -84,7 +83,7 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
 }
 
 async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>) -> Ended {
-    let mut burst: Vec<Utf8Bytes> = Vec::new();
+    let mut burst: Vec<Text> = Vec::new();
     loop {
         match channel.next_text().await {
             Ok(text) => burst.push(text),
@@ -105,7 +104,7 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
             // payload are passed on as slices of the text, not copied.
             let (id, body) = match parse_publish_parts(&text) {
                 Some(parts) => (parts.id, Body::in_frame(text.clone(), &parts)),
-                None => match Frame::decode_str(text.as_str(), shared.limits.max_frame_bytes) {
+                None => match Frame::decode_str(&text, shared.limits.max_frame_bytes) {
                     // `forwarded` means nothing coming from a publisher; it is not passed on.
                     Ok(Frame::Publish(publish)) => (
                         publish.id,
@@ -117,12 +116,12 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                             ErrorCode::NotAuthorized,
                             format!("/v1/publish takes publish frames, not {}", other.kind()),
                         );
-                        answers.push(ws::text_frame(refusal.encode().as_bytes()));
+                        answers.push(encode::text_frame(refusal.encode().as_bytes()));
                         continue;
                     }
                     Err(error) => {
                         count_error(shared, &error.code());
-                        answers.push(ws::text_frame(error.to_frame().encode().as_bytes()));
+                        answers.push(encode::text_frame(error.to_frame().encode().as_bytes()));
                         continue;
                     }
                 },
@@ -198,7 +197,7 @@ fn count_error(shared: &Shared, code: &ErrorCode) {
 
 fn refusal(shared: &Shared, id: u64, code: ErrorCode, message: &str) -> Bytes {
     count_error(shared, &code);
-    ws::text_frame(Frame::error(Some(id), code, message).encode().as_bytes())
+    encode::text_frame(Frame::error(Some(id), code, message).encode().as_bytes())
 }
 
 /// An origin publisher on `/produce`: no acks in this dialect, so what

@@ -7,9 +7,18 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use shardq_protocol::{ClusterConfig, Frame, NodeEntry, Psk};
-use tokio_tungstenite::tungstenite::Message;
+use prometheus_client::metrics::counter::Counter;
+use shardq_net::channel::Channel;
+use shardq_net::codec::encode;
+use shardq_net::conn::{ConnLimits, Connection, Incoming, Reader};
+use shardq_net::dial::{DialOptions, dial};
+use shardq_net::outbox::Outbox;
+use shardq_net::{handshake, upgrade};
+use shardq_protocol::frame::{encode_publish_ack_into, parse_publish_parts};
+use shardq_protocol::{ClusterConfig, Frame, Limits, NodeEntry, Position, Psk};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -51,6 +60,97 @@ fn refuses_a_missing_psk() {
     assert!(stderr.contains("is not a [[producers]] entry"), "{stderr}");
 }
 
+/// A stand-in consumer that acks every publish with consecutive offsets:
+/// all a producer needs of its link, with nothing of the consumer crate.
+async fn acking_consumer(listener: TcpListener, psk: Psk) {
+    let tasks = TaskTracker::new();
+    let limits = Limits::default();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (psk, tasks, limits) = (psk.clone(), tasks.clone(), limits.clone());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let conn_limits = ConnLimits::from(&limits);
+            let Ok(connection) =
+                upgrade::upgrade(stream, &conn_limits, deadline, |_| Some(64 << 10), &tasks).await
+            else {
+                return;
+            };
+            let Connection {
+                mut reader, outbox, ..
+            } = connection;
+            let failures = Counter::default();
+            let preauth = limits.max_preauth_frame_bytes;
+            let accepted = handshake::accept_shardq(
+                &mut reader,
+                &outbox,
+                &psk,
+                "consumer-0",
+                preauth,
+                deadline,
+                &failures,
+            );
+            if accepted.await.is_err() {
+                return;
+            }
+            let mut channel =
+                Channel::new(reader, outbox.clone(), &limits, CancellationToken::new());
+            let mut offset = 0;
+            while let Ok(text) = channel.next_text().await {
+                if let Some(publish) = parse_publish_parts(&text) {
+                    offset += 1;
+                    let mut ack = Vec::new();
+                    encode_publish_ack_into(&mut ack, publish.id, Position { epoch: 1, offset });
+                    let _ = outbox.push(encode::text_frame(&ack));
+                }
+            }
+        });
+    }
+}
+
+/// A publisher connection over the nodes' own client side.
+struct Publisher {
+    reader: Reader,
+    outbox: std::sync::Arc<Outbox>,
+}
+
+impl Publisher {
+    async fn connect(url: &str, psk: &Psk, tasks: &TaskTracker) -> Option<Publisher> {
+        let options = DialOptions {
+            psk: psk.clone(),
+            name: Some("test".into()),
+            timeout: Duration::from_secs(5),
+            max_frame_bytes: 1 << 20,
+            outbox_bytes: 64 << 20,
+        };
+        let dialed = dial(url, &options, tasks).await.ok()?;
+        Some(Publisher {
+            reader: dialed.reader,
+            outbox: dialed.outbox,
+        })
+    }
+
+    fn send(&self, text: &str) {
+        self.outbox
+            .push(encode::masked_text_frame(text.as_bytes()))
+            .unwrap();
+    }
+
+    /// The next text frame, or the close code (`None` without one) as `Err`.
+    async fn next(&mut self) -> Result<String, Option<u16>> {
+        loop {
+            match self.reader.next().await {
+                Incoming::Text(text) => return Ok(text.to_string()),
+                Incoming::PeerClosed(code) => return Err(code),
+                Incoming::Closed | Incoming::Violation(..) => return Err(None),
+                Incoming::Binary | Incoming::Pong => continue,
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_every_publish_in_flight() {
     let psk = Psk::generate();
@@ -75,17 +175,7 @@ async fn sigterm_answers_every_publish_in_flight() {
         limits: Default::default(),
         psk_file: None,
     };
-    let consumer = tokio::spawn(shardq_consumer::run(
-        consumer_listener,
-        None,
-        shardq_consumer::ConsumerConfig {
-            id: "consumer-0".into(),
-            cluster: cluster.clone(),
-            psk: psk.clone(),
-            updates: None,
-        },
-        std::future::pending(),
-    ));
+    let consumer = tokio::spawn(acking_consumer(consumer_listener, psk.clone()));
     let dir = temp_dir("sigterm");
     let path = dir.join("shardq.toml");
     std::fs::write(&path, cluster.to_toml()).unwrap();
@@ -103,20 +193,13 @@ async fn sigterm_answers_every_publish_in_flight() {
     // Wait for the link to the consumer.
     let url = format!("ws://127.0.0.1:{producer_port}/v1/publish");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let tasks = TaskTracker::new();
     let mut publisher = loop {
-        if let Ok(connection) =
-            shardq::connection::connect(&url, &psk, None, Duration::from_secs(5)).await
-        {
-            let mut socket = connection.socket;
-            socket
-                .send(Message::text(
-                    r#"{"type":"publish","id":0,"topic":"t/probe","payload":0}"#,
-                ))
-                .await
-                .unwrap();
-            let answer = socket.next().await.unwrap().unwrap();
-            if answer.to_text().unwrap().contains(r#""type":"ack""#) {
-                break socket;
+        if let Some(mut publisher) = Publisher::connect(&url, &psk, &tasks).await {
+            publisher.send(r#"{"type":"publish","id":0,"topic":"t/probe","payload":0}"#);
+            let answer = publisher.next().await.unwrap();
+            if answer.contains(r#""type":"ack""#) {
+                break publisher;
             }
         }
         assert!(
@@ -132,9 +215,8 @@ async fn sigterm_answers_every_publish_in_flight() {
             r#"{{"type":"publish","id":{id},"topic":"t/e{}","payload":{id}}}"#,
             id % 11
         );
-        publisher.feed(Message::text(frame)).await.unwrap();
+        publisher.send(&frame);
     }
-    publisher.flush().await.unwrap();
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -147,7 +229,7 @@ async fn sigterm_answers_every_publish_in_flight() {
             .await
             .unwrap()
         {
-            Some(Ok(Message::Text(text))) => {
+            Ok(text) => {
                 let id = match Frame::decode(text.as_bytes(), usize::MAX).unwrap() {
                     Frame::Ack(ack) => ack.id,
                     Frame::Error(error) => {
@@ -161,9 +243,7 @@ async fn sigterm_answers_every_publish_in_flight() {
                 };
                 assert!(answered.insert(id), "{id} answered twice");
             }
-            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => break None,
+            Err(code) => break code,
         }
     };
     eprintln!("answered {} of {N} before closing", answered.len());

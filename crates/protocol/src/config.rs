@@ -350,15 +350,15 @@ fn validate_entry(entry: &NodeEntry) -> Result<(), ConfigError> {
     if url_port(&entry.url).is_none() {
         return Err(bad("url", &entry.url, "needs a host and a valid port"));
     }
-    if let Some(admin) = &entry.admin {
-        if !admin.starts_with("http://") || url_port(admin).is_none() {
-            return Err(bad("admin", admin, "must be http://host:port"));
-        }
+    if let Some(admin) = &entry.admin
+        && (!admin.starts_with("http://") || url_port(admin).is_none())
+    {
+        return Err(bad("admin", admin, "must be http://host:port"));
     }
-    if let Some(listen) = &entry.listen {
-        if listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(bad("listen", listen, "must be ip:port"));
-        }
+    if let Some(listen) = &entry.listen
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        return Err(bad("listen", listen, "must be ip:port"));
     }
     Ok(())
 }

@@ -213,10 +213,10 @@ pub fn topic_from_path(segment: &str) -> Result<(String, Topic), TopicError> {
 /// payload as its plain string, anything else as its JSON text.
 pub fn payload_to_data(payload: &RawValue) -> String {
     let text = payload.get();
-    if text.starts_with('"') {
-        if let Ok(plain) = serde_json::from_str::<String>(text) {
-            return plain;
-        }
+    if text.starts_with('"')
+        && let Ok(plain) = serde_json::from_str::<String>(text)
+    {
+        return plain;
     }
     text.to_owned()
 }

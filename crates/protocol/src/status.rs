@@ -35,15 +35,12 @@ pub enum LinkState {
     Down,
 }
 
-/// One link to a consumer, as a node reports it.
+/// One link to a consumer, as a node reports it. (Fields in alphabetical
+/// order, as the JSON has always listed them.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
     /// The consumer's id.
     pub id: String,
-    /// Its `/v1/cluster` URL.
-    pub url: String,
-    /// `up` or `down`.
-    pub state: LinkState,
     /// Publishes sent on the link and not answered yet.
     #[serde(default)]
     pub in_flight: usize,
@@ -53,28 +50,33 @@ pub struct LinkStatus {
     /// Connections opened after the first.
     #[serde(default)]
     pub reconnects: u64,
+    /// `up` or `down`.
+    pub state: LinkState,
+    /// Its `/v1/cluster` URL.
+    pub url: String,
 }
 
 /// What `GET /v1/status` answers: the node's own view of the cluster.
+/// (Fields in alphabetical order, as the JSON has always listed them.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    /// The id the node runs as.
-    pub node: String,
+    /// Topics it serves as an edge for another owner (consumers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_topics: Option<u64>,
     /// `consumer` or `producer`.
     pub kind: NodeKind,
+    /// Its links to consumers.
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
+    /// The id the node runs as.
+    pub node: String,
     /// The consumer ids of the node list it runs with, in file order.
     pub node_list: Vec<String>,
     /// Fingerprint of that node list (ids and URLs).
     pub node_list_hash: String,
-    /// Its links to consumers.
-    #[serde(default)]
-    pub links: Vec<LinkStatus>,
     /// Topics it owns (consumers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owned_topics: Option<u64>,
-    /// Topics it serves as an edge for another owner (consumers only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub edge_topics: Option<u64>,
 }
 
 impl NodeStatus {
@@ -90,10 +92,10 @@ impl NodeStatus {
 /// What a producer's `GET /readyz` answers (status 200 when `ready`, else 503).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
-    /// Whether at least one consumer link is up.
-    pub ready: bool,
     /// Every link.
     pub links: Vec<LinkStatus>,
+    /// Whether at least one consumer link is up.
+    pub ready: bool,
 }
 
 #[cfg(test)]
@@ -121,7 +123,7 @@ mod tests {
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(
             json,
-            r#"{"node":"consumer-0","kind":"consumer","node_list":["consumer-0","consumer-1"],"node_list_hash":"00112233aabbccdd","links":[{"id":"consumer-1","url":"ws://c1:7100/v1/cluster","state":"down","in_flight":0,"last_error":"connection refused","reconnects":2}],"owned_topics":3,"edge_topics":1}"#
+            r#"{"edge_topics":1,"kind":"consumer","links":[{"id":"consumer-1","in_flight":0,"last_error":"connection refused","reconnects":2,"state":"down","url":"ws://c1:7100/v1/cluster"}],"node":"consumer-0","node_list":["consumer-0","consumer-1"],"node_list_hash":"00112233aabbccdd","owned_topics":3}"#
         );
         let back: NodeStatus = serde_json::from_str(&json).unwrap();
         assert_eq!(back, status);

@@ -147,3 +147,23 @@ fn frame_examples_of_the_spec_decode() {
         assert_eq!(frame.encode(), example, "encoding is canonical");
     }
 }
+
+#[test]
+fn the_status_example_of_the_spec_is_what_nodes_answer() {
+    // The JSON block right after "`GET /v1/status` answers" reads as a
+    // NodeStatus and serializes back to the same JSON, key order included.
+    let spec = include_str!("../../../docs/PROTOCOL.md");
+    let after = spec
+        .split_once("`GET /v1/status` answers")
+        .expect("the spec documents GET /v1/status")
+        .1;
+    let block = after
+        .split_once("```json\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a JSON example follows")
+        .0;
+    let status: shardq_protocol::status::NodeStatus =
+        serde_json::from_str(block).unwrap_or_else(|e| panic!("{block}: {e}"));
+    let compact: String = block.lines().map(str::trim).collect();
+    assert_eq!(serde_json::to_string(&status).unwrap(), compact);
+}

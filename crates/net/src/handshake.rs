@@ -1,23 +1,25 @@
-//! The server side of both handshakes, run on a freshly upgraded
-//! connection under the connection's deadline. Failures queue their error
-//! (or decoy) and close on the outbox, and a wrong psk is counted; the
-//! caller only learns that the connection is closing.
+//! The server side of both handshakes (shardq/1 and the legacy dialect),
+//! run on a freshly upgraded connection under the connection's deadline.
+//! Failures queue their error (or decoy) and close on the outbox, and a
+//! wrong psk is counted; the caller only learns that the connection is
+//! closing. The client side, for connections a node opens, is
+//! [`crate::dial`].
 
 use prometheus_client::metrics::counter::Counter;
 use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
 use shardq_protocol::{CloseCode, ErrorCode, Frame, Nonce, Psk, ServerHandshake};
 use tokio::time::{Instant, timeout_at};
 
-use super::conn::{Incoming, Reader, binary_refusal};
-use super::outbox::Outbox;
-use super::ws;
+use crate::codec::encode;
+use crate::conn::{Incoming, Reader, binary_refusal};
+use crate::outbox::Outbox;
 
 /// The handshake did not complete; the connection is closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused;
 
 fn send(outbox: &Outbox, text: &str) {
-    let _ = outbox.push_unbounded(ws::text_frame(text.as_bytes()));
+    let _ = outbox.push_unbounded(encode::text_frame(text.as_bytes()));
 }
 
 /// The next text message before `deadline`; on anything else the close is
@@ -142,13 +144,12 @@ where
                 return Err(Refused);
             }
         };
-        if handshake.peer_verified() {
-            if let Some(on_verified) = on_verified.take() {
-                if on_verified().await.is_err() {
-                    outbox.close(CloseCode::TopicRefused);
-                    return Err(Refused);
-                }
-            }
+        if handshake.peer_verified()
+            && let Some(on_verified) = on_verified.take()
+            && on_verified().await.is_err()
+        {
+            outbox.close(CloseCode::TopicRefused);
+            return Err(Refused);
         }
         if let Some(answer) = &step.send {
             send(outbox, &answer.encode());

@@ -1,13 +1,16 @@
-//! What both node binaries share: command-line and environment options, the
-//! psk and cluster file loading, logging, and the stop signal.
+//! What both node binaries share at start-up: command-line and environment
+//! options, the cluster file and psk, binding both ports, logging, and the
+//! stop signal.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use shardq::cluster_file::{self, ClusterFileError};
+use shardq_protocol::cluster_file::{self, ClusterFileError};
+use shardq_protocol::status::NodeKind;
 use shardq_protocol::{ClusterConfig, NodeEntry, Psk};
 use tokio::sync::watch;
+
+use crate::cluster_watch::watch_cluster_file;
 
 /// Options every node takes, as flags or `SHARDQ_*` environment variables.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,43 +59,26 @@ pub enum StartError {
     },
 }
 
-/// Which kind of node a binary runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeKind {
-    /// `shardq-consumer`.
-    Consumer,
-    /// `shardq-producer`.
-    Producer,
+/// The cluster file's table of this kind: `consumers` or `producers`.
+fn table(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Consumer => "consumers",
+        NodeKind::Producer => "producers",
+    }
 }
 
-impl NodeKind {
-    fn name(self) -> &'static str {
-        match self {
-            NodeKind::Consumer => "consumer",
-            NodeKind::Producer => "producer",
-        }
+fn entries(kind: NodeKind, cluster: &ClusterConfig) -> &[NodeEntry] {
+    match kind {
+        NodeKind::Consumer => &cluster.consumers,
+        NodeKind::Producer => &cluster.producers,
     }
+}
 
-    /// The cluster file's table of this kind: `consumers` or `producers`.
-    fn table(self) -> &'static str {
-        match self {
-            NodeKind::Consumer => "consumers",
-            NodeKind::Producer => "producers",
-        }
-    }
-
-    fn entries(self, cluster: &ClusterConfig) -> &[NodeEntry] {
-        match self {
-            NodeKind::Consumer => &cluster.consumers,
-            NodeKind::Producer => &cluster.producers,
-        }
-    }
-
-    fn default_admin(self) -> &'static str {
-        match self {
-            NodeKind::Consumer => "0.0.0.0:9100",
-            NodeKind::Producer => "0.0.0.0:9000",
-        }
+/// Where the admin port binds when neither a flag nor the file says.
+fn default_admin(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Consumer => "0.0.0.0:9100",
+        NodeKind::Producer => "0.0.0.0:9000",
     }
 }
 
@@ -116,14 +102,14 @@ pub struct Prepared {
 /// ports and starts following the cluster file.
 pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartError> {
     let cluster = load_cluster(&args.config)?;
-    let entries = kind.entries(&cluster);
+    let entries = entries(kind, &cluster);
     let entry = entries
         .iter()
         .find(|entry| entry.id == args.id)
         .cloned()
         .ok_or_else(|| StartError::UnknownId {
             id: args.id.clone(),
-            kind: kind.table(),
+            kind: table(kind),
             path: args.config.clone(),
             known: entries
                 .iter()
@@ -136,10 +122,10 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
     let admin_listen = args
         .admin_listen
         .or_else(|| entry.admin_listen_addr())
-        .unwrap_or_else(|| kind.default_admin().to_owned());
+        .unwrap_or_else(|| default_admin(kind).to_owned());
     let listener = bind(&listen).await?;
     let admin = bind(&admin_listen).await?;
-    tracing::info!(id = %args.id, %listen, admin = %admin_listen, "starting {}", kind.name());
+    tracing::info!(id = %args.id, %listen, admin = %admin_listen, "starting {}", kind.as_str());
     let updates = watch_cluster_file(args.config.clone(), cluster.clone());
     Ok(Prepared {
         id: args.id,
@@ -153,7 +139,9 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
 
 /// Reads and validates the cluster file.
 pub fn load_cluster(path: &Path) -> Result<ClusterConfig, StartError> {
-    Ok(cluster_file::load_cluster(path)?)
+    Ok(cluster_file::load_cluster(path, |path| {
+        std::fs::read(path)
+    })?)
 }
 
 /// The psk: `SHARDQ_PSK` if set, else the cluster file's `psk_file`
@@ -163,7 +151,12 @@ pub fn load_psk(
     cluster: &ClusterConfig,
     cluster_path: &Path,
 ) -> Result<Psk, StartError> {
-    Ok(cluster_file::load_psk(env_value, cluster, cluster_path)?)
+    Ok(cluster_file::load_psk(
+        env_value,
+        cluster,
+        cluster_path,
+        |path| std::fs::read(path),
+    )?)
 }
 
 /// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`).
@@ -207,64 +200,4 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, StartError> {
             addr: addr.to_owned(),
             source,
         })
-}
-
-/// Follows the cluster file at `path`: re-reads it on SIGHUP and whenever
-/// its contents change (checked every second). A file that does not parse
-/// is logged and ignored; the last good one stays. The receiver starts at
-/// `initial`.
-pub fn watch_cluster_file(
-    path: PathBuf,
-    initial: ClusterConfig,
-) -> watch::Receiver<Arc<ClusterConfig>> {
-    let (updates, receiver) = watch::channel(Arc::new(initial));
-    tokio::spawn(async move {
-        let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        loop {
-            #[cfg(unix)]
-            let signalled = async {
-                match hangup.as_mut() {
-                    Some(hangup) => hangup.recv().await.is_some(),
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let signalled = std::future::pending::<bool>();
-            let forced = tokio::select! {
-                _ = tick.tick() => false,
-                got = signalled => got,
-            };
-            let text = match std::fs::read_to_string(&path) {
-                Ok(text) => text,
-                Err(error) => {
-                    if forced {
-                        tracing::warn!(path = %path.display(), %error, "cannot re-read the cluster file; keeping the node list");
-                    }
-                    continue;
-                }
-            };
-            if text == last_text && !forced {
-                continue;
-            }
-            last_text = text.clone();
-            match ClusterConfig::parse(&text) {
-                Ok(cluster) => {
-                    if **updates.borrow() != cluster {
-                        tracing::info!(path = %path.display(), hash = %cluster.node_list_hash(), "cluster file changed; reloading");
-                        if updates.send(Arc::new(cluster)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "cluster file does not parse; keeping the node list");
-                }
-            }
-        }
-    });
-    receiver
 }

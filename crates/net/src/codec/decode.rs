@@ -8,15 +8,8 @@
 //! limit. Fragmented messages are assembled, control frames may interleave.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-// Opcodes (RFC 6455 5.2); the encoder in `ws` uses them too.
-pub(crate) const OP_CONTINUATION: u8 = 0x0;
-pub(crate) const OP_TEXT: u8 = 0x1;
-pub(crate) const OP_BINARY: u8 = 0x2;
-pub(crate) const OP_CLOSE: u8 = 0x8;
-pub(crate) const OP_PING: u8 = 0x9;
-pub(crate) const OP_PONG: u8 = 0xa;
+use super::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, Text};
 
 /// Largest payload of a control frame.
 const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -25,7 +18,7 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsMessage {
     /// A complete text message.
-    Text(Utf8Bytes),
+    Text(Text),
     /// A complete binary message (shardq refuses them; only its length is kept).
     Binary(usize),
     /// A ping with its payload (to be echoed in a pong).
@@ -262,7 +255,7 @@ impl Decoder {
         if !text {
             return Ok(Some(WsMessage::Binary(payload.len())));
         }
-        match Utf8Bytes::try_from(payload.freeze()) {
+        match Text::try_from(payload.freeze()) {
             Ok(text) => Ok(Some(WsMessage::Text(text))),
             Err(_) => Err(WsError::Protocol("text message is not valid UTF-8")),
         }
@@ -291,7 +284,7 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
 
 /// XORs `data` with the repeating 4-byte `key`, eight bytes at a time
 /// (masking and unmasking are the same operation).
-pub(crate) fn apply_mask(data: &mut [u8], key: [u8; 4]) {
+pub fn apply_mask(data: &mut [u8], key: [u8; 4]) {
     let wide = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);
@@ -346,7 +339,7 @@ mod tests {
     }
 
     fn text(s: &str) -> WsMessage {
-        WsMessage::Text(Utf8Bytes::from(s))
+        WsMessage::Text(Text::from(s))
     }
 
     #[test]
@@ -500,18 +493,27 @@ mod tests {
     }
 
     proptest! {
-        /// Any byte stream: no panic, and a buffer that never holds a
-        /// declared frame over the limit.
+        /// Any byte stream: no panic, no message over the limit, and the
+        /// decoder never asks a reader for room beyond one frame within
+        /// the limit (a declared length over it is refused, not awaited).
         #[test]
         fn arbitrary_bytes_never_panic(chunks in proptest::collection::vec(
             proptest::collection::vec(any::<u8>(), 0..64), 0..16)) {
-            let mut decoder = server(256);
+            const LIMIT: usize = 256;
+            /// The largest header: 2 bytes, 8 of length, 4 of mask.
+            const MAX_HEADER: usize = 14;
+            let mut decoder = server(LIMIT);
             for chunk in chunks {
                 feed(&mut decoder, &chunk);
                 loop {
                     match decoder.decode() {
+                        Ok(Some(WsMessage::Text(text))) => prop_assert!(text.len() <= LIMIT),
+                        Ok(Some(WsMessage::Binary(len))) => prop_assert!(len <= LIMIT),
                         Ok(Some(_)) => {}
-                        Ok(None) => break,
+                        Ok(None) => {
+                            prop_assert!(decoder.wanted() <= MAX_HEADER + LIMIT);
+                            break;
+                        }
                         Err(_) => return Ok(()),
                     }
                 }

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use shardq_protocol::RawValue;
 use shardq_protocol::frame::PublishParts;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::outbox::Outbox;
+use crate::codec::Text;
+use crate::outbox::Outbox;
 
 /// Publishes a publisher connection has in flight, so it can wait for all
 /// of them to be answered before it closes.
@@ -71,14 +71,14 @@ pub enum Reply {
 /// the frame the publish arrived in: passed on with no copy until they are
 /// framed for the link.
 pub struct Body {
-    text: Utf8Bytes,
+    text: Text,
     topic: Range<usize>,
     payload: Range<usize>,
 }
 
 impl Body {
     /// The topic and payload of `parts`, read out of `text`.
-    pub fn in_frame(text: Utf8Bytes, parts: &PublishParts<'_>) -> Body {
+    pub fn in_frame(text: Text, parts: &PublishParts<'_>) -> Body {
         let payload_len = parts.payload.get().len();
         Body {
             topic: parts.topic_at..parts.topic_at + parts.topic.len(),
@@ -92,7 +92,7 @@ impl Body {
     pub fn new(topic: &str, payload: &RawValue) -> Body {
         let payload = payload.get();
         Body {
-            text: Utf8Bytes::from(format!("{topic}{payload}")),
+            text: Text::from(format!("{topic}{payload}")),
             topic: 0..topic.len(),
             payload: topic.len()..topic.len() + payload.len(),
         }
@@ -139,17 +139,15 @@ mod tests {
 
     #[test]
     fn a_body_in_a_frame_slices_it() {
-        let text = Utf8Bytes::from(
-            r#"{"type":"publish","id":3,"topic":"db/create","payload":{"name":"é"}}"#,
-        );
+        let text =
+            Text::from(r#"{"type":"publish","id":3,"topic":"db/create","payload":{"name":"é"}}"#);
         let parts = parse_publish_parts(&text).unwrap();
         let body = Body::in_frame(text.clone(), &parts);
         assert_eq!(
             (body.topic(), body.payload()),
             ("db/create", r#"{"name":"é"}"#)
         );
-        let spaced =
-            Utf8Bytes::from(r#"{"type":"publish","id":4,"topic":"a/b","payload":  [ 1 ] }"#);
+        let spaced = Text::from(r#"{"type":"publish","id":4,"topic":"a/b","payload":  [ 1 ] }"#);
         let parts = parse_publish_parts(&spaced).unwrap();
         assert_eq!(Body::in_frame(spaced.clone(), &parts).payload(), "[ 1 ]");
         let topic = Topic::parse("db/create").unwrap();

@@ -1,6 +1,6 @@
-//! Ownership changes and edges: what a topic's cell does when the node list
-//! changes, and the upstream streams edges receive from owners over peer
-//! links.
+//! Ownership changes: what a topic's cell does when the node list changes
+//! (every cell is brought in line with the view on its next use, and all
+//! of them right after a reload).
 //!
 //! When ownership of a topic moves from A to B:
 //! - A seals its epoch, sends `moved` to its peer subscribers (the edges),
@@ -17,22 +17,18 @@
 //! switching and edges arriving is lost. Waits for a `moved` are bounded
 //! ([`SEAL_PATIENCE`]) in case the old owner is gone.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shardq_protocol::{Frame, Message, Moved, Position, Topic, TopicPosition};
+use shardq_net::codec::encode;
+use shardq_protocol::{Frame, Moved, Position, Topic};
 
-use crate::net::link::{ConsumerLink, LinkHandler};
-use crate::net::ws;
-use crate::topics::{
-    Deferred, Edge, Mode, Owner, TopicCell, TopicState, TopicTable, View, new_epoch,
-};
+use super::TopicTable;
+use super::cell::{Deferred, Edge, Mode, Owner, TopicCell, TopicState, View, new_epoch};
 
 /// How long a cell waits for the old owner's `moved` before moving on.
 pub const SEAL_PATIENCE: Duration = Duration::from_secs(5);
-/// Pause before asking an upstream again after it refused.
-const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 impl TopicTable {
     /// Brings a cell's mode in line with the current view (called with the
@@ -58,12 +54,11 @@ impl TopicTable {
                         // Follow the old owner until its epoch is sealed.
                         edge.waiting = Some(target);
                         self.after(SEAL_PATIENCE, &cell.topic, view.generation, |table, cell, state| {
-                            if let Mode::Edge(edge) = &mut state.mode {
-                                if let Some(target) = edge.waiting.take() {
+                            if let Mode::Edge(edge) = &mut state.mode
+                                && let Some(target) = edge.waiting.take() {
                                     tracing::warn!(topic = %cell.topic, "no moved from the old owner in time; switching anyway");
                                     table.switch(cell, state, target);
                                 }
-                            }
                         });
                     }
                     None => {
@@ -92,7 +87,7 @@ impl TopicTable {
                 offset: state.last.offset,
                 owner: owner.clone(),
             });
-            let frame = ws::text_frame(moved.encode().as_bytes());
+            let frame = encode::text_frame(moved.encode().as_bytes());
             for subscriber in state.subscribers.iter().filter(|s| s.peer) {
                 let _ = subscriber.outbox.push(frame.clone());
             }
@@ -109,22 +104,21 @@ impl TopicTable {
             None => {}
         }
         state.mode = Mode::Edge(edge);
-        if !state.subscribers.is_empty() {
-            if let (Mode::Edge(edge), Some(owner)) = (&mut state.mode, owner) {
-                if edge.upstream.is_none() {
-                    // From the start of the new owner's epoch.
-                    edge.upstream = Some(owner.clone());
-                    edge.resuming = true;
-                    edge.request = self.send_subscribe(
-                        &owner,
-                        &cell.topic,
-                        Some(Position {
-                            epoch: 0,
-                            offset: 0,
-                        }),
-                    );
-                }
-            }
+        if !state.subscribers.is_empty()
+            && let (Mode::Edge(edge), Some(owner)) = (&mut state.mode, owner)
+            && edge.upstream.is_none()
+        {
+            // From the start of the new owner's epoch.
+            edge.upstream = Some(owner.clone());
+            edge.resuming = true;
+            edge.request = self.send_subscribe(
+                &owner,
+                &cell.topic,
+                Some(Position {
+                    epoch: 0,
+                    offset: 0,
+                }),
+            );
         }
     }
 
@@ -174,7 +168,7 @@ impl TopicTable {
     }
 
     /// Ends a take-over: drops the predecessor and sends what was held back.
-    fn end_take_over(&self, cell: &TopicCell, state: &mut TopicState) {
+    pub(super) fn end_take_over(&self, cell: &TopicCell, state: &mut TopicState) {
         let Mode::Owner(owner) = &mut state.mode else {
             return;
         };
@@ -235,7 +229,7 @@ impl TopicTable {
 
     /// Runs `action` on the topic's cell after `delay`, unless the view
     /// changed again meanwhile.
-    fn after(
+    pub(super) fn after(
         &self,
         delay: Duration,
         topic: &Topic,
@@ -276,114 +270,8 @@ impl TopicTable {
         }
     }
 
-    /// A message from an upstream (or a predecessor still finishing);
-    /// `text` is its frame as it arrived, relayed byte for byte.
-    fn on_message(&self, from: &str, message: Message, text: &str) {
-        let Some(cell) = self.existing(message.topic.as_str()) else {
-            return;
-        };
-        let mut state = cell.lock();
-        if state.removed {
-            return;
-        }
-        self.sync(&cell, &mut state);
-        let at = message.position();
-        match &mut state.mode {
-            Mode::Edge(edge) => {
-                let from_us = edge.upstream.as_deref() == Some(from)
-                    || edge.previous.as_deref() == Some(from);
-                let old = at.epoch == state.last.epoch && at.offset <= state.last.offset;
-                let sealed_epoch = at.epoch != state.last.epoch && state.ring.is_sealed(at.epoch);
-                if !from_us || old || sealed_epoch {
-                    return;
-                }
-                let last = state.last;
-                if at.epoch != last.epoch && last.epoch != 0 && !state.ring.is_sealed(last.epoch) {
-                    // A new epoch without a seal of the one before: the old
-                    // upstream's tail is unknown from here on.
-                    state.ring.seal(last);
-                }
-                state.last = at;
-            }
-            Mode::Owner(Owner {
-                deferred: Some(deferred),
-            }) => {
-                let in_order = at.epoch != deferred.last.epoch || at.offset > deferred.last.offset;
-                if deferred.predecessor != from || !in_order {
-                    return;
-                }
-                deferred.last = at;
-            }
-            Mode::Owner(_) => return,
-        }
-        let frame = ws::text_frame(text.as_bytes());
-        if !state.subscribers.is_empty() {
-            let batch = crate::net::outbox::FrameBatch::new(vec![frame.clone()]);
-            self.fan_out(&state.subscribers, &batch, &[&*message.payload]);
-        }
-        self.retain(&cell, &mut state, at, frame);
-        drop(state);
-        self.evict_over_budget();
-    }
-
-    /// The answer to an upstream subscribe.
-    fn on_answer(&self, id: u64, positions: Option<Vec<TopicPosition>>, recovered: Option<bool>) {
-        let Some(topic) = self.lock_requests().remove(&id) else {
-            tracing::debug!(
-                id = id & !crate::net::link::HANDLER_ID_BIT,
-                "answer to an unknown upstream request"
-            );
-            return;
-        };
-        let Some(cell) = self.existing(topic.as_str()) else {
-            tracing::debug!(%topic, "upstream answered for a topic no longer served");
-            return;
-        };
-        let mut state = cell.lock();
-        self.sync(&cell, &mut state);
-        let last = state.last;
-        tracing::debug!(%topic, id = id & !crate::net::link::HANDLER_ID_BIT, ?positions, ?recovered, ?last, "upstream answered");
-        let Mode::Edge(edge) = &mut state.mode else {
-            return;
-        };
-        if edge.request != Some(id) {
-            return;
-        }
-        edge.request = None;
-        match positions {
-            Some(positions) => {
-                edge.acked = true;
-                if let Some(previous) = edge.previous.take() {
-                    self.send_unsubscribe(&previous, &topic);
-                }
-                let resumed = edge.resuming;
-                edge.resuming = false;
-                if last.epoch == 0 {
-                    if let Some(position) = positions.first() {
-                        state.last = Position {
-                            epoch: position.epoch,
-                            offset: position.offset,
-                        };
-                    }
-                }
-                if resumed && recovered == Some(false) {
-                    tracing::warn!(%topic, "upstream could not replay what this edge missed; subscribers resync");
-                    self.resync(&mut state);
-                }
-                cell.ready.notify_waiters();
-            }
-            None => {
-                // Refused (not the owner yet, or unavailable): ask again soon.
-                let generation = state.generation;
-                self.after(RETRY_AFTER, &topic, generation, |table, cell, state| {
-                    table.ensure_upstream(cell, state, None);
-                });
-            }
-        }
-    }
-
     /// The upstream's epoch ended (`moved`).
-    fn on_moved(&self, from: &str, moved: Moved) {
+    pub(super) fn on_moved(&self, from: &str, moved: Moved) {
         let Some(cell) = self.existing(moved.topic.as_str()) else {
             return;
         };
@@ -399,7 +287,7 @@ impl TopicTable {
                 let waiting = edge.waiting.take();
                 state.ring.seal(end);
                 // Edges relaying through this node learn of it too.
-                let frame = ws::text_frame(Frame::Moved(moved).encode().as_bytes());
+                let frame = encode::text_frame(Frame::Moved(moved).encode().as_bytes());
                 for subscriber in state.subscribers.iter().filter(|s| s.peer) {
                     let _ = subscriber.outbox.push(frame.clone());
                 }
@@ -412,96 +300,6 @@ impl TopicTable {
             }) if deferred.predecessor == from => {
                 state.ring.seal(end);
                 self.end_take_over(&cell, &mut state);
-            }
-            _ => {}
-        }
-    }
-
-    /// A peer link (re)connected: send what its edges need.
-    fn on_link_up(&self, peer: &str) {
-        for cell in self.cells() {
-            let mut state = cell.lock();
-            if state.removed {
-                continue;
-            }
-            self.sync(&cell, &mut state);
-            if let Mode::Edge(edge) = &state.mode {
-                if edge.upstream.as_deref() == Some(peer) && !edge.acked && edge.request.is_none() {
-                    self.ensure_upstream(&cell, &mut state, None);
-                }
-            }
-        }
-    }
-
-    /// A peer link broke: its edges wait for it to come back (and then
-    /// resume); a take-over waiting on it stops waiting.
-    fn on_link_down(&self, peer: &str) {
-        for cell in self.cells() {
-            let mut state = cell.lock();
-            match &mut state.mode {
-                Mode::Edge(edge) => {
-                    if edge.previous.as_deref() == Some(peer) {
-                        edge.previous = None;
-                    }
-                    if edge.upstream.as_deref() == Some(peer) {
-                        edge.acked = false;
-                        edge.request = None;
-                    }
-                }
-                Mode::Owner(Owner {
-                    deferred: Some(deferred),
-                }) if deferred.predecessor == peer => {
-                    tracing::warn!(topic = %cell.topic, %peer, "old owner unreachable during take-over; sending what was held");
-                    self.end_take_over(&cell, &mut state);
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The consumer's handler for its peer links.
-pub struct PeerHandler {
-    table: Weak<TopicTable>,
-}
-
-impl PeerHandler {
-    /// A handler feeding `table`.
-    pub fn new(table: &Arc<TopicTable>) -> PeerHandler {
-        PeerHandler {
-            table: Arc::downgrade(table),
-        }
-    }
-}
-
-impl LinkHandler for PeerHandler {
-    fn on_up(&self, link: &Arc<ConsumerLink>) {
-        if let Some(table) = self.table.upgrade() {
-            table.on_link_up(&link.id);
-        }
-    }
-
-    fn on_down(&self, link: &Arc<ConsumerLink>) {
-        if let Some(table) = self.table.upgrade() {
-            table.on_link_down(&link.id);
-        }
-    }
-
-    fn on_frame(&self, link: &Arc<ConsumerLink>, frame: Frame, text: &str) {
-        let Some(table) = self.table.upgrade() else {
-            return;
-        };
-        match frame {
-            Frame::Message(message) => table.on_message(&link.id, message, text),
-            Frame::Moved(moved) => table.on_moved(&link.id, moved),
-            Frame::Ack(ack) => {
-                table.on_answer(ack.id, Some(ack.topics.unwrap_or_default()), ack.recovered)
-            }
-            Frame::Error(error) => {
-                if let Some(id) = error.id {
-                    tracing::debug!(link = %link.id, code = %error.code, message = %error.message, "upstream refused");
-                    table.on_answer(id, None, None);
-                }
             }
             _ => {}
         }

@@ -1,11 +1,14 @@
-//! WebSocket frames built by hand: unmasked server → client frames (so one
-//! encoding serves every recipient), and masked ones for the links a node
-//! opens as a client.
+//! Encoding WebSocket frames: unmasked server → client frames (so one
+//! encoding serves every recipient), and masked ones for the connections a
+//! node opens as a client, each with its own unpredictable key.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shardq_protocol::CloseCode;
 
-use super::decode::{OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, apply_mask};
+use rand::RngExt;
+
+use super::decode::apply_mask;
+use super::{OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 
 const FIN: u8 = 0x80;
 const MASKED: u8 = 0x80;
@@ -115,7 +118,7 @@ pub fn close_reply(code: Option<u16>, role: Role) -> Bytes {
 /// Appends one complete text frame carrying `payload` to `out`, masked when
 /// `role` is [`Role::Client`]: a batch of frames in one buffer costs one
 /// allocation, not one per frame.
-fn append_text_frame(out: &mut Vec<u8>, payload: &[u8], role: Role) {
+pub fn append_text_frame(out: &mut Vec<u8>, payload: &[u8], role: Role) {
     let start = out.len();
     header(out, OP_TEXT, payload.len());
     match role {
@@ -205,23 +208,12 @@ fn frame(opcode: u8, payload: &[u8], role: Role) -> Bytes {
     out.freeze()
 }
 
-thread_local! {
-    static MASK_STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random::<u64>() | 1);
-}
-
-/// A fresh masking key. Masking exists to stop browser-driven cache
-/// poisoning of intermediaries; node-to-node links need keys that vary
-/// unpredictably, not cryptographic ones, so a per-thread xorshift seeded
-/// from the OS generator does (a ChaCha draw per frame cost measurably more).
+/// A fresh masking key. RFC 6455 §5.3 requires keys a peer cannot
+/// predict (masking keeps a client's payload from steering what an
+/// intermediary sees), so each comes from the thread's CSPRNG (ChaCha,
+/// seeded and reseeded from the OS).
 fn mask_key() -> [u8; 4] {
-    MASK_STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        ((x >> 32) as u32).to_ne_bytes()
-    })
+    rand::rng().random()
 }
 
 #[cfg(test)]
@@ -299,6 +291,18 @@ mod tests {
             at += header + 4 + payload.len();
         }
         assert_eq!(at, bytes.len());
+    }
+
+    #[test]
+    fn every_masked_frame_gets_its_own_key() {
+        let keys: std::collections::HashSet<[u8; 4]> = (0..64)
+            .map(|_| {
+                let frame = masked_text_frame(b"x");
+                [frame[2], frame[3], frame[4], frame[5]]
+            })
+            .collect();
+        // 64 draws from 2^32 keys: a repeat is a one-in-a-million event.
+        assert!(keys.len() >= 63, "{} distinct keys of 64", keys.len());
     }
 
     #[test]

@@ -7,12 +7,11 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use shardq_protocol::{CloseCode, Frame, Limits};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{Incoming, Reader, binary_refusal};
-use super::outbox::{Outbox, PushError};
-use super::ws;
+use crate::codec::{Text, encode};
+use crate::conn::{Incoming, Reader, binary_refusal};
+use crate::outbox::{Outbox, PushError};
 
 /// How an authenticated connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,11 +69,11 @@ impl Channel {
 
     /// The next text message, or how the connection ended (the close is
     /// already arranged).
-    pub async fn next_text(&mut self) -> Result<Utf8Bytes, Ended> {
-        if let Some(incoming) = self.pending.take() {
-            if let Some(result) = self.take(incoming) {
-                return result;
-            }
+    pub async fn next_text(&mut self) -> Result<Text, Ended> {
+        if let Some(incoming) = self.pending.take()
+            && let Some(result) = self.take(incoming)
+        {
+            return result;
         }
         if self.outbox.is_backed_up() {
             // The peer is not reading what we send: stop reading what it
@@ -102,7 +101,7 @@ impl Channel {
                         return Err(self.close(CloseCode::PingTimeout));
                     }
                     self.missed_pongs += 1;
-                    let _ = self.outbox.push_unbounded(ws::ping_frame(self.outbox.role()));
+                    let _ = self.outbox.push_unbounded(encode::ping_frame(self.outbox.role()));
                 }
                 () = self.outbox.closed() => {
                     return Err(Ended::Closed(self.outbox.close_code().unwrap_or(CloseCode::Normal)));
@@ -114,7 +113,7 @@ impl Channel {
 
     /// A text message that is already here, without waiting: for reading a
     /// burst of frames and handling them together.
-    pub fn try_next_text(&mut self) -> Option<Utf8Bytes> {
+    pub fn try_next_text(&mut self) -> Option<Text> {
         if self.pending.is_some() {
             return None;
         }
@@ -136,7 +135,7 @@ impl Channel {
     }
 
     /// Handles one event: `Some` ends the wait for text.
-    fn take(&mut self, incoming: Incoming) -> Option<Result<Utf8Bytes, Ended>> {
+    fn take(&mut self, incoming: Incoming) -> Option<Result<Text, Ended>> {
         match incoming {
             Incoming::Text(text) => Some(Ok(text)),
             Incoming::Pong => {
@@ -147,7 +146,7 @@ impl Channel {
                 let _ = self.send(&binary_refusal());
                 None
             }
-            Incoming::PeerClosed | Incoming::Closed => {
+            Incoming::PeerClosed(_) | Incoming::Closed => {
                 self.outbox.finish();
                 Some(Err(Ended::Peer))
             }
@@ -160,7 +159,8 @@ impl Channel {
 
     /// Queues a frame (bounded by the outbox limit).
     pub fn send(&self, frame: &Frame) -> Result<(), PushError> {
-        self.outbox.push(ws::text_frame(frame.encode().as_bytes()))
+        self.outbox
+            .push(encode::text_frame(frame.encode().as_bytes()))
     }
 
     /// After the node closed the connection: reads (and drops) what the peer
@@ -171,7 +171,7 @@ impl Channel {
         let _ = tokio::time::timeout(grace, async {
             loop {
                 match self.reader.next().await {
-                    Incoming::Closed | Incoming::PeerClosed | Incoming::Violation(..) => return,
+                    Incoming::Closed | Incoming::PeerClosed(_) | Incoming::Violation(..) => return,
                     Incoming::Text(_) | Incoming::Binary | Incoming::Pong => {}
                 }
             }

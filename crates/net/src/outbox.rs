@@ -17,7 +17,7 @@ use bytes::Bytes;
 use shardq_protocol::CloseCode;
 use tokio::sync::Notify;
 
-use super::ws;
+use crate::codec::encode::{self, Role};
 
 /// Frames encoded once and shared by every connection they go to: one
 /// refcount per connection per burst, not one per frame.
@@ -92,10 +92,12 @@ pub enum PushError {
 }
 
 /// What the writer takes out of the outbox.
-pub(crate) enum Drained {
+pub enum Drained {
     /// Frames to write, in order; `bytes` is their total length.
     Frames {
+        /// The chunks, in order.
         frames: VecDeque<Chunk>,
+        /// Their total length.
         bytes: usize,
     },
     /// Write this close frame (after the frames already taken), then stop.
@@ -136,19 +138,19 @@ pub struct Outbox {
     drained: Notify,
     closed: AtomicBool,
     limit: usize,
-    role: ws::Role,
+    role: Role,
 }
 
 impl Outbox {
     /// An empty outbox of a server-side connection that holds at most
     /// `limit` bytes.
     pub fn new(limit: usize) -> Outbox {
-        Outbox::with_role(limit, ws::Role::Server)
+        Outbox::with_role(limit, Role::Server)
     }
 
     /// An empty outbox for the given side of the connection (it writes the
     /// final close frame, masked on the client side).
-    pub fn with_role(limit: usize, role: ws::Role) -> Outbox {
+    pub fn with_role(limit: usize, role: Role) -> Outbox {
         Outbox {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
@@ -251,7 +253,7 @@ impl Outbox {
     }
 
     /// Which side of the connection this outbox writes for.
-    pub fn role(&self) -> ws::Role {
+    pub fn role(&self) -> Role {
         self.role
     }
 
@@ -306,8 +308,10 @@ impl Outbox {
         self.lock().pending_bytes
     }
 
-    /// Waits for frames (or the close) and takes them all.
-    pub(crate) async fn drain(&self, spare: VecDeque<Chunk>) -> Drained {
+    /// Waits for frames (or the close) and takes them all: the writer
+    /// task's side of the outbox (and a test's, standing in for it).
+    /// `spare` is an empty queue to swap in, so no allocation is needed.
+    pub async fn drain(&self, spare: VecDeque<Chunk>) -> Drained {
         let mut spare = Some(spare);
         loop {
             {
@@ -323,7 +327,7 @@ impl Outbox {
                 }
                 match state.closing {
                     Some(Ending::Close(code)) => {
-                        return Drained::Close(ws::close_frame(code, self.role));
+                        return Drained::Close(encode::close_frame(code, self.role));
                     }
                     Some(Ending::Silent) => return Drained::Finish,
                     None => {}
@@ -334,7 +338,7 @@ impl Outbox {
     }
 
     /// The writer finished writing `bytes` taken by [`drain`](Self::drain).
-    pub(crate) fn written(&self, bytes: usize) {
+    pub fn written(&self, bytes: usize) {
         let mut state = self.lock();
         state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
         let low = state.pending_bytes <= self.limit / 4;

@@ -1,0 +1,254 @@
+//! One WebSocket connection after its upgrade: the accept loop that
+//! starts each, its per-connection limits, and the [`Reader`] that turns
+//! the socket's read half into text messages and keepalive events (the
+//! write half belongs to the connection's writer task, see [`crate::writer`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use shardq_protocol::{CloseCode, ErrorCode, Frame, Limits};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::codec::{Decoder, Text, WsError, WsMessage, encode};
+use crate::outbox::Outbox;
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Largest frame before authentication.
+    pub preauth_frame_bytes: usize,
+    /// Largest frame after authentication.
+    pub max_frame_bytes: usize,
+    /// Outbox bound (the slow-consumer threshold).
+    pub outbox_bytes: usize,
+}
+
+impl From<&Limits> for ConnLimits {
+    fn from(limits: &Limits) -> ConnLimits {
+        ConnLimits {
+            preauth_frame_bytes: limits.max_preauth_frame_bytes,
+            max_frame_bytes: limits.max_frame_bytes,
+            outbox_bytes: limits.subscriber_buffer_bytes,
+        }
+    }
+}
+
+/// Accepts connections forever, each served by `serve` in a task of
+/// `tasks`. A failed accept (out of file descriptors and the like) is
+/// logged, and accepting resumes after a pause.
+pub async fn accept_loop<F, Fut>(listener: &TcpListener, tasks: &TaskTracker, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tasks.spawn(serve(stream));
+            }
+            Err(error) => {
+                tracing::error!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// An upgraded connection.
+pub struct Connection {
+    /// The request path (without the query string).
+    pub path: String,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The read side, as WebSocket messages.
+    pub reader: Reader,
+    /// The write side: queue complete frames here.
+    pub outbox: Arc<Outbox>,
+}
+
+/// What the reader yields.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A text message.
+    Text(Text),
+    /// A binary message (refused with `bad_frame`; the connection stays open).
+    Binary,
+    /// A pong (the peer is alive).
+    Pong,
+    /// The peer sent a close frame, with its status code if it gave one
+    /// (the reader already answered it): finish the outbox without another
+    /// close frame.
+    PeerClosed(Option<u16>),
+    /// The connection broke.
+    Closed,
+    /// The peer violated a limit or the WebSocket protocol: close with this code.
+    Violation(CloseCode, String),
+}
+
+/// The answer to a binary message (`bad_frame`, no id).
+pub fn binary_refusal() -> Frame {
+    Frame::error(
+        None,
+        ErrorCode::BadFrame,
+        "binary messages are not accepted: send each frame as a text message",
+    )
+}
+
+/// Room for each read before authentication: the pre-auth limit is small,
+/// so is what an unauthenticated peer can make the node buffer.
+const PREAUTH_READ_CHUNK: usize = 1024;
+
+/// The read side of a connection: frames decoded straight out of one
+/// buffer. Pings are answered and a peer's close is echoed through the
+/// outbox, so the writer task stays the only one writing the socket.
+pub struct Reader {
+    read: OwnedReadHalf,
+    decoder: Decoder,
+    outbox: Arc<Outbox>,
+    /// Room reserved before a read.
+    read_chunk: usize,
+    /// `read_chunk` once authenticated.
+    authenticated_chunk: usize,
+    /// The message limit once authenticated.
+    max_frame_bytes: usize,
+    authenticated: bool,
+}
+
+impl Reader {
+    /// The next message. Cancel-safe.
+    pub async fn next(&mut self) -> Incoming {
+        loop {
+            if let Some(incoming) = self.decoded() {
+                return incoming;
+            }
+            // Room for a read's worth, or for more of a large frame: at
+            // most 64 KiB more at a time, so a frame announced large but
+            // sent slowly holds only what actually arrived.
+            let room = self
+                .decoder
+                .wanted()
+                .min(LINK_READ_CHUNK)
+                .max(self.read_chunk);
+            let buffer = self.decoder.buffer();
+            buffer.reserve(room);
+            match self.read.read_buf(buffer).await {
+                Ok(0) | Err(_) => return Incoming::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A message already received, without reading the socket.
+    pub fn next_buffered(&mut self) -> Option<Incoming> {
+        self.decoded()
+    }
+
+    /// Decodes what is buffered: the next message, if one is complete.
+    /// Pings are answered here.
+    fn decoded(&mut self) -> Option<Incoming> {
+        loop {
+            let message = match self.decoder.decode() {
+                Ok(Some(message)) => message,
+                Ok(None) => return None,
+                Err(WsError::TooLarge { .. }) if !self.authenticated => {
+                    return Some(Incoming::Violation(
+                        CloseCode::FrameTooLarge,
+                        "frame too large before authentication".into(),
+                    ));
+                }
+                Err(error @ WsError::TooLarge { .. }) => {
+                    return Some(Incoming::Violation(
+                        CloseCode::FrameTooLarge,
+                        error.to_string(),
+                    ));
+                }
+                Err(error @ WsError::Protocol(_)) => {
+                    return Some(Incoming::Violation(
+                        CloseCode::ProtocolError,
+                        error.to_string(),
+                    ));
+                }
+            };
+            return Some(match message {
+                WsMessage::Text(text) => Incoming::Text(text),
+                WsMessage::Binary(_) => Incoming::Binary,
+                WsMessage::Ping(payload) => {
+                    // A peer that pings without reading gets no more pongs
+                    // once its outbox is backed up (RFC 6455 lets a node
+                    // answer only the latest ping), so pings cannot make it
+                    // queue without bound.
+                    if !self.outbox.is_backed_up() {
+                        let pong = encode::pong_frame(&payload, self.outbox.role());
+                        let _ = self.outbox.push_unbounded(pong);
+                    }
+                    continue;
+                }
+                WsMessage::Pong => Incoming::Pong,
+                WsMessage::Close(code) => {
+                    // Refused when the node closed first: then the peer's
+                    // close is the answer to ours.
+                    let reply = encode::close_reply(code, self.outbox.role());
+                    let _ = self.outbox.push_unbounded(reply);
+                    Incoming::PeerClosed(code)
+                }
+            });
+        }
+    }
+
+    /// The read side of a connection a node accepted, right after the
+    /// upgrade: pre-auth limits until [`authenticated`](Self::authenticated),
+    /// then `read_chunk` bytes of room per read.
+    pub(crate) fn server(
+        read: OwnedReadHalf,
+        decoder: Decoder,
+        outbox: Arc<Outbox>,
+        read_chunk: usize,
+        limits: &ConnLimits,
+    ) -> Reader {
+        Reader {
+            read,
+            decoder,
+            outbox,
+            read_chunk: PREAUTH_READ_CHUNK,
+            authenticated_chunk: read_chunk,
+            max_frame_bytes: limits.max_frame_bytes,
+            authenticated: false,
+        }
+    }
+
+    /// The read side of a connection this node opened as a client (right
+    /// after the upgrade; `buffered` holds what came behind the response
+    /// head): frames from the server are unmasked, and pongs go to
+    /// `outbox`, which must have the client role.
+    pub fn client(
+        read: OwnedReadHalf,
+        buffered: BytesMut,
+        outbox: Arc<Outbox>,
+        max_frame_bytes: usize,
+    ) -> Reader {
+        Reader {
+            read,
+            decoder: Decoder::new(false, max_frame_bytes, buffered),
+            outbox,
+            read_chunk: LINK_READ_CHUNK,
+            authenticated_chunk: LINK_READ_CHUNK,
+            max_frame_bytes,
+            authenticated: true,
+        }
+    }
+
+    /// The peer authenticated: lift the pre-auth limits.
+    pub fn authenticated(&mut self) {
+        self.authenticated = true;
+        self.read_chunk = self.authenticated_chunk;
+        self.decoder.set_limit(self.max_frame_bytes);
+    }
+}
+
+/// Room for each read on a link: links carry bulk traffic.
+const LINK_READ_CHUNK: usize = 64 << 10;

@@ -1,0 +1,37 @@
+//! The node runtime shared by shardq's consumers and producers: everything
+//! between a TCP socket and a node's own logic.
+//!
+//! # Layout
+//!
+//! - [`codec`]: the WebSocket codec, sans-IO (decode, encode, masking).
+//! - [`upgrade`]: the HTTP upgrade, as server and as client.
+//! - [`conn`]: the accept loop, per-connection limits, the [`conn::Reader`].
+//! - [`outbox`]: the bounded, never-waiting queue of frames per connection.
+//! - [`writer`]: the writer task, the only code that writes a socket.
+//! - [`channel`]: an authenticated connection's read loop (keepalive,
+//!   backpressure, the stop signal).
+//! - [`handshake`]: the server side of the shardq/1 and legacy handshakes.
+//! - [`dial`]: opening a connection to another node (upgrade + handshake).
+//! - [`link`]: the links to consumers: pipeline, window, reconnect, the set
+//!   that follows the node list.
+//! - [`admin`]: the admin HTTP port's shared routes.
+//! - [`node`]: start-up: flags, cluster file and psk, binding, signals.
+//! - [`cluster_watch`]: following the cluster file (SIGHUP or a change).
+//!
+//! Tasks per connection: the node's connection task owns the [`conn::Reader`]
+//! and the handling; the writer task owns the write half. Everyone else
+//! reaches a connection only by pushing to its [`outbox::Outbox`], which
+//! never waits.
+
+pub mod admin;
+pub mod channel;
+pub mod cluster_watch;
+pub mod codec;
+pub mod conn;
+pub mod dial;
+pub mod handshake;
+pub mod link;
+pub mod node;
+pub mod outbox;
+pub mod upgrade;
+pub mod writer;

@@ -1,0 +1,147 @@
+//! The task behind one link: connect (with backoff and jitter), serve the
+//! connection — read the consumer's frames in bursts, expire publishes
+//! past their deadline — and start again until the link is retired or the
+//! node stops.
+
+use std::sync::Arc;
+
+use rand::RngExt;
+use shardq_protocol::ErrorCode;
+use tokio::time::{MissedTickBehavior, interval};
+
+use super::{BACKOFF_MAX, BACKOFF_START, BURST, ConsumerLink, LinkContext, SWEEP_EVERY};
+use crate::channel::{Channel, Ended};
+use crate::dial::{DialOptions, Dialed, dial};
+use crate::outbox::FrameBatch;
+
+impl ConsumerLink {
+    /// Keeps the link connected until stopped or retired: connect, serve,
+    /// back off, repeat.
+    pub(super) async fn run(self: Arc<Self>, ctx: LinkContext) {
+        let options = DialOptions {
+            psk: ctx.psk.clone(),
+            name: Some(ctx.node.clone()),
+            timeout: self.limits.handshake_timeout(),
+            max_frame_bytes: self.limits.max_frame_bytes,
+            // Room for a full window of the largest publishes.
+            outbox_bytes: self
+                .limits
+                .link_window
+                .saturating_mul(self.limits.max_frame_bytes + 64),
+        };
+        let mut backoff = BACKOFF_START;
+        let mut connected_before = false;
+        let mut sweep = interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let attempt = dial(&self.url, &options, &ctx.tasks);
+            tokio::pin!(attempt);
+            // Publishes held for the first connection expire meanwhile.
+            let result = loop {
+                tokio::select! {
+                    result = &mut attempt => break result,
+                    () = self.retired.cancelled() => {
+                        self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
+                        return;
+                    }
+                    _ = sweep.tick() => self.expire(),
+                }
+            };
+            match result {
+                Ok(conn) => {
+                    if connected_before {
+                        self.lock().reconnects += 1;
+                        self.metrics.reconnects.get_or_create(&self.label).inc();
+                    }
+                    connected_before = true;
+                    backoff = BACKOFF_START;
+                    let reason = self.serve(conn).await;
+                    if self.retired.is_cancelled() {
+                        let code = if ctx.stop.is_cancelled() {
+                            ErrorCode::ShuttingDown
+                        } else {
+                            ErrorCode::Unavailable
+                        };
+                        self.down(reason, code);
+                        return;
+                    }
+                    tracing::warn!(link = %self.id, %reason, "consumer link lost; reconnecting");
+                    self.down(reason, ErrorCode::Unavailable);
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    if self.lock().last_error.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(link = %self.id, %reason, "cannot connect to consumer; retrying");
+                    }
+                    self.lock().last_error = Some(reason);
+                }
+            }
+            // Exponential backoff with ±50% jitter, so nodes do not
+            // reconnect in lockstep.
+            let jitter = rand::rng().random_range(0.5..1.5);
+            let pause = backoff.mul_f64(jitter);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let resume = tokio::time::sleep(pause);
+            tokio::pin!(resume);
+            loop {
+                tokio::select! {
+                    () = &mut resume => break,
+                    () = self.retired.cancelled() => {
+                        self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
+                        return;
+                    }
+                    _ = sweep.tick() => self.expire(),
+                }
+            }
+        }
+    }
+
+    /// Serves one connection until it breaks, `stop` or retirement; returns
+    /// why it ended.
+    async fn serve(self: &Arc<Self>, dialed: Dialed) -> String {
+        let Dialed { reader, outbox, .. } = dialed;
+        let mut channel = Channel::new(reader, outbox.clone(), &self.limits, self.retired.clone());
+        {
+            let mut state = self.lock();
+            state.last_error = None;
+            let held = state.pipeline.up(outbox.clone());
+            if !held.is_empty() {
+                let _ = outbox.push_batch(&FrameBatch::new(held));
+            }
+        }
+        self.metrics.up.get_or_create(&self.label).set(1);
+        tracing::info!(link = %self.id, url = %self.url, "consumer link up");
+        if let Some(handler) = &self.handler {
+            handler.on_up(self);
+        }
+        let mut sweep = interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut burst = Vec::new();
+        let ended = loop {
+            tokio::select! {
+                text = channel.next_text() => match text {
+                    Ok(text) => {
+                        burst.push(text);
+                        while burst.len() < BURST {
+                            match channel.try_next_text() {
+                                Some(text) => burst.push(text),
+                                None => break,
+                            }
+                        }
+                        self.on_frames(burst.drain(..));
+                    }
+                    Err(ended) => break ended,
+                },
+                _ = sweep.tick() => self.expire(),
+            }
+        };
+        // Stop sending on this connection before answering what was on it.
+        self.lock().pipeline.detach();
+        outbox.close(shardq_protocol::CloseCode::GoingAway);
+        match ended {
+            Ended::Peer => "the consumer closed the connection".into(),
+            Ended::Closed(code) => format!("closed ({} {})", code.code(), code.reason()),
+            Ended::Stopped => "the node is stopping, or the consumer left the node list".into(),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The metrics of a node's links to consumers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label of per-link metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabel {
+    /// The consumer's id.
+    pub link: String,
+}
+
+/// Label of error counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error code.
+    pub code: String,
+}
+
+/// The metrics of a node's links.
+#[derive(Default)]
+pub struct LinkMetrics {
+    /// Publishes the owner acked.
+    pub acked: Counter,
+    /// Publishes answered with an error, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Publishes in flight on each link.
+    pub in_flight: Family<LinkLabel, Gauge>,
+    /// 1 when a link is up, 0 when it is down.
+    pub up: Family<LinkLabel, Gauge>,
+    /// Connections each link opened after the first.
+    pub reconnects: Family<LinkLabel, Counter>,
+    /// Legacy messages that could not be delivered (the dialect has no acks).
+    pub legacy_undelivered: Counter,
+}
+
+impl LinkMetrics {
+    /// Registers the metrics (`acked`, `errors`, `link_in_flight`, `link_up`,
+    /// `link_reconnects`, `legacy_undelivered`) under the registry's prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("acked", "Publishes the owner acked", self.acked.clone());
+        registry.register(
+            "errors",
+            "Publishes answered with an error, by code",
+            self.errors.clone(),
+        );
+        registry.register(
+            "link_in_flight",
+            "Publishes in flight per consumer link",
+            self.in_flight.clone(),
+        );
+        registry.register("link_up", "1 when the consumer link is up", self.up.clone());
+        registry.register(
+            "link_reconnects",
+            "Reconnections per consumer link",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "legacy_undelivered",
+            "Legacy messages that could not be delivered",
+            self.legacy_undelivered.clone(),
+        );
+    }
+
+    /// Counts one error answer.
+    pub fn error(&self, code: &str) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+}

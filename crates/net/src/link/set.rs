@@ -1,0 +1,255 @@
+//! The set of a node's links, following its node list: routing a topic to
+//! its owner's link, opening links to consumers that join, retiring links
+//! to consumers that leave; and the batching of publishes per link.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use shardq_protocol::status::LinkStatus;
+use shardq_protocol::{ClusterConfig, Psk, Router};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::metrics::LinkMetrics;
+use super::request::Request;
+use super::{ConsumerLink, LinkContext, LinkHandler, SWEEP_EVERY};
+
+/// How long a link to a consumer that left the node list stays open: it
+/// still carries that consumer's `moved` and relayed streams while the
+/// topics it owned hand over.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(15);
+
+/// The links of one node list, and the routing over it.
+pub struct LinkSet {
+    links: Vec<Arc<ConsumerLink>>,
+    /// Links to consumers that left the list, open a while longer.
+    retiring: Vec<Arc<ConsumerLink>>,
+    router: Router,
+    ids: Vec<String>,
+}
+
+impl LinkSet {
+    /// The id of the topic's owner.
+    pub fn owner_id(&self, topic: &(impl AsRef<str> + ?Sized)) -> Option<&str> {
+        self.router
+            .owner(topic)
+            .map(|index| self.ids[index].as_str())
+    }
+
+    /// The link to the topic's owner (`None` when the owner is this node).
+    pub fn owner(&self, topic: &(impl AsRef<str> + ?Sized)) -> Option<&Arc<ConsumerLink>> {
+        self.link(self.owner_id(topic)?)
+    }
+
+    /// The link to consumer `id` (also while it retires).
+    pub fn link(&self, id: &str) -> Option<&Arc<ConsumerLink>> {
+        self.links
+            .iter()
+            .chain(&self.retiring)
+            .find(|link| link.id == id)
+    }
+
+    /// Every link.
+    pub fn links(&self) -> &[Arc<ConsumerLink>] {
+        &self.links
+    }
+
+    /// The consumer ids routing is over.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
+    }
+}
+
+/// Who opens a node's links, and what it does with them.
+pub struct LinkOptions {
+    /// The node's own id when it is a consumer (no link to itself).
+    pub own_id: Option<String>,
+    /// The psk.
+    pub psk: Psk,
+    /// The name the links give in their handshake.
+    pub node: String,
+    /// Where the links count.
+    pub metrics: Arc<LinkMetrics>,
+    /// What takes the frames that are not publish answers.
+    pub handler: Option<Arc<dyn LinkHandler>>,
+}
+
+/// A node's links to the consumers of its node list.
+pub struct Links {
+    current: ArcSwap<LinkSet>,
+    update: Mutex<()>,
+    ctx: LinkContext,
+    metrics: Arc<LinkMetrics>,
+    handler: Option<Arc<dyn LinkHandler>>,
+    own_id: Option<String>,
+}
+
+impl Links {
+    /// Links to every consumer of `cluster` except `options.own_id`,
+    /// started at once on `tasks`; they stop with `stop`.
+    pub fn start(
+        cluster: &ClusterConfig,
+        options: LinkOptions,
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Links {
+        let links = Links {
+            current: ArcSwap::from_pointee(LinkSet {
+                links: Vec::new(),
+                retiring: Vec::new(),
+                router: Router::new::<&str>(&[]),
+                ids: Vec::new(),
+            }),
+            update: Mutex::new(()),
+            ctx: LinkContext {
+                psk: options.psk,
+                node: options.node,
+                stop,
+                tasks: tasks.clone(),
+            },
+            metrics: options.metrics,
+            handler: options.handler,
+            own_id: options.own_id,
+        };
+        links.update(cluster);
+        links
+    }
+
+    /// The current links and routing.
+    pub fn current(&self) -> Arc<LinkSet> {
+        self.current.load_full()
+    }
+
+    /// Follows a new node list: keeps the links that did not change, opens
+    /// links to new consumers, and retires links to removed (or moved)
+    /// consumers after [`RETIRE_AFTER`], once their publishes in flight are
+    /// answered (until then they are not routed to, but still carry what
+    /// the departing consumer sends).
+    pub fn update(&self, cluster: &ClusterConfig) {
+        let _serialized = self
+            .update
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let old = self.current.load_full();
+        let mut links = Vec::new();
+        for entry in &cluster.consumers {
+            if Some(&entry.id) == self.own_id.as_ref() {
+                continue;
+            }
+            let url = entry.endpoint("/v1/cluster");
+            let kept = old.links.iter().chain(&old.retiring).find(|link| {
+                link.id == entry.id && link.url == url && !link.retired.is_cancelled()
+            });
+            match kept {
+                Some(link) => links.push(link.clone()),
+                None => {
+                    let link = Arc::new(ConsumerLink::new(
+                        entry,
+                        &cluster.limits,
+                        self.metrics.clone(),
+                        self.handler.clone(),
+                        &self.ctx.stop,
+                    ));
+                    self.ctx.tasks.spawn(link.clone().run(self.ctx.clone()));
+                    links.push(link);
+                }
+            }
+        }
+        let mut retiring = Vec::new();
+        for link in old.links.iter().chain(&old.retiring) {
+            if links.iter().any(|kept| Arc::ptr_eq(kept, link)) || link.retired.is_cancelled() {
+                continue;
+            }
+            retiring.push(link.clone());
+            if old.retiring.iter().any(|held| Arc::ptr_eq(held, link)) {
+                continue; // its retirement is already scheduled
+            }
+            let link = link.clone();
+            let patience = link.limits.publish_timeout();
+            self.ctx.tasks.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(RETIRE_AFTER) => {}
+                    () = link.retired.cancelled() => return,
+                }
+                let deadline = Instant::now() + patience;
+                while link.in_flight() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                }
+                tracing::info!(link = %link.id, "consumer left the node list; link retired");
+                link.retired.cancel();
+            });
+        }
+        self.current.store(Arc::new(LinkSet {
+            links,
+            retiring,
+            router: Router::new(&cluster.consumer_ids()),
+            ids: cluster.consumer_ids(),
+        }));
+    }
+
+    /// Every link's state.
+    pub fn statuses(&self) -> Vec<LinkStatus> {
+        self.current()
+            .links
+            .iter()
+            .map(|link| link.status())
+            .collect()
+    }
+
+    /// Whether at least one link is up.
+    pub fn any_up(&self) -> bool {
+        self.current().links.iter().any(|link| link.is_up())
+    }
+
+    /// Publishes in flight over all links.
+    pub fn in_flight(&self) -> usize {
+        self.current()
+            .links
+            .iter()
+            .map(|link| link.in_flight())
+            .sum()
+    }
+}
+
+/// Requests gathered per link during a burst, sent as one batch each.
+#[derive(Default)]
+pub struct Batches(Vec<(Arc<ConsumerLink>, Vec<Request>)>);
+
+impl Batches {
+    /// Adds a request for `link`.
+    pub fn add(&mut self, link: &Arc<ConsumerLink>, request: Request) {
+        match self.0.iter_mut().find(|(held, _)| Arc::ptr_eq(held, link)) {
+            Some((_, requests)) => requests.push(request),
+            None => self.0.push((link.clone(), vec![request])),
+        }
+    }
+
+    /// Sends every link its batch.
+    pub fn flush(&mut self) {
+        for (link, requests) in self.0.drain(..) {
+            link.send(requests);
+        }
+    }
+}
+
+/// A window slot on `link`: at once if one is free; otherwise what was
+/// gathered is sent first and the caller waits (so its connection stops
+/// reading: backpressure). `None` when `stop` fires meanwhile.
+pub async fn permit(
+    link: &Arc<ConsumerLink>,
+    batches: &mut Batches,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    let window = link.window().clone();
+    if let Ok(permit) = window.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    batches.flush();
+    tokio::select! {
+        permit = window.acquire_owned() => permit.ok(),
+        () = stop.cancelled() => None,
+    }
+}
