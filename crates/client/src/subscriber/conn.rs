@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::events::{Event, Gap, Message};
 use super::{Live, SubscriberConfig, lock};
-use crate::connection::{self, ConnectError, WsStream};
+use crate::connection::{self, WsStream};
 use crate::error::SubscribeError;
 
 /// The handle to one connection task; the task stops when the last clone
@@ -351,19 +351,14 @@ impl Conn {
     }
 }
 
+/// Answers a request whose connection broke before its answer came.
 fn fail(wait: Waiting) {
     match wait {
         Waiting::Subscribe { reply, .. } => {
-            let _ = reply.send(Err(SubscribeError::Connect(ConnectError::Closed {
-                url: String::new(),
-                code: None,
-            })));
+            let _ = reply.send(Err(SubscribeError::Disconnected));
         }
         Waiting::Unsubscribe { reply, .. } => {
-            let _ = reply.send(Err(SubscribeError::Connect(ConnectError::Closed {
-                url: String::new(),
-                code: None,
-            })));
+            let _ = reply.send(Err(SubscribeError::Disconnected));
         }
         Waiting::Resume { .. } => {}
     }
