@@ -1,12 +1,107 @@
 //! Raw protocol clients for tests: frames in, frames out, nothing hidden.
 
 use futures_util::{SinkExt, StreamExt};
-use shardq::connection::{self, ConnectError, WsStream};
+use shardq::ConnectError;
+use shardq::connection::MAX_INCOMING_FRAME;
 use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
-use shardq_protocol::{Frame, Psk, RawValue};
-use tokio_tungstenite::tungstenite::Message;
+use shardq_protocol::{
+    ClientHandshake, ClientStep, CloseCode, ErrorCode, Frame, Nonce, Psk, RawValue,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::PATIENCE;
+
+/// The socket of a test connection.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects to `url` and runs the client side of the shardq/1 handshake,
+/// as the `shardq` client does (same WebSocket settings, same errors),
+/// within [`PATIENCE`]: the socket and the node's id.
+pub async fn connect(
+    url: &str,
+    psk: &Psk,
+    name: Option<&str>,
+) -> Result<(WsStream, String), ConnectError> {
+    tokio::time::timeout(PATIENCE, handshake(url, psk, name))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnectError::Timeout {
+                url: url.to_owned(),
+                timeout: PATIENCE,
+            })
+        })
+}
+
+async fn handshake(
+    url: &str,
+    psk: &Psk,
+    name: Option<&str>,
+) -> Result<(WsStream, String), ConnectError> {
+    let unreachable = |source: tungstenite::Error| ConnectError::Unreachable {
+        url: url.to_owned(),
+        source: Box::new(source),
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_INCOMING_FRAME))
+        .max_frame_size(Some(MAX_INCOMING_FRAME));
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map_err(unreachable)?;
+    let mut handshake = ClientHandshake::new(psk.clone(), Nonce::random(), name.map(str::to_owned));
+    loop {
+        let closed = |code| ConnectError::Closed {
+            url: url.to_owned(),
+            code,
+        };
+        let text = match socket.next().await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                return Err(closed(frame.map(|f| u16::from(f.code))));
+            }
+            Some(Ok(Message::Binary(_))) => {
+                return Err(ConnectError::NotShardq {
+                    url: url.to_owned(),
+                    reason: "binary message".into(),
+                });
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Err(closed(None)),
+        };
+        let frame = Frame::decode(text.as_bytes(), MAX_INCOMING_FRAME).map_err(|error| {
+            ConnectError::NotShardq {
+                url: url.to_owned(),
+                reason: error.to_string(),
+            }
+        })?;
+        match handshake.receive(frame) {
+            Ok(ClientStep::Send(frame)) => socket
+                .send(Message::text(frame.encode()))
+                .await
+                .map_err(unreachable)?,
+            Ok(ClientStep::Established { server }) => return Ok((socket, server)),
+            Err(source) => {
+                if source.code() == ErrorCode::AuthFailed {
+                    // The node does not know our psk: say so and hang up.
+                    let _ = socket
+                        .close(Some(CloseFrame {
+                            code: CloseCode::AuthFailed.code().into(),
+                            reason: CloseCode::AuthFailed.reason().into(),
+                        }))
+                        .await;
+                }
+                return Err(ConnectError::Handshake {
+                    url: url.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
 
 /// What came instead of the expected frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,11 +139,8 @@ pub struct RawClient {
 impl RawClient {
     /// Connects and authenticates.
     pub async fn connect(url: &str, psk: &Psk) -> Result<RawClient, ConnectError> {
-        let connection = connection::connect(url, psk, Some("test"), PATIENCE).await?;
-        Ok(RawClient {
-            socket: connection.socket,
-            server: connection.server,
-        })
+        let (socket, server) = connect(url, psk, Some("test")).await?;
+        Ok(RawClient { socket, server })
     }
 
     /// Sends a frame.

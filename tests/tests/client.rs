@@ -294,7 +294,7 @@ async fn a_subscriber_with_no_consumer_up_says_so() {
         .err()
         .expect("no consumer is up");
     assert!(
-        matches!(error, shardq::connection::ConnectError::Unreachable { .. }),
+        matches!(error, shardq::ConnectError::Unreachable { .. }),
         "{error}"
     );
     cluster.shutdown().await;

@@ -69,6 +69,15 @@ pub enum SubscribeError {
     /// The consumer could not be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The connection to the consumer broke after the handshake, before
+    /// the answer came. The request did not take effect: the subscriber
+    /// reconnects and resumes the subscriptions that were live before it
+    /// (so an unanswered subscribe is not made, and the topics of an
+    /// unanswered unsubscribe stay subscribed). Try again.
+    #[error(
+        "the connection to the consumer broke before the answer; the request did not take effect (on reconnect only the subscriptions live before it are resumed): try again"
+    )]
+    Disconnected,
     /// No answer in time (the connection may be reconnecting).
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),

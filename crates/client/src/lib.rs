@@ -25,8 +25,8 @@
 //!   (a [`Message`] or a [`Gap`] a resume could not fill).
 //! - [`error`]: [`PublishError`], [`SubscribeError`].
 //! - [`cluster_file`]: read a cluster file and its psk.
-//! - [`connection`]: one authenticated shardq/1 connection (also used by
-//!   the nodes for their links).
+//! - [`connection`]: [`authenticate`] (check a node and hang up) and
+//!   [`ConnectError`], why a connection could not be opened.
 
 pub mod cluster_file;
 pub mod connection;
@@ -34,6 +34,7 @@ pub mod error;
 pub mod publisher;
 pub mod subscriber;
 
+pub use connection::{ConnectError, authenticate};
 pub use error::{PublishError, SubscribeError};
 pub use publisher::{Ack, Publisher, PublisherConfig};
 pub use shardq_protocol as protocol;

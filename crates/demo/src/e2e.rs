@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use serde::Serialize;
-use shardq::connection;
 use shardq::{Event, Publisher, PublisherConfig, Subscriber, SubscriberConfig, Subscription};
 use shardq_protocol::{ClusterConfig, Psk, Router, Topic, TopicFilter};
 
@@ -77,12 +76,12 @@ pub async fn run_checks(config: &ClusterConfig, psk: &Psk, plan: Plan) -> Vec<Ch
         .chain(config.consumers.iter().map(|e| (e, "/v1/subscribe")));
     for (entry, path) in nodes.clone() {
         let url = entry.endpoint(path);
-        let result = connection::connect(&url, psk, Some("e2e"), PATIENCE).await;
+        let result = shardq::authenticate(&url, psk, Some("e2e"), PATIENCE).await;
         checks.push(check(
             format!("{} authenticates ({url})", entry.id),
             match result {
-                Ok(conn) if conn.server == entry.id => Ok("mutual handshake done".into()),
-                Ok(conn) => Err(format!("answered as {:?}, not {:?}", conn.server, entry.id)),
+                Ok(server) if server == entry.id => Ok("mutual handshake done".into()),
+                Ok(server) => Err(format!("answered as {server:?}, not {:?}", entry.id)),
                 Err(error) => Err(error.to_string()),
             },
         ));
@@ -91,7 +90,7 @@ pub async fn run_checks(config: &ClusterConfig, psk: &Psk, plan: Plan) -> Vec<Ch
     let wrong = Psk::generate();
     for (entry, path) in nodes {
         let url = entry.endpoint(path);
-        let result = connection::connect(&url, &wrong, Some("e2e"), PATIENCE).await;
+        let result = shardq::authenticate(&url, &wrong, Some("e2e"), PATIENCE).await;
         checks.push(check(
             format!("{} refuses a wrong psk", entry.id),
             match result {
