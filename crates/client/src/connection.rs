@@ -15,14 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-// Transitional (revert this when the nodes stop using it): the consumer's
-// links (crates/consumer/src/net/link.rs) and crates/producer/tests/binary.rs
-// still open connections with `connect`, so it, `Connection` and `WsStream`
-// stay `pub` but hidden from the docs. They are not part of the client's API.
-
 /// The socket type of a client connection.
-#[doc(hidden)]
-pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Largest frame a client accepts from a node.
 pub const MAX_INCOMING_FRAME: usize = 16 << 20;
@@ -106,12 +100,11 @@ impl ConnectError {
 }
 
 /// An authenticated connection.
-#[doc(hidden)]
-pub struct Connection {
+pub(crate) struct Connection {
     /// The socket, after the handshake.
-    pub socket: WsStream,
+    pub(crate) socket: WsStream,
     /// The node's id from its `hello`.
-    pub server: String,
+    pub(crate) server: String,
 }
 
 /// The WebSocket settings of client connections.
@@ -184,8 +177,7 @@ pub async fn authenticate(
 
 /// Connects to `url` (e.g. `ws://host:7100/v1/subscribe`) and authenticates
 /// with `psk`, within `timeout`. `name` appears in the node's logs.
-#[doc(hidden)]
-pub async fn connect(
+pub(crate) async fn connect(
     url: &str,
     psk: &Psk,
     name: Option<&str>,
