@@ -274,13 +274,13 @@ set_node_list() {
     mv -f "$cluster_dir/shardq.toml.new" "$cluster_dir/shardq.toml"
 }
 
-# SERVICE's `GET /v1/cluster` (admin port 9100 on consumers, 9000 on producers).
+# SERVICE's `GET /v1/status` (admin port 9100 on consumers, 9000 on producers).
 view_of() {
     local port=9100
     [[ $1 == producer-* ]] && port=9000
-    admin_get "$1" "$port" /v1/cluster
+    admin_get "$1" "$port" /v1/status
 }
-# Fields of a /v1/cluster body: the node list (ids, comma-separated), its
+# Fields of a /v1/status body: the node list (ids, comma-separated), its
 # hash, a counter (owned_topics, edge_topics), the ids of the node's links.
 view_list() { sed -n 's/.*"node_list":\[\([^]]*\)\].*/\1/p' <<<"$1" | tr -d '"'; }
 view_hash() { sed -n 's/.*"node_list_hash":"\([^"]*\)".*/\1/p' <<<"$1"; }
@@ -289,7 +289,7 @@ view_links() {
     sed -n 's/.*"links":\[\([^]]*\)\].*/\1/p' <<<"$1" | grep -o '"id":"[^"]*"' | cut -d'"' -f4 | tr '\n' ' ' || true
 }
 
-# Waits until every SERVICE answers /v1/cluster with the node list WANT
+# Waits until every SERVICE answers /v1/status with the node list WANT
 # (ids, comma-separated) and they all show the same node_list_hash.
 wait_views() {
     local want=$1 deadline=$((SECONDS + 90)) svc body list hash first summary agreed
@@ -521,7 +521,7 @@ wait_links_up producer-1 3
 # ----------------------------------------------------------- file polling
 step "the nodes follow the live node list without a signal (a file replaced by rename)"
 # The same consumers in reverse order: a different file and a different
-# list for the nodes (so they reload and /v1/cluster shows the new order),
+# list for the nodes (so they reload and /v1/status shows the new order),
 # the same routing (rendezvous hashing ignores order; so does the hash).
 awk 'BEGIN { RS = ""; ORS = "\n\n" }
     /^\[\[consumers\]\]/ { consumers[++n] = $0; next }

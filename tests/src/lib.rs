@@ -388,7 +388,6 @@ async fn stop_node(node: &mut Node) {
     }
 }
 
-/// Binds an address that was just released (retrying while the OS frees it).
 /// Starts a node task with `start(ws, admin, updates, stop)`; the node
 /// follows `cluster` until [`Node::reload`] hands it another.
 fn spawn_node<F, Fut>(
@@ -428,6 +427,7 @@ where
     }
 }
 
+/// Binds an address that was just released (retrying while the OS frees it).
 async fn bind_again(addr: SocketAddr) -> TcpListener {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {

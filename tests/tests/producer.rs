@@ -453,3 +453,32 @@ async fn shutdown_answers_every_publish_in_flight() {
     assert_eq!(answered.into_iter().collect::<Vec<_>>(), expected);
     stopping.await.unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn the_status_route_answers_under_its_old_name_too() {
+    let cluster = Cluster::builder().consumers(2).producers(1).start().await;
+    for admin in [cluster.consumers[0].admin, cluster.producers[0].admin] {
+        let (status, body) = http_get(admin, "/v1/status").await;
+        assert_eq!(status, 200, "{body}");
+        let current: shardq_protocol::status::NodeStatus = serde_json::from_str(&body).unwrap();
+        let (status, body) = http_get(admin, "/v1/cluster").await;
+        assert_eq!(status, 200, "{body}");
+        let alias: shardq_protocol::status::NodeStatus = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (
+                &alias.node,
+                alias.kind,
+                &alias.node_list,
+                &alias.node_list_hash
+            ),
+            (
+                &current.node,
+                current.kind,
+                &current.node_list,
+                &current.node_list_hash
+            )
+        );
+        assert_eq!(current.node_list, cluster.config.consumer_ids());
+    }
+    cluster.shutdown().await;
+}

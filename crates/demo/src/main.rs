@@ -43,7 +43,7 @@ enum Command {
     /// Show every node's view of the cluster side by side; warn where they disagree.
     ///
     /// Asks every node of the cluster file that has an `admin` URL for its
-    /// `GET /v1/cluster`, all at once, each within --timeout, and compares
+    /// `GET /v1/status`, all at once, each within --timeout, and compares
     /// the node lists they run with the file's and with each other's.
     ///
     /// Exit status: 0 when every node with an admin URL answered, as the node
