@@ -170,7 +170,7 @@ async fn load(
                 if !answer.starts_with(br#"{"type":"ack""#) {
                     return Err(format!(
                         "subscribe {topic}: {}",
-                        String::from_utf8_lossy(&answer)
+                        String::from_utf8_lossy(answer)
                     ));
                 }
             }
@@ -180,10 +180,10 @@ async fn load(
                 let mut reader = conn.reader;
                 let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
                 while let Ok(frame) = reader.next_text().await {
-                    let Some(offset) = message_offset(&frame) else {
+                    let Some(offset) = message_offset(frame) else {
                         continue;
                     };
-                    let topic = message_topic(&frame).unwrap_or_default().to_vec();
+                    let topic = message_topic(frame).unwrap_or_default().to_vec();
                     let previous = last.insert(topic, offset).unwrap_or(0);
                     if offset <= previous {
                         counters.duplicated.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +195,7 @@ async fn load(
                             .fetch_add(offset - previous - 1, Ordering::Relaxed);
                     }
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    if let (Some(sent), Ok(mut histogram)) = (sent_micros(&frame), latency.lock()) {
+                    if let (Some(sent), Ok(mut histogram)) = (sent_micros(frame), latency.lock()) {
                         let _ = histogram.record(micros_since(start).saturating_sub(sent).max(1));
                     }
                 }

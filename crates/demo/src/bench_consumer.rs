@@ -141,7 +141,7 @@ async fn open_subscribers(
                     let ack = conn.reader.next_text().await?;
                     if !ack.starts_with(br#"{"type":"ack""#) {
                         return Err(std::io::Error::other(
-                            String::from_utf8_lossy(&ack).into_owned(),
+                            String::from_utf8_lossy(ack).into_owned(),
                         ));
                     }
                     Ok::<_, std::io::Error>(conn)
@@ -195,7 +195,7 @@ async fn fanout(
             let _writer = writer;
             let mut last = 0u64;
             while let Ok(frame) = reader.next_text().await {
-                let Some(offset) = message_offset(&frame) else {
+                let Some(offset) = message_offset(frame) else {
                     continue;
                 };
                 if offset != last + 1 {

@@ -174,7 +174,7 @@ async fn read_answers(
             },
             () = flight.done.notified() => break,
         };
-        let id = match answer_id(&frame) {
+        let id = match answer_id(frame) {
             Some(Ok(id)) => {
                 tally.acked += 1;
                 id

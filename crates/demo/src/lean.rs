@@ -1,12 +1,14 @@
 //! A lean client for load generation: the nodes' own upgrade and WebSocket
-//! codec (`shardq-net`), but no writer task and no outbox — the generator
-//! writes its socket itself, in large batches, so that the generator, not
-//! the node, is never the bottleneck.
+//! codec (`shardq-net`: frame headers are parsed and checked by
+//! [`FrameHeader::parse`], frames encoded and masked by its encoder), but no
+//! writer task, no outbox, and messages read as slices of one buffer with no
+//! per-message allocation or UTF-8 pass — so that the generator, not the
+//! node, is never the bottleneck.
 
 use std::io;
 
-use bytes::Bytes;
-use shardq_net::codec::{Decoder, Role, WsMessage, encode};
+use bytes::{Buf, BytesMut};
+use shardq_net::codec::{FrameHeader, OP_CLOSE, OP_TEXT, Role, encode};
 use shardq_net::upgrade::upgrade_client;
 use shardq_protocol::{ClientHandshake, ClientStep, Frame, Nonce, Psk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,10 +28,13 @@ pub struct LeanConn {
     pub writer: OwnedWriteHalf,
 }
 
-/// The read side of a [`LeanConn`]: frames decoded in place from one buffer.
+/// The read side of a [`LeanConn`]: frames parsed in place from one buffer.
 pub struct LeanReader {
     read: OwnedReadHalf,
-    decoder: Decoder,
+    buffer: BytesMut,
+    /// Length of the frame [`next_text`](Self::next_text) returned last, still
+    /// at the head of the buffer.
+    consumed: usize,
 }
 
 fn invalid(what: impl Into<String>) -> io::Error {
@@ -46,7 +51,8 @@ impl LeanConn {
         Ok(LeanConn {
             reader: LeanReader {
                 read: upgraded.read,
-                decoder: Decoder::new(false, MAX_MESSAGE, upgraded.buffered),
+                buffer: upgraded.buffered,
+                consumed: 0,
             },
             writer: upgraded.write,
         })
@@ -59,7 +65,7 @@ impl LeanConn {
             ClientHandshake::new(psk.clone(), Nonce::random(), Some("bench".into()));
         loop {
             let text = conn.reader.next_text().await?;
-            let frame = Frame::decode(&text, MAX_MESSAGE).map_err(|e| invalid(e.to_string()))?;
+            let frame = Frame::decode(text, MAX_MESSAGE).map_err(|e| invalid(e.to_string()))?;
             match handshake
                 .receive(frame)
                 .map_err(|e| invalid(e.to_string()))?
@@ -84,27 +90,47 @@ impl LeanConn {
 }
 
 impl LeanReader {
-    /// The payload of the next text message (pings and pongs are skipped:
-    /// benchmarks run well inside the nodes' ping timeout; a close is an
-    /// error). Cancel-safe.
-    pub async fn next_text(&mut self) -> io::Result<Bytes> {
+    /// The payload of the next text message, a slice of the read buffer
+    /// valid until the next call (pings and pongs are skipped: benchmarks
+    /// run well inside the nodes' ping timeout; a close is an error; nodes
+    /// never fragment). Cancel-safe.
+    pub async fn next_text(&mut self) -> io::Result<&[u8]> {
+        self.buffer.advance(self.consumed);
+        self.consumed = 0;
         loop {
-            match self.decoder.decode() {
-                Ok(Some(WsMessage::Text(text))) => return Ok(text.into_bytes()),
-                Ok(Some(WsMessage::Close(code))) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        format!("closed by the node (code {code:?})"),
-                    ));
+            let parsed = FrameHeader::parse(&self.buffer, false, 0, MAX_MESSAGE)
+                .map_err(|error| invalid(error.to_string()))?;
+            if let Some(header) = parsed {
+                let total = header.header_len + header.payload_len as usize;
+                if self.buffer.len() >= total {
+                    if !header.fin {
+                        return Err(invalid("fragmented frames are not expected from a node"));
+                    }
+                    match header.opcode {
+                        OP_TEXT => {
+                            self.consumed = total;
+                            return Ok(&self.buffer[header.header_len..total]);
+                        }
+                        OP_CLOSE => {
+                            let code = self
+                                .buffer
+                                .get(header.header_len..header.header_len + 2)
+                                .map(|b| u16::from_be_bytes([b[0], b[1]]));
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                format!("closed by the node (code {code:?})"),
+                            ));
+                        }
+                        _ => {
+                            self.buffer.advance(total);
+                            continue;
+                        }
+                    }
                 }
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(error) => return Err(invalid(error.to_string())),
             }
-            let room = self.decoder.wanted().clamp(READ_CHUNK, 4 * READ_CHUNK);
-            let buffer = self.decoder.buffer();
-            buffer.reserve(room);
-            if self.read.read_buf(buffer).await? == 0 {
+            // Room for a read's worth (busy readers keep the capacity).
+            self.buffer.reserve(READ_CHUNK);
+            if self.read.read_buf(&mut self.buffer).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }

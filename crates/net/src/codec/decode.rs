@@ -60,13 +60,104 @@ pub struct Decoder {
     fragments: Option<Fragments>,
 }
 
-/// A parsed frame header.
-struct Header {
-    fin: bool,
-    opcode: u8,
-    mask: Option<[u8; 4]>,
-    header_len: usize,
-    payload_len: u64,
+/// A parsed and checked frame header (RFC 6455 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The frame ends its message.
+    pub fin: bool,
+    /// The opcode.
+    pub opcode: u8,
+    /// The masking key, for frames from a client.
+    pub mask: Option<[u8; 4]>,
+    /// Bytes of the header, key included.
+    pub header_len: usize,
+    /// Bytes of payload.
+    pub payload_len: u64,
+}
+
+impl FrameHeader {
+    /// Parses the header at the start of `bytes`; `Ok(None)` until it is
+    /// complete. Frames must be `masked` (from a client) or not (from a
+    /// server). A data frame is refused as soon as its length is known if
+    /// it would take a message to more than `limit` bytes, counting the
+    /// `so_far` bytes of the message's earlier fragments.
+    pub fn parse(
+        bytes: &[u8],
+        masked: bool,
+        so_far: u64,
+        limit: usize,
+    ) -> Result<Option<FrameHeader>, WsError> {
+        let [first, second, ..] = *bytes else {
+            return Ok(None);
+        };
+        if first & 0x70 != 0 {
+            return Err(WsError::Protocol("reserved bits set without an extension"));
+        }
+        let fin = first & 0x80 != 0;
+        let opcode = first & 0x0f;
+        let is_masked = second & 0x80 != 0;
+        if is_masked != masked {
+            return Err(WsError::Protocol(if masked {
+                "client frames must be masked"
+            } else {
+                "server frames must not be masked"
+            }));
+        }
+        let (length_len, payload_len) = match second & 0x7f {
+            126 => {
+                let Some(b) = bytes.get(2..4) else {
+                    return Ok(None);
+                };
+                (2, u64::from(u16::from_be_bytes([b[0], b[1]])))
+            }
+            127 => {
+                let Some(b) = bytes.get(2..10) else {
+                    return Ok(None);
+                };
+                let mut len = [0u8; 8];
+                len.copy_from_slice(b);
+                let len = u64::from_be_bytes(len);
+                if len >> 63 != 0 {
+                    return Err(WsError::Protocol("frame length has its top bit set"));
+                }
+                (8, len)
+            }
+            len => (0, u64::from(len)),
+        };
+        match opcode {
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if !fin {
+                    return Err(WsError::Protocol("control frames must not be fragmented"));
+                }
+                if payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                    return Err(WsError::Protocol("control frame payload over 125 bytes"));
+                }
+            }
+            OP_CONTINUATION | OP_TEXT | OP_BINARY => {
+                let len = so_far.saturating_add(payload_len);
+                if len > limit as u64 {
+                    return Err(WsError::TooLarge { len, limit });
+                }
+            }
+            _ => return Err(WsError::Protocol("reserved opcode")),
+        }
+        let mask_at = 2 + length_len;
+        let (mask, header_len) = if is_masked {
+            let Some(key) = bytes.get(mask_at..mask_at + 4) else {
+                return Ok(None);
+            };
+            (Some([key[0], key[1], key[2], key[3]]), mask_at + 4)
+        } else {
+            (None, mask_at)
+        };
+        Ok(Some(FrameHeader {
+            fin,
+            opcode,
+            mask,
+            header_len,
+            payload_len,
+        }))
+    }
 }
 
 impl Decoder {
@@ -135,82 +226,9 @@ impl Decoder {
     }
 
     /// Parses (and checks) the header at the head of the buffer.
-    fn header(&self) -> Result<Option<Header>, WsError> {
-        let bytes = &self.buffer[..];
-        let [first, second, ..] = *bytes else {
-            return Ok(None);
-        };
-        if first & 0x70 != 0 {
-            return Err(WsError::Protocol("reserved bits set without an extension"));
-        }
-        let fin = first & 0x80 != 0;
-        let opcode = first & 0x0f;
-        let is_masked = second & 0x80 != 0;
-        if is_masked != self.masked {
-            return Err(WsError::Protocol(if self.masked {
-                "client frames must be masked"
-            } else {
-                "server frames must not be masked"
-            }));
-        }
-        let (length_len, payload_len) = match second & 0x7f {
-            126 => {
-                let Some(b) = bytes.get(2..4) else {
-                    return Ok(None);
-                };
-                (2, u64::from(u16::from_be_bytes([b[0], b[1]])))
-            }
-            127 => {
-                let Some(b) = bytes.get(2..10) else {
-                    return Ok(None);
-                };
-                let mut len = [0u8; 8];
-                len.copy_from_slice(b);
-                let len = u64::from_be_bytes(len);
-                if len >> 63 != 0 {
-                    return Err(WsError::Protocol("frame length has its top bit set"));
-                }
-                (8, len)
-            }
-            len => (0, u64::from(len)),
-        };
-        match opcode {
-            OP_CLOSE | OP_PING | OP_PONG => {
-                if !fin {
-                    return Err(WsError::Protocol("control frames must not be fragmented"));
-                }
-                if payload_len > MAX_CONTROL_PAYLOAD as u64 {
-                    return Err(WsError::Protocol("control frame payload over 125 bytes"));
-                }
-            }
-            OP_CONTINUATION | OP_TEXT | OP_BINARY => {
-                let so_far = self.fragments.as_ref().map_or(0, |f| f.bytes.len() as u64);
-                let len = so_far.saturating_add(payload_len);
-                if len > self.limit as u64 {
-                    return Err(WsError::TooLarge {
-                        len,
-                        limit: self.limit,
-                    });
-                }
-            }
-            _ => return Err(WsError::Protocol("reserved opcode")),
-        }
-        let mask_at = 2 + length_len;
-        let (mask, header_len) = if is_masked {
-            let Some(key) = bytes.get(mask_at..mask_at + 4) else {
-                return Ok(None);
-            };
-            (Some([key[0], key[1], key[2], key[3]]), mask_at + 4)
-        } else {
-            (None, mask_at)
-        };
-        Ok(Some(Header {
-            fin,
-            opcode,
-            mask,
-            header_len,
-            payload_len,
-        }))
+    fn header(&self) -> Result<Option<FrameHeader>, WsError> {
+        let so_far = self.fragments.as_ref().map_or(0, |f| f.bytes.len() as u64);
+        FrameHeader::parse(&self.buffer, self.masked, so_far, self.limit)
     }
 
     /// Handles one unmasked frame; a message when one is complete.

@@ -6,7 +6,7 @@
 pub mod decode;
 pub mod encode;
 
-pub use decode::{Decoder, WsError, WsMessage};
+pub use decode::{Decoder, FrameHeader, WsError, WsMessage};
 pub use encode::{FrameBuf, Role};
 
 /// A received text message: shared bytes that are valid UTF-8, sliced out
@@ -14,9 +14,15 @@ pub use encode::{FrameBuf, Role};
 pub type Text = bytestring::ByteString;
 
 // Opcodes (RFC 6455 §5.2).
-pub(crate) const OP_CONTINUATION: u8 = 0x0;
-pub(crate) const OP_TEXT: u8 = 0x1;
-pub(crate) const OP_BINARY: u8 = 0x2;
-pub(crate) const OP_CLOSE: u8 = 0x8;
-pub(crate) const OP_PING: u8 = 0x9;
-pub(crate) const OP_PONG: u8 = 0xa;
+/// Continues a fragmented message.
+pub const OP_CONTINUATION: u8 = 0x0;
+/// A text message (or its first fragment).
+pub const OP_TEXT: u8 = 0x1;
+/// A binary message (or its first fragment).
+pub const OP_BINARY: u8 = 0x2;
+/// Close.
+pub const OP_CLOSE: u8 = 0x8;
+/// Ping.
+pub const OP_PING: u8 = 0x9;
+/// Pong.
+pub const OP_PONG: u8 = 0xa;
