@@ -247,6 +247,11 @@ impl ConsumerLink {
         }
         let in_flight = state.pipeline.len();
         drop(state);
+        self.report_in_flight(in_flight);
+    }
+
+    /// Publishes the link's in-flight count (taken under the lock, set after).
+    fn report_in_flight(&self, in_flight: usize) {
         self.metrics
             .in_flight
             .get_or_create(&self.label)
@@ -352,10 +357,7 @@ impl ConsumerLink {
         }
         let in_flight = state.pipeline.len();
         drop(state);
-        self.metrics
-            .in_flight
-            .get_or_create(&self.label)
-            .set(in_flight as i64);
+        self.report_in_flight(in_flight);
         self.answer(answers);
         if let Some(handler) = &self.handler {
             for (frame, text) in for_handler {
