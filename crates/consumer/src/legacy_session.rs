@@ -207,7 +207,7 @@ async fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) -> bool {
     batches.add(
         &link,
         Request {
-            body: Body::new(topic.as_str(), &data),
+            body: Body::new(topic.as_str(), None, &data),
             forwarded: true,
             reply: Reply::Legacy,
             permit,

@@ -105,6 +105,7 @@ enum Item<'a> {
 struct PublishRef<'a> {
     id: u64,
     topic: &'a str,
+    key: Option<&'a str>,
     forwarded: bool,
     payload: &'a RawValue,
 }
@@ -116,12 +117,14 @@ impl Item<'_> {
             Item::Publish(parts) => Some(PublishRef {
                 id: parts.id,
                 topic: parts.topic,
+                key: parts.key,
                 forwarded: parts.forwarded,
                 payload: parts.payload,
             }),
             Item::OwnedPublish(publish) => Some(PublishRef {
                 id: publish.id,
                 topic: publish.topic.as_str(),
+                key: publish.key.as_deref(),
                 forwarded: publish.forwarded,
                 payload: &publish.payload,
             }),
@@ -251,7 +254,8 @@ impl Session {
                 Ok(first) => {
                     for (publish, offset) in group.iter().zip(first.offset..) {
                         let at = Position { offset, ..first };
-                        answers.push_with(|out| encode_publish_ack_into(out, publish.id, at));
+                        answers
+                            .push_with(|out| encode_publish_ack_into(out, publish.id, at, false));
                     }
                     continue;
                 }
@@ -304,7 +308,7 @@ impl Session {
                 batches.add(
                     link,
                     Request {
-                        body: Body::new(topic, publish.payload),
+                        body: Body::new(topic, publish.key, publish.payload),
                         forwarded: true,
                         reply,
                         permit,

@@ -108,7 +108,11 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                     // `forwarded` means nothing coming from a publisher; it is not passed on.
                     Ok(Frame::Publish(publish)) => (
                         publish.id,
-                        Body::new(publish.topic.as_str(), &publish.payload),
+                        Body::new(
+                            publish.topic.as_str(),
+                            publish.key.as_deref(),
+                            &publish.payload,
+                        ),
                     ),
                     Ok(other) => {
                         let refusal = Frame::error(
@@ -265,7 +269,7 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
         batches.add(
             link,
             Request {
-                body: Body::new(topic.as_str(), &data),
+                body: Body::new(topic.as_str(), None, &data),
                 forwarded: false,
                 reply: Reply::Legacy,
                 permit,

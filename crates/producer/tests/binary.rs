@@ -102,7 +102,12 @@ async fn acking_consumer(listener: TcpListener, psk: Psk) {
                 if let Some(publish) = parse_publish_parts(&text) {
                     offset += 1;
                     let mut ack = Vec::new();
-                    encode_publish_ack_into(&mut ack, publish.id, Position { epoch: 1, offset });
+                    encode_publish_ack_into(
+                        &mut ack,
+                        publish.id,
+                        Position { epoch: 1, offset },
+                        false,
+                    );
                     let _ = outbox.push(encode::text_frame(&ack));
                 }
             }

@@ -70,6 +70,14 @@ pub enum ConfigError {
     /// A limit that must be positive is zero.
     #[error("[limits] {0} must be greater than 0")]
     ZeroLimit(&'static str),
+    /// A limit below its minimum.
+    #[error("[limits] {name} must be at least {min}")]
+    TooSmall {
+        /// The limit.
+        name: &'static str,
+        /// Its minimum here.
+        min: usize,
+    },
 }
 
 /// One node in the cluster file.
@@ -135,7 +143,25 @@ pub struct Limits {
     pub publish_timeout_ms: u64,
     /// Publishes in flight per producer → consumer link. Default 4,096.
     pub link_window: usize,
+    /// Interval between liveness probes (WebSocket pings) on node-to-node
+    /// links, both ways. Default 1,000 ms.
+    pub link_ping_interval_ms: u64,
+    /// A node-to-node link that received nothing (not even a pong) for
+    /// this long is declared down. Default 3,000 ms.
+    pub link_down_after_ms: u64,
+    /// How long a topic's owner remembers a publish's idempotency key.
+    /// Default 60,000 ms.
+    pub idempotency_window_ms: u64,
+    /// Most idempotency keys a consumer remembers in all (oldest forgotten
+    /// first; about 100 bytes each). Default 250,000.
+    pub idempotency_keys_per_node: usize,
 }
+
+/// Bytes every frame a node sends may add around a publish's payload (its
+/// envelope: type, ids, topic, key, positions). The payload limit is
+/// `max_frame_bytes` minus this, so no payload a publisher may send can make
+/// a node send a frame its peer refuses.
+pub const ENVELOPE_BYTES: usize = 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -151,6 +177,10 @@ impl Default for Limits {
             history_bytes_per_node: 64 << 20,
             publish_timeout_ms: 5_000,
             link_window: 4_096,
+            link_ping_interval_ms: 1_000,
+            link_down_after_ms: 3_000,
+            idempotency_window_ms: 60_000,
+            idempotency_keys_per_node: 250_000,
         }
     }
 }
@@ -169,6 +199,27 @@ impl Limits {
     /// [`Limits::publish_timeout_ms`] as a duration.
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// [`Limits::link_ping_interval_ms`] as a duration.
+    pub fn link_ping_interval(&self) -> Duration {
+        Duration::from_millis(self.link_ping_interval_ms)
+    }
+
+    /// [`Limits::link_down_after_ms`] as a duration.
+    pub fn link_down_after(&self) -> Duration {
+        Duration::from_millis(self.link_down_after_ms)
+    }
+
+    /// [`Limits::idempotency_window_ms`] as a duration.
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_millis(self.idempotency_window_ms)
+    }
+
+    /// The largest payload a publish may carry: `max_frame_bytes` minus
+    /// [`ENVELOPE_BYTES`].
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_frame_bytes.saturating_sub(ENVELOPE_BYTES)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -191,11 +242,30 @@ impl Limits {
             ),
             ("publish_timeout_ms", self.publish_timeout_ms),
             ("link_window", self.link_window as u64),
+            ("link_ping_interval_ms", self.link_ping_interval_ms),
+            ("link_down_after_ms", self.link_down_after_ms),
+            ("idempotency_window_ms", self.idempotency_window_ms),
+            (
+                "idempotency_keys_per_node",
+                self.idempotency_keys_per_node as u64,
+            ),
         ];
-        match positive.into_iter().find(|(_, value)| *value == 0) {
-            Some((name, _)) => Err(ConfigError::ZeroLimit(name)),
-            None => Ok(()),
+        if let Some((name, _)) = positive.into_iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::ZeroLimit(name));
         }
+        if self.max_frame_bytes < 4 * ENVELOPE_BYTES {
+            return Err(ConfigError::TooSmall {
+                name: "max_frame_bytes",
+                min: 4 * ENVELOPE_BYTES,
+            });
+        }
+        if self.link_down_after_ms < 2 * self.link_ping_interval_ms {
+            return Err(ConfigError::TooSmall {
+                name: "link_down_after_ms",
+                min: 2 * self.link_ping_interval_ms as usize,
+            });
+        }
+        Ok(())
     }
 }
 

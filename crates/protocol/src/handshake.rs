@@ -169,11 +169,11 @@ impl HandshakeError {
     /// The wire error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            HandshakeError::UnexpectedFrame { .. } | HandshakeError::BadNonce => {
-                ErrorCode::BadFrame
-            }
+            HandshakeError::UnexpectedFrame { .. } => ErrorCode::BadFrame,
             HandshakeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
-            HandshakeError::ReflectedNonce | HandshakeError::BadProof => ErrorCode::AuthFailed,
+            HandshakeError::BadNonce
+            | HandshakeError::ReflectedNonce
+            | HandshakeError::BadProof => ErrorCode::AuthFailed,
             HandshakeError::Refused { code, .. } => code.clone(),
         }
     }

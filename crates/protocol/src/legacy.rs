@@ -108,7 +108,8 @@ impl LegacyFrame {
                 limit,
             });
         }
-        let wire: WireLegacy = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
+        let wire: WireLegacy = serde_json::from_slice(bytes)
+            .map_err(|source| DecodeError::Json { source, id: None })?;
         let missing = |field| DecodeError::MissingField {
             kind: "legacy",
             field,
@@ -137,7 +138,10 @@ impl LegacyFrame {
             }),
             "s" => Ok(LegacyFrame::Subscribe(wire.s.ok_or(missing("s"))?)),
             "u" => Ok(LegacyFrame::Unsubscribe(wire.s.ok_or(missing("s"))?)),
-            other => Err(DecodeError::UnknownType(other.chars().take(40).collect())),
+            other => Err(DecodeError::UnknownType {
+                kind: other.chars().take(40).collect(),
+                id: None,
+            }),
         }
     }
 

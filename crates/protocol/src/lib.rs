@@ -25,10 +25,10 @@ pub mod status;
 pub mod topic;
 
 pub use cluster_file::ClusterFileError;
-pub use config::{ClusterConfig, ConfigError, Limits, NodeEntry};
+pub use config::{ClusterConfig, ConfigError, ENVELOPE_BYTES, Limits, NodeEntry};
 pub use frame::{
-    Ack, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Message, Moved, PROTOCOL_VERSION,
-    Position, Publish, Subscribe, TopicPosition, Unsubscribe,
+    Ack, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Gap, Message, Moved,
+    PROTOCOL_VERSION, Position, Publish, Resumed, Stalled, Subscribe, TopicPosition, Unsubscribe,
 };
 pub use handshake::{ClientHandshake, ClientStep, HandshakeError, Nonce, Psk, ServerHandshake};
 pub use routing::Router;

@@ -88,11 +88,14 @@ fn check(input: &[u8]) {
             let decoded = decode_str(text, LIMIT).expect("a fast publish decodes");
             assert_eq!(Frame::Publish(publish), decoded);
         }
-        if let Some((id, at)) = parse_publish_ack(text) {
+        if let Some(fast) = parse_publish_ack(text) {
             let Ok(Frame::Ack(ack)) = decode_str(text, LIMIT) else {
                 panic!("fast ack {text} is not an ack")
             };
-            assert_eq!((ack.id, ack.position()), (id, Some(at)));
+            assert_eq!(
+                (ack.id, ack.position(), ack.duplicate),
+                (fast.id, Some(fast.at), fast.duplicate)
+            );
         }
     }
     if let Ok(frame) = decode(input, LIMIT) {

@@ -275,7 +275,14 @@ impl ConsumerLink {
         );
         json.clear();
         let body = &request.body;
-        encode_publish_into(json, id, body.topic(), request.forwarded, body.payload());
+        encode_publish_into(
+            json,
+            id,
+            body.topic(),
+            body.key(),
+            request.forwarded,
+            body.payload(),
+        );
         id
     }
 
@@ -287,7 +294,7 @@ impl ConsumerLink {
         let mut acked = 0;
         for (reply, answer) in answers {
             match &answer {
-                Answer::Acked(_) => acked += 1,
+                Answer::Acked { .. } => acked += 1,
                 Answer::Failed(code, _) => self.metrics.error(code.as_str()),
             }
             match reply {
@@ -311,8 +318,8 @@ impl ConsumerLink {
                     };
                     let frames = &mut batches[index].2;
                     match answer {
-                        Answer::Acked(at) => {
-                            frames.push_with(|out| encode_publish_ack_into(out, id, at))
+                        Answer::Acked { at, duplicate } => {
+                            frames.push_with(|out| encode_publish_ack_into(out, id, at, duplicate))
                         }
                         Answer::Failed(code, message) => {
                             frames.push(Frame::error(Some(id), code, message).encode().as_bytes())

@@ -22,8 +22,14 @@ pub const HANDLER_ID_BIT: u64 = 1 << 63;
 /// How a publish ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// The owner sequenced it here.
-    Acked(Position),
+    /// The owner sequenced it here (`duplicate`: earlier, under the same
+    /// idempotency key).
+    Acked {
+        /// Its position.
+        at: Position,
+        /// Its key was seen before.
+        duplicate: bool,
+    },
     /// It was refused or its fate is unknown; the code says which.
     Failed(ErrorCode, String),
 }
@@ -158,10 +164,16 @@ impl<T, C> Pipeline<T, C> {
     /// Reads one text frame the consumer sent.
     pub fn read(&mut self, text: &str) -> Read<T> {
         // Nearly every frame is a publish ack in the consumer's fixed form.
-        if let Some((id, at)) = parse_publish_ack(text)
-            && id & HANDLER_ID_BIT == 0
+        if let Some(ack) = parse_publish_ack(text)
+            && ack.id & HANDLER_ID_BIT == 0
         {
-            return self.answered(id, Answer::Acked(at));
+            return self.answered(
+                ack.id,
+                Answer::Acked {
+                    at: ack.at,
+                    duplicate: ack.duplicate,
+                },
+            );
         }
         let frame = match Frame::decode_str(text, usize::MAX) {
             Ok(frame) => frame,
@@ -170,7 +182,10 @@ impl<T, C> Pipeline<T, C> {
         match frame {
             Frame::Ack(ack) if ack.id & HANDLER_ID_BIT == 0 => {
                 let answer = match ack.position() {
-                    Some(at) => Answer::Acked(at),
+                    Some(at) => Answer::Acked {
+                        at,
+                        duplicate: ack.duplicate,
+                    },
                     None => Answer::Failed(ErrorCode::Internal, "ack without position".into()),
                 };
                 self.answered(ack.id, answer)
@@ -289,7 +304,7 @@ mod tests {
         ];
         for (text, expected) in rows {
             let got = match line.read(&text) {
-                Read::Answer(entry, Answer::Acked(position)) => {
+                Read::Answer(entry, Answer::Acked { at: position, .. }) => {
                     format!(
                         "answer {entry} acked {}:{}",
                         position.epoch, position.offset

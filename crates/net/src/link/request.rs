@@ -73,6 +73,8 @@ pub enum Reply {
 pub struct Body {
     text: Text,
     topic: Range<usize>,
+    /// Empty when the publish has no idempotency key.
+    key: Range<usize>,
     payload: Range<usize>,
 }
 
@@ -80,21 +82,29 @@ impl Body {
     /// The topic and payload of `parts`, read out of `text`.
     pub fn in_frame(text: Text, parts: &PublishParts<'_>) -> Body {
         let payload_len = parts.payload.get().len();
+        let key_len = parts.key.map_or(0, str::len);
         Body {
             topic: parts.topic_at..parts.topic_at + parts.topic.len(),
+            key: parts.key_at..parts.key_at + key_len,
             payload: parts.payload_at..parts.payload_at + payload_len,
             text,
         }
     }
 
     /// A body of its own (one allocation), for a publish that was not read
-    /// by `parse_publish_parts`. `topic` must be valid (see [`Topic`](shardq_protocol::Topic)).
-    pub fn new(topic: &str, payload: &RawValue) -> Body {
+    /// by `parse_publish_parts`. `topic` must be valid (see
+    /// [`Topic`](shardq_protocol::Topic)), and `key` too
+    /// ([`is_valid_key`](shardq_protocol::frame::is_valid_key)).
+    pub fn new(topic: &str, key: Option<&str>, payload: &RawValue) -> Body {
         let payload = payload.get();
+        let key = key.unwrap_or_default();
+        let key_at = topic.len();
+        let payload_at = key_at + key.len();
         Body {
-            text: Text::from(format!("{topic}{payload}")),
+            text: Text::from(format!("{topic}{key}{payload}")),
             topic: 0..topic.len(),
-            payload: topic.len()..topic.len() + payload.len(),
+            key: key_at..payload_at,
+            payload: payload_at..payload_at + payload.len(),
         }
     }
 
@@ -103,14 +113,22 @@ impl Body {
         self.text.get(self.topic.clone()).unwrap_or_default()
     }
 
+    /// The idempotency key, if the publish has one.
+    pub fn key(&self) -> Option<&str> {
+        if self.key.is_empty() {
+            return None;
+        }
+        self.text.get(self.key.clone())
+    }
+
     /// The payload (valid JSON).
     pub fn payload(&self) -> &str {
         self.text.get(self.payload.clone()).unwrap_or_default()
     }
 
-    /// Bytes of topic and payload.
+    /// Bytes of topic, key and payload.
     pub fn len(&self) -> usize {
-        self.topic.len() + self.payload.len()
+        self.topic.len() + self.key.len() + self.payload.len()
     }
 
     /// Whether both are empty (never, for a valid publish).
@@ -152,8 +170,23 @@ mod tests {
         assert_eq!(Body::in_frame(spaced.clone(), &parts).payload(), "[ 1 ]");
         let topic = Topic::parse("db/create").unwrap();
         let payload = RawValue::from_string("[1,2]".into()).unwrap();
-        let own = Body::new(topic.as_str(), &payload);
-        assert_eq!((own.topic(), own.payload()), ("db/create", "[1,2]"));
+        let own = Body::new(topic.as_str(), None, &payload);
+        assert_eq!(
+            (own.topic(), own.key(), own.payload()),
+            ("db/create", None, "[1,2]")
+        );
+        let keyed = Body::new(topic.as_str(), Some("k-1"), &payload);
+        assert_eq!(
+            (keyed.topic(), keyed.key(), keyed.payload()),
+            ("db/create", Some("k-1"), "[1,2]")
+        );
+        let text = Text::from(r#"{"type":"publish","id":5,"topic":"a/b","key":"x:9","payload":7}"#);
+        let parts = parse_publish_parts(&text).unwrap();
+        let body = Body::in_frame(text.clone(), &parts);
+        assert_eq!(
+            (body.topic(), body.key(), body.payload()),
+            ("a/b", Some("x:9"), "7")
+        );
     }
 
     #[tokio::test]

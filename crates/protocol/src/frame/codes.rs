@@ -25,8 +25,15 @@ pub enum ErrorCode {
     AuthFailed,
     /// The peer speaks another protocol version.
     UnsupportedVersion,
-    /// The node that owns the topic could not be reached in time.
+    /// The request was certainly not carried out: the topic's owner could
+    /// not be reached, or could not take it now. Safe to retry.
     Unavailable,
+    /// A publish reached (or may have reached) the topic's owner but no
+    /// answer came: it may or may not have been sequenced. Retry with the
+    /// same idempotency key to find out without duplicating it.
+    OutcomeUnknown,
+    /// A publish's payload is larger than the payload limit.
+    PayloadTooLarge,
     /// The connection already holds the maximum number of subscriptions.
     TooManySubscriptions,
     /// The connection is already subscribed to the topic.
@@ -46,7 +53,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this version defines.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::BadTopic,
@@ -56,6 +63,8 @@ impl ErrorCode {
         ErrorCode::AuthFailed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Unavailable,
+        ErrorCode::OutcomeUnknown,
+        ErrorCode::PayloadTooLarge,
         ErrorCode::TooManySubscriptions,
         ErrorCode::AlreadySubscribed,
         ErrorCode::NotSubscribed,
@@ -76,6 +85,8 @@ impl ErrorCode {
             ErrorCode::AuthFailed => "auth_failed",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::AlreadySubscribed => "already_subscribed",
             ErrorCode::NotSubscribed => "not_subscribed",

@@ -13,8 +13,8 @@ use super::Frame;
 use super::codes::ErrorCode;
 use super::fast::parse_publish;
 use super::types::{
-    Ack, Auth, ErrorFrame, Hello, Message, Moved, Position, Publish, Subscribe, TopicPosition,
-    Unsubscribe, Welcome,
+    Ack, Auth, ErrorFrame, Gap, Hello, Message, Moved, Position, Publish, Resumed, Stalled,
+    Subscribe, TopicPosition, Unsubscribe, Welcome, is_valid_key,
 };
 use crate::topic::{Topic, TopicError, TopicFilter};
 
@@ -30,11 +30,22 @@ pub enum DecodeError {
         limit: usize,
     },
     /// Not JSON, not an object, a duplicate field, or a field of the wrong type.
-    #[error("malformed frame: {0}")]
-    Json(#[source] serde_json::Error),
+    #[error("malformed frame: {source}")]
+    Json {
+        /// What serde_json said.
+        #[source]
+        source: serde_json::Error,
+        /// The frame's `id`, when it is an object with one readable id.
+        id: Option<u64>,
+    },
     /// The `"type"` is not one this version knows.
-    #[error("unknown frame type {0:?}")]
-    UnknownType(String),
+    #[error("unknown frame type {kind:?}")]
+    UnknownType {
+        /// The type (its first 40 characters).
+        kind: String,
+        /// The frame's id, when it had one.
+        id: Option<u64>,
+    },
     /// A field the frame type requires is absent.
     #[error("{kind} frame without {field:?}")]
     MissingField {
@@ -73,10 +84,10 @@ impl DecodeError {
         match self {
             DecodeError::MissingField { id, .. }
             | DecodeError::BadTopic { id, .. }
-            | DecodeError::BadValue { id, .. } => *id,
-            DecodeError::TooLarge { .. } | DecodeError::Json(_) | DecodeError::UnknownType(_) => {
-                None
-            }
+            | DecodeError::BadValue { id, .. }
+            | DecodeError::Json { id, .. }
+            | DecodeError::UnknownType { id, .. } => *id,
+            DecodeError::TooLarge { .. } => None,
         }
     }
 
@@ -118,8 +129,22 @@ pub fn decode_str(text: &str, limit: usize) -> Result<Frame, DecodeError> {
     if let Some(publish) = parse_publish(text) {
         return Ok(Frame::Publish(publish));
     }
-    let wire: WireFrame<'_> = serde_json::from_str(text).map_err(DecodeError::Json)?;
+    let wire: WireFrame<'_> = serde_json::from_str(text).map_err(|source| DecodeError::Json {
+        source,
+        id: salvage_id(text.as_bytes()),
+    })?;
     wire.into_frame()
+}
+
+/// The `id` of a frame that did not decode, when it is a JSON object with
+/// exactly one `id` that is an unsigned integer: so that even a malformed
+/// request's error names it.
+fn salvage_id(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    serde_json::from_slice::<IdOnly>(bytes).ok()?.id
 }
 
 /// Every field any frame has, all optional: the first pass of decoding.
@@ -137,9 +162,12 @@ struct WireFrame<'a> {
     #[serde(borrow)]
     topic: Option<Cow<'a, str>>,
     since: Option<Position>,
+    after: Option<Position>,
     #[serde(default, deserialize_with = "present")]
     payload: Option<Box<RawValue>>,
+    key: Option<String>,
     forwarded: Option<bool>,
+    duplicate: Option<bool>,
     owner: Option<String>,
     epoch: Option<u64>,
     offset: Option<u64>,
@@ -158,7 +186,11 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Frame, DecodeError> {
             limit,
         });
     }
-    let wire: WireFrame<'_> = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
+    let wire: WireFrame<'_> =
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+            source,
+            id: salvage_id(bytes),
+        })?;
     wire.into_frame()
 }
 
@@ -208,6 +240,16 @@ impl WireFrame<'_> {
                         id: Some(id),
                     });
                 }
+                if self
+                    .since
+                    .is_some_and(|since| since.epoch == 0 && since.offset != 0)
+                {
+                    return Err(DecodeError::BadValue {
+                        kind: "subscribe",
+                        reason: "since with epoch 0 (the start of the current epoch) takes offset 0",
+                        id: Some(id),
+                    });
+                }
                 Frame::Subscribe(Subscribe {
                     id,
                     topic,
@@ -218,16 +260,29 @@ impl WireFrame<'_> {
                 id: need!("unsubscribe", id),
                 topic: topic_filter(&need!("unsubscribe", topic))?,
             }),
-            "publish" => Frame::Publish(Publish {
-                id: need!("publish", id),
-                topic: exact_topic(&need!("publish", topic))?,
-                forwarded: self.forwarded.unwrap_or(false),
-                payload: need!("publish", payload),
-            }),
+            "publish" => {
+                let id = need!("publish", id);
+                let topic = exact_topic(&need!("publish", topic))?;
+                if self.key.as_deref().is_some_and(|key| !is_valid_key(key)) {
+                    return Err(DecodeError::BadValue {
+                        kind: "publish",
+                        reason: "key must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+                        id: Some(id),
+                    });
+                }
+                Frame::Publish(Publish {
+                    id,
+                    topic,
+                    key: self.key,
+                    forwarded: self.forwarded.unwrap_or(false),
+                    payload: need!("publish", payload),
+                })
+            }
             "ack" => Frame::Ack(Ack {
                 id: need!("ack", id),
                 epoch: self.epoch,
                 offset: self.offset,
+                duplicate: self.duplicate.unwrap_or(false),
                 topics: self.topics,
                 recovered: self.recovered,
             }),
@@ -248,7 +303,25 @@ impl WireFrame<'_> {
                 offset: need!("moved", offset),
                 owner: need!("moved", owner),
             }),
-            other => return Err(DecodeError::UnknownType(other.chars().take(40).collect())),
+            "gap" => Frame::Gap(Gap {
+                topic: exact_topic(&need!("gap", topic))?,
+                after: need!("gap", after),
+                epoch: need!("gap", epoch),
+                offset: need!("gap", offset),
+            }),
+            "stalled" => Frame::Stalled(Stalled {
+                topic: exact_topic(&need!("stalled", topic))?,
+                owner: need!("stalled", owner),
+            }),
+            "resumed" => Frame::Resumed(Resumed {
+                topic: exact_topic(&need!("resumed", topic))?,
+            }),
+            other => {
+                return Err(DecodeError::UnknownType {
+                    kind: other.chars().take(40).collect(),
+                    id,
+                });
+            }
         };
         Ok(frame)
     }
@@ -288,11 +361,29 @@ mod tests {
 
     #[test]
     fn errors_carry_the_request_id_and_code() {
-        let cases: [(&str, Option<u64>, ErrorCode); 9] = [
+        let cases: [(&str, Option<u64>, ErrorCode); 14] = [
             ("not json", None, ErrorCode::BadFrame),
             ("[1,2]", None, ErrorCode::BadFrame),
             (r#"{"type":"nope"}"#, None, ErrorCode::BadFrame),
-            (r#"{"id":1}"#, None, ErrorCode::BadFrame),
+            // Every request with a readable id gets it back, however broken.
+            (r#"{"id":1}"#, Some(1), ErrorCode::BadFrame),
+            (r#"{"type":"nope","id":17}"#, Some(17), ErrorCode::BadFrame),
+            (r#"{"type":7,"id":18}"#, Some(18), ErrorCode::BadFrame),
+            (
+                r#"{"type":"publish","id":19,"topic":"a/b","payload":1,"forwarded":"yes"}"#,
+                Some(19),
+                ErrorCode::BadFrame,
+            ),
+            (
+                r#"{"type":"publish","id":20,"topic":"a/b","key":"no spaces","payload":1}"#,
+                Some(20),
+                ErrorCode::BadFrame,
+            ),
+            (
+                r#"{"type":"subscribe","id":21,"topic":"a/b","since":{"epoch":0,"offset":5}}"#,
+                Some(21),
+                ErrorCode::BadFrame,
+            ),
             (
                 r#"{"type":"publish","id":3,"topic":"a/b"}"#,
                 Some(3),
@@ -308,6 +399,7 @@ mod tests {
                 Some(5),
                 ErrorCode::BadFrame,
             ),
+            // An ambiguous or unreadable id is no id.
             (
                 r#"{"type":"publish","id":6,"id":7,"topic":"a/b","payload":1}"#,
                 None,

@@ -37,10 +37,16 @@ pub fn encode_message_into(out: &mut Vec<u8>, topic: &str, at: Position, payload
 ///
 /// `topic` must be valid (see [`Topic`]) and `payload` valid JSON: both are
 /// written verbatim.
+///
+/// `key`, when given, must be valid ([`is_valid_key`]): keys never need
+/// escaping either.
+///
+/// [`is_valid_key`]: super::is_valid_key
 pub fn encode_publish_into(
     out: &mut Vec<u8>,
     id: u64,
     topic: &str,
+    key: Option<&str>,
     forwarded: bool,
     payload: &str,
 ) {
@@ -49,6 +55,11 @@ pub fn encode_publish_into(
     out.extend_from_slice(b",\"topic\":\"");
     out.extend_from_slice(topic.as_bytes());
     out.push(b'"');
+    if let Some(key) = key {
+        out.extend_from_slice(b",\"key\":\"");
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+    }
     if forwarded {
         out.extend_from_slice(b",\"forwarded\":true");
     }
@@ -58,15 +69,30 @@ pub fn encode_publish_into(
 }
 
 /// Appends the JSON of a publish's `ack`, byte-identical to
-/// `Frame::Ack(Ack::published(id, at)).encode()`.
-pub fn encode_publish_ack_into(out: &mut Vec<u8>, id: u64, at: Position) {
+/// `Frame::Ack(Ack::published(id, at)).encode()` (with `duplicate` set as
+/// given).
+pub fn encode_publish_ack_into(out: &mut Vec<u8>, id: u64, at: Position, duplicate: bool) {
     out.extend_from_slice(b"{\"type\":\"ack\",\"id\":");
     push_number(out, id);
     out.extend_from_slice(b",\"epoch\":");
     push_number(out, at.epoch);
     out.extend_from_slice(b",\"offset\":");
     push_number(out, at.offset);
+    if duplicate {
+        out.extend_from_slice(b",\"duplicate\":true");
+    }
     out.push(b'}');
+}
+
+/// A publish's `ack` read by [`parse_publish_ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishAck {
+    /// The request id.
+    pub id: u64,
+    /// Where the message was sequenced.
+    pub at: Position,
+    /// The publish's key was seen before (nothing new was sequenced).
+    pub duplicate: bool,
 }
 
 /// Reads a publish's `ack` in exactly the form
@@ -74,18 +100,27 @@ pub fn encode_publish_ack_into(out: &mut Vec<u8>, id: u64, at: Position) {
 /// anything else (decode those with [`decode_str`]).
 ///
 /// [`decode_str`]: super::decode_str
-pub fn parse_publish_ack(text: &str) -> Option<(u64, Position)> {
+pub fn parse_publish_ack(text: &str) -> Option<PublishAck> {
     let rest = text.strip_prefix("{\"type\":\"ack\",\"id\":")?;
     let (id, rest) = leading_number(rest)?;
     let rest = rest.strip_prefix(",\"epoch\":")?;
     let (epoch, rest) = leading_number(rest)?;
     let rest = rest.strip_prefix(",\"offset\":")?;
     let (offset, rest) = leading_number(rest)?;
-    (rest == "}").then_some((id, Position { epoch, offset }))
+    let duplicate = match rest {
+        "}" => false,
+        ",\"duplicate\":true}" => true,
+        _ => return None,
+    };
+    Some(PublishAck {
+        id,
+        at: Position { epoch, offset },
+        duplicate,
+    })
 }
 
 /// Reads a `publish` in exactly the form [`encode_publish_into`] writes
-/// (`{"type":"publish","id":N,"topic":"q/e"[,"forwarded":true],"payload":…}`,
+/// (`{"type":"publish","id":N,"topic":"q/e"[,"key":"k"][,"forwarded":true],"payload":…}`,
 /// no spaces) with
 /// one validating pass over the payload and none over the rest; `None` for
 /// any other shape (decode those with [`decode_str`], which accepts every
@@ -97,6 +132,7 @@ pub fn parse_publish(text: &str) -> Option<Publish> {
     Some(Publish {
         id: parts.id,
         topic: Topic::parse(parts.topic).ok()?,
+        key: parts.key.map(str::to_owned),
         forwarded: parts.forwarded,
         payload: parts.payload.to_owned(),
     })
@@ -112,6 +148,10 @@ pub struct PublishParts<'a> {
     pub topic: &'a str,
     /// Where the topic starts in the text.
     pub topic_at: usize,
+    /// The idempotency key, valid as [`is_valid_key`](super::is_valid_key) requires.
+    pub key: Option<&'a str>,
+    /// Where the key starts in the text (0 without a key).
+    pub key_at: usize,
     /// Set when a consumer forwarded it.
     pub forwarded: bool,
     /// The payload, valid JSON.
@@ -129,6 +169,17 @@ pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
     let rest = rest.strip_prefix(",\"topic\":\"")?;
     let topic_at = text.len() - rest.len();
     let (topic, rest) = rest.split_once('"')?;
+    let (key, key_at, rest) = match rest.strip_prefix(",\"key\":\"") {
+        Some(rest) => {
+            let key_at = text.len() - rest.len();
+            let (key, rest) = rest.split_once('"')?;
+            if !super::is_valid_key(key) {
+                return None;
+            }
+            (Some(key), key_at, rest)
+        }
+        None => (None, 0, rest),
+    };
     let (forwarded, rest) = match rest.strip_prefix(",\"forwarded\":true") {
         Some(rest) => (true, rest),
         None => (false, rest),
@@ -144,6 +195,8 @@ pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
         id,
         topic,
         topic_at,
+        key,
+        key_at,
         forwarded,
         payload,
         payload_at,
@@ -211,31 +264,51 @@ mod tests {
     fn fast_publish_and_ack_encodings_match_serde() {
         let topic = Topic::parse("files/save").unwrap();
         let payload = raw(r#"{"a": [1, 2]}"#);
-        for forwarded in [false, true] {
+        for (key, forwarded) in [
+            (None, false),
+            (None, true),
+            (Some("a.B_9:-"), false),
+            (Some("k"), true),
+        ] {
             let mut fast = Vec::new();
-            encode_publish_into(&mut fast, 42, topic.as_str(), forwarded, payload.get());
+            encode_publish_into(&mut fast, 42, topic.as_str(), key, forwarded, payload.get());
             let slow = Frame::Publish(Publish {
                 id: 42,
                 topic: topic.clone(),
+                key: key.map(str::to_owned),
                 forwarded,
                 payload: payload.clone(),
             })
             .encode();
             let fast = String::from_utf8(fast).unwrap();
             assert_eq!(fast, slow);
-            assert_eq!(parse_publish(&fast).unwrap().forwarded, forwarded);
+            let parsed = parse_publish(&fast).unwrap();
+            assert_eq!((parsed.forwarded, parsed.key.as_deref()), (forwarded, key));
+            let parts = parse_publish_parts(&fast).unwrap();
+            if let Some(key) = key {
+                assert_eq!(&fast[parts.key_at..parts.key_at + key.len()], key);
+            }
         }
         for (id, epoch, offset) in [
             (0, 1, 0),
             (7, 9_007_199_254_740_991, 12),
             (u64::MAX, 5, u64::MAX),
         ] {
-            let at = Position { epoch, offset };
-            let mut fast = Vec::new();
-            encode_publish_ack_into(&mut fast, id, at);
-            let text = String::from_utf8(fast).unwrap();
-            assert_eq!(text, Frame::Ack(Ack::published(id, at)).encode());
-            assert_eq!(parse_publish_ack(&text), Some((id, at)));
+            for duplicate in [false, true] {
+                let at = Position { epoch, offset };
+                let mut fast = Vec::new();
+                encode_publish_ack_into(&mut fast, id, at, duplicate);
+                let text = String::from_utf8(fast).unwrap();
+                let slow = Ack {
+                    duplicate,
+                    ..Ack::published(id, at)
+                };
+                assert_eq!(text, Frame::Ack(slow).encode());
+                assert_eq!(
+                    parse_publish_ack(&text),
+                    Some(PublishAck { id, at, duplicate })
+                );
+            }
         }
     }
 
@@ -246,6 +319,8 @@ mod tests {
             r#"{"type":"publish","id":0,"topic":"a/b","payload":"x"}"#,
             r#"{"type":"publish","id":1,"topic":"a/b","payload":null}"#,
             r#"{"type":"publish","id":2,"topic":"a/b","forwarded":true,"payload":1}"#,
+            r#"{"type":"publish","id":3,"topic":"a/b","key":"k-9","payload":1}"#,
+            r#"{"type":"publish","id":4,"topic":"a/b","key":"k-9","forwarded":true,"payload":1}"#,
         ];
         for text in fast {
             let parsed = parse_publish(text).unwrap_or_else(|| panic!("{text}"));
@@ -258,6 +333,8 @@ mod tests {
             r#"{"type":"publish", "id":1,"topic":"a/b","payload":1}"#,
             r#"{"type":"publish","id":1,"topic":"a/b","payload":{"x":}"#,
             r#"{"type":"publish","id":1,"topic":"a b/c","payload":1}"#,
+            r#"{"type":"publish","id":1,"topic":"a/b","key":"a b","payload":1}"#,
+            r#"{"type":"publish","id":1,"topic":"a/b","key":"","payload":1}"#,
         ] {
             assert!(parse_publish(text).is_none(), "{text}");
         }

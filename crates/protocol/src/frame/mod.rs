@@ -21,12 +21,12 @@ mod types;
 pub use codes::{CloseCode, ErrorCode};
 pub use decode::{DecodeError, decode, decode_str};
 pub use fast::{
-    PublishParts, encode_message_into, encode_publish_ack_into, encode_publish_into, parse_publish,
-    parse_publish_ack, parse_publish_parts,
+    PublishAck, PublishParts, encode_message_into, encode_publish_ack_into, encode_publish_into,
+    parse_publish, parse_publish_ack, parse_publish_parts,
 };
 pub use types::{
-    Ack, Auth, ErrorFrame, Hello, Message, Moved, Position, Publish, Subscribe, TopicPosition,
-    Unsubscribe, Welcome,
+    Ack, Auth, ErrorFrame, Gap, Hello, MAX_KEY_LEN, Message, Moved, Position, Publish, Resumed,
+    Stalled, Subscribe, TopicPosition, Unsubscribe, Welcome, is_valid_key,
 };
 
 /// The protocol version a `hello` announces.
@@ -56,6 +56,12 @@ pub enum Frame {
     Message(Message),
     /// Consumer → peer consumer.
     Moved(Moved),
+    /// Server → subscriber: messages of a topic may be missing.
+    Gap(Gap),
+    /// Server → subscriber: a topic's owner cannot be reached.
+    Stalled(Stalled),
+    /// Server → subscriber: a stalled topic flows again.
+    Resumed(Resumed),
 }
 
 impl Frame {
@@ -72,6 +78,9 @@ impl Frame {
             Frame::Error(_) => "error",
             Frame::Message(_) => "message",
             Frame::Moved(_) => "moved",
+            Frame::Gap(_) => "gap",
+            Frame::Stalled(_) => "stalled",
+            Frame::Resumed(_) => "resumed",
         }
     }
 
@@ -157,12 +166,14 @@ mod tests {
             Frame::Publish(Publish {
                 id: 4,
                 topic: topic.clone(),
+                key: None,
                 forwarded: false,
                 payload: raw(r#"{"id":99,"name":"John"}"#),
             }),
             Frame::Publish(Publish {
                 id: 5,
                 topic: topic.clone(),
+                key: Some("k-1:retry_2.x".into()),
                 forwarded: true,
                 payload: raw("[]"),
             }),
@@ -188,7 +199,33 @@ mod tests {
                 }],
                 Some(true),
             )),
+            Frame::Ack(Ack {
+                duplicate: true,
+                ..Ack::published(
+                    5,
+                    Position {
+                        epoch: 77,
+                        offset: 8,
+                    },
+                )
+            }),
             Frame::Ack(Ack::unsubscribed(3)),
+            Frame::Gap(Gap {
+                topic: topic.clone(),
+                after: Position {
+                    epoch: 77,
+                    offset: 10,
+                },
+                epoch: 78,
+                offset: 0,
+            }),
+            Frame::Stalled(Stalled {
+                topic: topic.clone(),
+                owner: "consumer-1".into(),
+            }),
+            Frame::Resumed(Resumed {
+                topic: topic.clone(),
+            }),
             Frame::error(Some(5), ErrorCode::UnknownEvent, "no such event"),
             Frame::error(None, ErrorCode::AuthFailed, "authentication failed"),
             Frame::Message(Message {
@@ -209,6 +246,7 @@ mod tests {
         let frame = Frame::Publish(Publish {
             id: 7,
             topic: Topic::parse("files/save").unwrap(),
+            key: None,
             forwarded: false,
             payload: raw(r#"{"path" : "/tmp/x", "n":[1, 2.50]}"#),
         });

@@ -1,6 +1,8 @@
 //! The frame structs: the fields each shardq/1 frame carries ([`Position`],
-//! [`TopicPosition`], the handshake frames, requests, answers, deliveries and
-//! [`Moved`]), and their small constructors and comparisons.
+//! [`TopicPosition`], the handshake frames, requests, answers, deliveries,
+//! the per-topic notices [`Gap`], [`Stalled`] and [`Resumed`], and
+//! [`Moved`]), their small constructors and comparisons, and the rules of
+//! idempotency keys.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -81,6 +83,19 @@ pub struct Unsubscribe {
     pub topic: TopicFilter,
 }
 
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY_LEN: usize = 64;
+
+/// Whether `key` is a valid idempotency key: 1–64 characters of
+/// `A-Z a-z 0-9 . _ : -` (so a key never needs escaping).
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// Client → server: publish one message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Publish {
@@ -88,6 +103,11 @@ pub struct Publish {
     pub id: u64,
     /// The topic.
     pub topic: Topic,
+    /// The publisher's idempotency key: a retry with the same key is
+    /// answered with the first one's position instead of being sequenced
+    /// again (see [`is_valid_key`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Consumer → consumer only: this publish was already forwarded once by
     /// a consumer that does not own the topic; it is never forwarded again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -107,6 +127,10 @@ pub struct Ack {
     /// `publish`: the offset the message was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// `publish`: the key was seen before; `epoch` and `offset` are the
+    /// first publish's, and nothing new was sequenced.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
     /// `subscribe`: the topics now live and where each starts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topics: Option<Vec<TopicPosition>>,
@@ -182,6 +206,8 @@ impl PartialEq for Publish {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
             && self.topic == other.topic
+            && self.key == other.key
+            && self.forwarded == other.forwarded
             && self.payload.get() == other.payload.get()
     }
 }
@@ -222,4 +248,39 @@ pub struct Moved {
     pub offset: u64,
     /// The new owner's id.
     pub owner: String,
+}
+
+/// Server → subscriber: messages of `topic` after `after` may be missing
+/// (the node relaying the topic lost part of its stream and its owner could
+/// not replay it). The subscription goes on in `epoch` after `offset`: the
+/// next message delivered has a greater offset in that epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// The topic.
+    pub topic: Topic,
+    /// The last position delivered before the gap (epoch 0: none).
+    pub after: Position,
+    /// The epoch the subscription goes on in.
+    pub epoch: u64,
+    /// Messages of `epoch` up to this offset will not be delivered.
+    pub offset: u64,
+}
+
+/// Server → subscriber: the node that relays `topic` cannot reach the
+/// topic's owner `owner`; no message arrives until it can ([`Resumed`]).
+/// The subscription stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stalled {
+    /// The topic.
+    pub topic: Topic,
+    /// The owner that cannot be reached.
+    pub owner: String,
+}
+
+/// Server → subscriber: `topic`'s stream flows again after [`Stalled`]
+/// (a [`Gap`] comes first if something could not be replayed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resumed {
+    /// The topic.
+    pub topic: Topic,
 }
