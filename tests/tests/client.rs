@@ -29,7 +29,7 @@ async fn next_event(subscription: &mut shardq::Subscription) -> Event {
 async fn next_message(subscription: &mut shardq::Subscription) -> shardq::Message {
     match next_event(subscription).await {
         Event::Message(message) => message,
-        Event::Gap(gap) => panic!("unexpected gap {gap:?}"),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -243,7 +243,7 @@ async fn a_consumer_restart_is_reported_as_a_gap() {
             assert_eq!(gap.after, before.position());
             assert_ne!(gap.epoch, before.epoch);
         }
-        Event::Message(message) => panic!("expected a gap, got {message:?}"),
+        other => panic!("expected a gap, got {other:?}"),
     }
     // Then delivery continues in the new epoch.
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -344,6 +344,7 @@ async fn a_subscription_outlives_its_consumer_leaving_the_cluster() {
                 println!("gap {gap:?}");
                 gaps += 1
             }
+            Event::Stalled { .. } | Event::Resumed { .. } => {}
         }
     }
     assert_eq!(received, sent);
@@ -363,4 +364,49 @@ async fn publish_until_acked(publisher: &Publisher, queue: &str, event: &str, n:
             Err(error) => panic!("{queue}/{event} #{n}: {error}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_restart_reaches_an_edge_subscription_as_stall_resume_and_gap() {
+    let mut cluster = Cluster::builder().consumers(2).producers(1).start().await;
+    let event = ["create", "read", "update", "delete", "error"]
+        .into_iter()
+        .find(|event| cluster.owner(&format!("database/{event}")) == 0)
+        .unwrap();
+    // The subscriber knows consumer 1 only: it is an edge for the topic.
+    let subscriber = Subscriber::connect(SubscriberConfig::new(
+        cluster.consumers[1].url(""),
+        cluster.psk.clone(),
+    ))
+    .await
+    .unwrap();
+    let mut subscription = subscriber.subscribe("database", event).await.unwrap();
+    let publisher = Publisher::connect(publisher_config(&cluster))
+        .await
+        .unwrap();
+    publish_until_acked(&publisher, "database", event, 1).await;
+    let before = next_message(&mut subscription).await;
+    cluster.stop_consumer(0).await;
+    match next_event(&mut subscription).await {
+        Event::Stalled { topic, owner } => {
+            assert_eq!((topic.event(), owner.as_str()), (event, "consumer-0"));
+        }
+        other => panic!("expected a stall, got {other:?}"),
+    }
+    cluster.restart_consumer(0).await;
+    assert!(matches!(
+        next_event(&mut subscription).await,
+        Event::Resumed { .. }
+    ));
+    let gap = match next_event(&mut subscription).await {
+        Event::Gap(gap) => gap,
+        other => panic!("expected a gap, got {other:?}"),
+    };
+    assert_eq!(gap.after, before.position());
+    assert_ne!(gap.epoch, before.epoch);
+    publish_until_acked(&publisher, "database", event, 2).await;
+    let after = next_message(&mut subscription).await;
+    assert_eq!((after.epoch, after.offset), (gap.epoch, gap.offset + 1));
+    assert_eq!(after.json::<u64>().unwrap(), 2);
+    cluster.shutdown().await;
 }

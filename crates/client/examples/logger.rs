@@ -46,6 +46,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "[{}] messages may be missing after offset {}",
                 gap.topic, gap.after.offset
             ),
+            Event::Stalled { topic, owner } => {
+                println!("[{topic}] waiting: its owner {owner} cannot be reached")
+            }
+            Event::Resumed { topic } => println!("[{topic}] flowing again"),
         }
     }
     Ok(())

@@ -100,15 +100,31 @@ impl Ring {
     }
 
     /// What to replay to resume after `since`, given the stream's latest
-    /// position `current`, and whether it continues `since` with no gap.
-    /// `since.epoch == 0` asks for the start of the current epoch.
-    pub fn replay(&self, since: Position, current: Position) -> (Vec<Bytes>, bool) {
-        let frames = |from: usize| -> Vec<Bytes> {
-            self.entries
+    /// position `current`. `since.epoch == 0` asks for the start of the
+    /// current epoch.
+    pub fn replay(&self, since: Position, current: Position) -> Replay {
+        // The frames from entry `from` on, in order.
+        let from = |start: usize| -> Replay {
+            let frames: Vec<Bytes> = self
+                .entries
                 .iter()
-                .skip(from)
+                .skip(start)
                 .map(|entry| entry.frame.clone())
-                .collect()
+                .collect();
+            let after = self.entries.get(start).map_or(current, |first| Position {
+                epoch: first.at.epoch,
+                offset: first.at.offset - 1,
+            });
+            Replay {
+                frames,
+                complete: false,
+                after,
+            }
+        };
+        let nothing = |complete| Replay {
+            frames: Vec::new(),
+            complete,
+            after: current,
         };
         let current_epoch_start = self
             .entries
@@ -116,8 +132,11 @@ impl Ring {
             .position(|e| e.at.epoch == current.epoch);
         if since.epoch == 0 {
             return match current_epoch_start {
-                Some(start) => (frames(start), self.entries[start].at.offset == 1),
-                None => (Vec::new(), current.offset == 0),
+                Some(start) => Replay {
+                    complete: self.entries[start].at.offset == 1,
+                    ..from(start)
+                },
+                None => nothing(current.offset == 0),
             };
         }
         if let Some(next) = self
@@ -125,13 +144,15 @@ impl Ring {
             .iter()
             .position(|e| e.at.epoch == since.epoch && e.at.offset > since.offset)
         {
-            return (
-                frames(next),
-                self.entries[next].at.offset == since.offset + 1,
-            );
+            return Replay {
+                complete: self.entries[next].at.offset == since.offset + 1,
+                ..from(next)
+            };
         }
         if since.epoch == current.epoch && since.offset >= current.offset {
-            return (Vec::new(), true);
+            // Up to date; or beyond the latest position, which this stream
+            // never reached: not recovered, live from here.
+            return nothing(since.offset == current.offset);
         }
         if self.sealed.contains(&since) {
             // `since` was the last message of its epoch: resume with what came next.
@@ -140,20 +161,33 @@ impl Ring {
                 .iter()
                 .rposition(|e| e.at.epoch == since.epoch)
                 .map_or(0, |last| last + 1);
-            let rest = frames(after);
-            let complete = match self.entries.get(after) {
-                Some(entry) => entry.at.offset == 1,
-                None => current.epoch == since.epoch || current.offset == 0,
+            return match self.entries.get(after) {
+                Some(entry) => Replay {
+                    complete: entry.at.offset == 1,
+                    ..from(after)
+                },
+                None => nothing(current.epoch == since.epoch || current.offset == 0),
             };
-            return (rest, complete);
         }
         // Another epoch, or one this ring no longer reaches: what the
         // current epoch holds, and a gap.
         match current_epoch_start {
-            Some(start) => (frames(start), false),
-            None => (Vec::new(), false),
+            Some(start) => from(start),
+            None => nothing(false),
         }
     }
+}
+
+/// What a resume replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// The frames, oldest first.
+    pub frames: Vec<Bytes>,
+    /// Whether they continue `since` with no gap.
+    pub complete: bool,
+    /// The position right before the first frame (the stream's latest
+    /// position when there is none).
+    pub after: Position,
 }
 
 /// What a FIFO entry points at: a topic's cell, which tells whether the
@@ -341,19 +375,45 @@ mod tests {
             .collect()
     }
 
+    /// One resume: `since` → (frames replayed, recovered, replay after).
+    type Row = (Position, &'static [&'static str], bool, Position);
+
+    fn check(ring: &Ring, current: Position, rows: &[Row]) {
+        for &(since, frames, complete, after) in rows {
+            let replay = ring.replay(since, current);
+            assert_eq!(
+                (texts(replay.frames), replay.complete, replay.after),
+                (
+                    frames.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    complete,
+                    after
+                ),
+                "since {since:?}"
+            );
+        }
+    }
+
     #[test]
     fn replays_within_an_epoch() {
         let ring = ring_of(&[(7, 5..=9)]);
-        let current = at(7, 9);
-        assert_eq!(
-            ring.replay(at(7, 7), current),
-            (vec![Bytes::from("7:8"), Bytes::from("7:9")], true)
+        let all = &["7:5", "7:6", "7:7", "7:8", "7:9"][..];
+        check(
+            &ring,
+            at(7, 9),
+            &[
+                (at(7, 7), &["7:8", "7:9"], true, at(7, 7)),
+                // Too far back: what is held, and a gap.
+                (at(7, 2), all, false, at(7, 4)),
+                // Up to date.
+                (at(7, 9), &[], true, at(7, 9)),
+                // Beyond the latest position: never reached, not recovered.
+                (at(7, 12), &[], false, at(7, 9)),
+                // An unknown epoch: the current one from what is held.
+                (at(3, 1), all, false, at(7, 4)),
+                // The start of the epoch, which is no longer held.
+                (at(0, 0), all, false, at(7, 4)),
+            ],
         );
-        let (frames, recovered) = ring.replay(at(7, 2), current);
-        assert_eq!((frames.len(), recovered), (5, false));
-        assert_eq!(ring.replay(at(7, 9), current), (Vec::new(), true));
-        let (frames, recovered) = ring.replay(at(3, 1), current);
-        assert_eq!((frames.len(), recovered), (5, false));
     }
 
     #[test]
@@ -363,29 +423,36 @@ mod tests {
         for offset in 1..=3 {
             ring.push(at(8, offset), Bytes::from(format!("8:{offset}")));
         }
-        let current = at(8, 3);
-        // Behind in the old epoch: its rest, then the new one, no gap.
-        let (frames, recovered) = ring.replay(at(7, 8), current);
-        assert_eq!(texts(frames), ["7:9", "8:1", "8:2", "8:3"]);
-        assert!(recovered);
-        // At the old epoch's end: the new epoch from its start.
-        let (frames, recovered) = ring.replay(at(7, 9), current);
-        assert_eq!(texts(frames), ["8:1", "8:2", "8:3"]);
-        assert!(recovered);
-        // From the start of the current epoch.
-        let (frames, recovered) = ring.replay(at(0, 0), current);
-        assert_eq!(texts(frames), ["8:1", "8:2", "8:3"]);
-        assert!(recovered);
+        check(
+            &ring,
+            at(8, 3),
+            &[
+                // Behind in the old epoch: its rest, then the new one, no gap.
+                (at(7, 8), &["7:9", "8:1", "8:2", "8:3"], true, at(7, 8)),
+                // At the old epoch's end: the new epoch from its start.
+                (at(7, 9), &["8:1", "8:2", "8:3"], true, at(8, 0)),
+                // From the start of the current epoch.
+                (at(0, 0), &["8:1", "8:2", "8:3"], true, at(8, 0)),
+            ],
+        );
         assert!(ring.is_sealed(7) && !ring.is_sealed(8));
     }
 
     #[test]
-    fn start_of_epoch_lost_is_not_recovered() {
-        let ring = ring_of(&[(8, 4..=6)]);
-        let (frames, recovered) = ring.replay(at(0, 0), at(8, 6));
-        assert_eq!((frames.len(), recovered), (3, false));
+    fn an_empty_ring_answers_from_the_position() {
         let empty = Ring::default();
-        assert_eq!(empty.replay(at(0, 0), at(8, 0)), (Vec::new(), true));
+        check(
+            &empty,
+            at(8, 0),
+            &[
+                (at(0, 0), &[], true, at(8, 0)),
+                (at(8, 0), &[], true, at(8, 0)),
+                (at(8, 4), &[], false, at(8, 0)),
+                (at(5, 4), &[], false, at(8, 0)),
+            ],
+        );
+        // Everything evicted: nothing to replay, and not recovered.
+        check(&empty, at(8, 6), &[(at(0, 0), &[], false, at(8, 6))]);
     }
 
     #[test]

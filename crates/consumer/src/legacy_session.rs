@@ -167,7 +167,7 @@ async fn subscribe(
     let topics = std::slice::from_ref(topic);
     if let Err(why) = shared
         .topics
-        .ready(topics, None, shared.limits.publish_timeout())
+        .ready(topics, shared.limits.publish_timeout())
         .await
     {
         tracing::info!(%why, "legacy subscriber's topic has no reachable owner");

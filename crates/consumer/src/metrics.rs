@@ -41,6 +41,11 @@ pub struct ConsumerMetrics {
     pub forwarded: Counter,
     /// Node-list reloads applied.
     pub reloads: Counter,
+    /// Per-topic `gap` notices sent: an edge's upstream could not replay
+    /// what it missed (local subscribers of that topic were told).
+    pub gaps_reported: Counter,
+    /// Resumes (`subscribe` with `since`) answered `recovered: false`.
+    pub resumes_not_recovered: Counter,
 }
 
 impl ConsumerMetrics {
@@ -60,6 +65,8 @@ impl ConsumerMetrics {
             history_messages: Gauge::default(),
             forwarded: Counter::default(),
             reloads: Counter::default(),
+            gaps_reported: Counter::default(),
+            resumes_not_recovered: Counter::default(),
         };
         let mut registry = Registry::with_prefix("shardq_consumer");
         registry.register(
@@ -126,6 +133,16 @@ impl ConsumerMetrics {
             "reloads",
             "Node-list reloads applied",
             metrics.reloads.clone(),
+        );
+        registry.register(
+            "gaps_reported",
+            "Per-topic gap notices sent to subscribers (an edge's upstream could not replay what it missed)",
+            metrics.gaps_reported.clone(),
+        );
+        registry.register(
+            "resumes_not_recovered",
+            "Resumes answered recovered:false",
+            metrics.resumes_not_recovered.clone(),
         );
         (metrics, registry)
     }

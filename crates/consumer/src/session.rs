@@ -214,7 +214,7 @@ impl Session {
                     None
                 }
                 Ok(other) => Some(Frame::error(
-                    request_id(other),
+                    other.request_id(),
                     ErrorCode::BadFrame,
                     format!("a client does not send {} frames", other.kind()),
                 )),
@@ -360,7 +360,7 @@ impl Session {
                 ));
             }
         } else if let Err(why) = table
-            .ready(&new, subscribe.since, self.shared.limits.publish_timeout())
+            .ready(&new, self.shared.limits.publish_timeout())
             .await
         {
             for topic in &new {
@@ -412,13 +412,5 @@ impl Session {
         for topic in std::mem::take(&mut self.subscriptions) {
             self.shared.topics.unsubscribe(&topic, self.subscriber.conn);
         }
-    }
-}
-
-fn request_id(frame: &Frame) -> Option<u64> {
-    match frame {
-        Frame::Ack(ack) => Some(ack.id),
-        Frame::Error(error) => error.id,
-        _ => None,
     }
 }

@@ -251,6 +251,10 @@ async fn round_trip(
         let message = match event {
             Event::Message(message) => message,
             Event::Gap(gap) => return Err(format!("gap reported: {gap:?}")),
+            Event::Stalled { owner, .. } => {
+                return Err(format!("the topic's owner {owner} cannot be reached"));
+            }
+            Event::Resumed { .. } => return Err("resumed before the message".into()),
         };
         if message.payload.get() != payload {
             return Err(format!(

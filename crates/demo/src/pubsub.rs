@@ -180,7 +180,17 @@ pub async fn subscribe(args: SubArgs) -> Result<(), String> {
                     "topic": gap.topic.as_str(),
                     "after": {"epoch": gap.after.epoch, "offset": gap.after.offset},
                     "epoch": gap.epoch,
+                    "offset": gap.offset,
                 });
+                println!("{line}");
+            }
+            Event::Stalled { topic, owner } => {
+                let line =
+                    serde_json::json!({"stalled": true, "topic": topic.as_str(), "owner": owner});
+                println!("{line}");
+            }
+            Event::Resumed { topic } => {
+                let line = serde_json::json!({"resumed": true, "topic": topic.as_str()});
                 println!("{line}");
             }
         }

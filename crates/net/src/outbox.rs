@@ -2,9 +2,10 @@
 //! for the connection's writer task, bounded in bytes.
 //!
 //! Pushing never waits. A push that would take the queued bytes over the
-//! bound fails, and the outbox is then closed as a slow consumer: the writer
-//! stops, the connection's reader learns it through [`Outbox::closed`], and
-//! everyone else pushing to it carries on unaffected.
+//! bound fails, and the outbox is then closed as a slow consumer: what was
+//! queued is dropped, the writer finishes the frame in progress and sends
+//! the 4008 close, the connection's reader learns it through
+//! [`Outbox::closed`], and everyone else pushing to it carries on unaffected.
 //!
 //! Locking: the mutex guards only the queue and counters, and is never held
 //! across an `.await` (the writer swaps the whole queue out under it).
@@ -104,8 +105,6 @@ pub enum Drained {
     Close(Bytes),
     /// Shut the socket down without a close frame (the upgrade failed).
     Finish,
-    /// Stop at once: the peer is too slow to be sent even a close frame.
-    Abort,
 }
 
 /// How the outbox ends.
@@ -123,7 +122,8 @@ struct State {
     pending_bytes: usize,
     /// Set once: how the writer ends after the queue drains.
     closing: Option<Ending>,
-    /// The close is urgent: drop what is queued (slow consumer).
+    /// Cut as a slow consumer: what was queued was dropped; the writer
+    /// finishes the frame in progress and sends the close.
     abort_queue: bool,
 }
 
@@ -316,9 +316,8 @@ impl Outbox {
         loop {
             {
                 let mut state = self.lock();
-                if state.abort_queue {
-                    return Drained::Abort;
-                }
+                // A slow consumer's queue was dropped when it was cut: it
+                // gets the close frame next (see `Outbox::push`).
                 if !state.frames.is_empty() {
                     let frames =
                         std::mem::replace(&mut state.frames, spare.take().unwrap_or_default());
@@ -348,7 +347,7 @@ impl Outbox {
         }
     }
 
-    /// Whether an overflow asked for the queue to be dropped.
+    /// Whether the outbox was cut as a slow consumer (its queue dropped).
     pub(crate) fn aborted(&self) -> bool {
         self.lock().abort_queue
     }
@@ -387,10 +386,12 @@ mod tests {
         assert!(outbox.is_closed());
         assert_eq!(outbox.close_code(), Some(CloseCode::SlowConsumer));
         assert_eq!(outbox.push(frame(1)), Err(PushError::Closed));
-        assert!(matches!(
-            outbox.drain(VecDeque::new()).await,
-            Drained::Abort
-        ));
+        // The queue is dropped and the 4008 close comes next.
+        let Drained::Close(close) = outbox.drain(VecDeque::new()).await else {
+            panic!("no close frame for a slow consumer")
+        };
+        assert_eq!(&close[2..4], &4008u16.to_be_bytes());
+        assert!(outbox.aborted());
         outbox.closed().await;
     }
 

@@ -12,10 +12,14 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 
+use crate::codec::{FrameHeader, Role};
 use crate::outbox::{Chunk, Drained, Outbox};
 
 /// How long a closing connection may take to send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a subscriber cut as a slow consumer has to take the rest of the
+/// frame in progress and the 4008 close frame, before its socket is dropped.
+const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts the writer task of a connection on `tasks`.
 pub fn spawn_writer(socket: OwnedWriteHalf, outbox: Arc<Outbox>, tasks: &TaskTracker) {
@@ -33,7 +37,8 @@ pub(crate) async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>) 
                 outbox.written(bytes);
                 match written {
                     Ok(true) => {}
-                    // Aborted as a slow consumer mid-write: drop the socket.
+                    // Cut as a slow consumer, and the peer did not take the
+                    // frame in progress in time: drop the socket.
                     Ok(false) => return,
                     Err(_) => {
                         outbox.finish();
@@ -47,7 +52,12 @@ pub(crate) async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>) 
                 spare = frames;
             }
             Drained::Close(frame) => {
-                let deadline = Instant::now() + CLOSE_GRACE;
+                let grace = if outbox.aborted() {
+                    SLOW_CLOSE_GRACE
+                } else {
+                    CLOSE_GRACE
+                };
+                let deadline = Instant::now() + grace;
                 let _ = timeout_at(deadline, socket.write_all(&frame)).await;
                 let _ = timeout_at(deadline, socket.shutdown()).await;
                 return;
@@ -56,7 +66,6 @@ pub(crate) async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>) 
                 let _ = tokio::time::timeout(CLOSE_GRACE, socket.shutdown()).await;
                 return;
             }
-            Drained::Abort => return,
         }
     }
 }
@@ -67,8 +76,13 @@ const MAX_WRITE: usize = 64 << 10;
 /// Writes frames in order, coalesced into as few writes as possible (one
 /// contiguous buffer per write: cheaper for the kernel than many small
 /// iovecs). The buffer is freed after each batch so idle connections hold
-/// none. `Ok(false)` when the outbox was aborted while a write was blocked
-/// (the peer stopped reading).
+/// none.
+///
+/// When the outbox is cut as a slow consumer while a write is blocked, only
+/// the frame in progress is finished (so the peer never sees half a frame)
+/// and the rest of the batch is dropped: `Ok(true)`, and the writer sends
+/// the 4008 close next. `Ok(false)` when the peer did not take even that
+/// within [`SLOW_CLOSE_GRACE`].
 async fn write_batch(
     socket: &mut OwnedWriteHalf,
     chunks: &VecDeque<Chunk>,
@@ -94,20 +108,79 @@ async fn write_batch(
         if buffer.is_empty() {
             break;
         }
-        let write = socket.write_all(&buffer);
-        tokio::pin!(write);
+        let mut written = 0;
+        let mut end = buffer.len();
+        let mut cut_deadline: Option<Instant> = None;
         let mut closed_seen = false;
-        loop {
+        while written < end {
             tokio::select! {
-                result = &mut write => { result?; break; }
+                result = socket.write(&buffer[written..end]) => {
+                    match result? {
+                        0 => return Err(io::ErrorKind::WriteZero.into()),
+                        n => written += n,
+                    }
+                }
                 () = outbox.closed(), if !closed_seen => {
                     closed_seen = true;
                     if outbox.aborted() {
-                        return Ok(false);
+                        end = frame_end(&buffer, written, outbox.role());
+                        cut_deadline = Some(Instant::now() + SLOW_CLOSE_GRACE);
                     }
                 }
+                () = sleep_until_some(cut_deadline) => return Ok(false),
             }
+        }
+        if cut_deadline.is_some() || outbox.aborted() {
+            return Ok(true);
         }
     }
     Ok(true)
+}
+
+/// Completes at `deadline`; never without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The end of the frame that contains byte `at` of `buffer` (a run of
+/// whole frames this node encoded), or `at` itself at a frame boundary.
+fn frame_end(buffer: &[u8], at: usize, role: Role) -> usize {
+    let mut start = 0;
+    while start < at {
+        let masked = role == Role::Client;
+        match FrameHeader::parse(&buffer[start..], masked, 0, usize::MAX) {
+            Ok(Some(header)) => {
+                start += header.header_len + header.payload_len as usize;
+            }
+            // Frames built here always parse; if not, finish the buffer.
+            _ => return buffer.len(),
+        }
+    }
+    start.min(buffer.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode;
+
+    #[test]
+    fn the_frame_in_progress_ends_at_its_own_end() {
+        let mut buffer = encode::text_frame(b"first").to_vec();
+        let first = buffer.len();
+        buffer.extend_from_slice(&encode::text_frame(&[b'x'; 300]));
+        let second = buffer.len();
+        buffer.extend_from_slice(&encode::text_frame(b"third"));
+        assert_eq!(frame_end(&buffer, 0, Role::Server), 0);
+        assert_eq!(frame_end(&buffer, 3, Role::Server), first);
+        assert_eq!(frame_end(&buffer, first, Role::Server), first);
+        assert_eq!(frame_end(&buffer, first + 1, Role::Server), second);
+        let mut masked = encode::masked_text_frame(b"abc").to_vec();
+        let one = masked.len();
+        masked.extend_from_slice(&encode::masked_text_frame(b"defg"));
+        assert_eq!(frame_end(&masked, 2, Role::Client), one);
+    }
 }

@@ -116,7 +116,7 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                     ),
                     Ok(other) => {
                         let refusal = Frame::error(
-                            None,
+                            other.request_id(),
                             ErrorCode::NotAuthorized,
                             format!("/v1/publish takes publish frames, not {}", other.kind()),
                         );

@@ -244,8 +244,19 @@ impl Conn {
                     match frame {
                         Ok(Frame::Ack(ack)) => {
                             if let Some(wait) = waiting.remove(&ack.id) {
-                                self.acked(wait, ack.topics.unwrap_or_default(), ack.recovered).await;
+                                let resume = ack.recovered.map(|recovered| (recovered, ack.replay));
+                                self.acked(wait, ack.topics.unwrap_or_default(), resume).await;
                             }
+                        }
+                        Ok(Frame::Gap(gap)) => {
+                            let resume = Position { epoch: gap.epoch, offset: gap.offset };
+                            self.gap(gap.topic, gap.after, resume).await;
+                        }
+                        Ok(Frame::Stalled(stalled)) => {
+                            self.notify(&stalled.topic, Event::Stalled { topic: stalled.topic.clone(), owner: stalled.owner }).await;
+                        }
+                        Ok(Frame::Resumed(resumed)) => {
+                            self.notify(&resumed.topic, Event::Resumed { topic: resumed.topic.clone() }).await;
                         }
                         Ok(Frame::Error(error)) => {
                             let refusal = SubscribeError::Refused { code: error.code.clone(), message: error.message.clone() };
@@ -264,11 +275,13 @@ impl Conn {
         }
     }
 
+    /// `resume`: with `since`, whether it was recovered and where the
+    /// replay starts.
     async fn acked(
         &mut self,
         wait: Waiting,
         positions: Vec<TopicPosition>,
-        recovered: Option<bool>,
+        resume: Option<(bool, Option<Position>)>,
     ) {
         match wait {
             Waiting::Subscribe { sink, reply } => {
@@ -286,20 +299,42 @@ impl Conn {
             }
             Waiting::Resume { after } => {
                 for position in positions {
-                    let Some(sub) = self.topics.get(&position.topic) else {
+                    if resume.is_some_and(|(recovered, _)| recovered) {
                         continue;
-                    };
-                    if recovered != Some(true) {
-                        let gap = Gap {
-                            topic: position.topic.clone(),
-                            after,
-                            epoch: position.epoch,
-                        };
-                        tracing::warn!(topic = %gap.topic, "resume could not recover every message");
-                        let _ = sub.sink.events.send(Event::Gap(gap)).await;
                     }
+                    // What follows goes on from where the replay starts
+                    // (from the live position when the node did not say).
+                    let from = resume.and_then(|(_, replay)| replay).unwrap_or(Position {
+                        epoch: position.epoch,
+                        offset: position.offset,
+                    });
+                    self.gap(position.topic, after, from).await;
                 }
             }
+        }
+    }
+
+    /// Messages of `topic` after `after` may be missing; the stream goes on
+    /// after `resume`.
+    async fn gap(&mut self, topic: Topic, after: Position, resume: Position) {
+        let Some(sub) = self.topics.get_mut(&topic) else {
+            return;
+        };
+        sub.last = resume;
+        let gap = Gap {
+            topic,
+            after,
+            epoch: resume.epoch,
+            offset: resume.offset,
+        };
+        tracing::warn!(topic = %gap.topic, ?after, ?resume, "messages may be missing");
+        let _ = sub.sink.events.send(Event::Gap(gap)).await;
+    }
+
+    /// Hands `event` to `topic`'s subscription.
+    async fn notify(&mut self, topic: &Topic, event: Event) {
+        if let Some(sub) = self.topics.get(topic) {
+            let _ = sub.sink.events.send(event).await;
         }
     }
 

@@ -37,16 +37,18 @@ impl Message {
 }
 
 /// Messages may be missing: after a reconnect, the consumer's history no
-/// longer reached back to the last message received (or the consumer
-/// restarted and its history was lost).
+/// longer reached back to the last message received; or the topic's owner
+/// restarted and lost its history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gap {
     /// The topic.
     pub topic: Topic,
     /// The last position received before the gap.
     pub after: Position,
-    /// The topic's epoch now.
+    /// The epoch the topic goes on in.
     pub epoch: u64,
+    /// The messages that follow have greater offsets than this in `epoch`.
+    pub offset: u64,
 }
 
 /// What a [`Subscription`] yields.
@@ -54,8 +56,21 @@ pub struct Gap {
 pub enum Event {
     /// A message.
     Message(Message),
-    /// A resume could not recover everything: some messages are missing.
+    /// Some messages are missing (see [`Gap`]).
     Gap(Gap),
+    /// The consumer relaying `topic` cannot reach its owner: nothing
+    /// arrives until [`Event::Resumed`]. The subscription stays.
+    Stalled {
+        /// The topic.
+        topic: Topic,
+        /// The owner that cannot be reached.
+        owner: String,
+    },
+    /// `topic`'s stream flows again after [`Event::Stalled`].
+    Resumed {
+        /// The topic.
+        topic: Topic,
+    },
 }
 
 /// The messages of one `subscribe`, as a `Stream` of [`Event`]s. Once it
@@ -72,12 +87,16 @@ impl Subscription {
         self.events.recv().await
     }
 
-    /// The next message, skipping (and logging) gaps.
+    /// The next message, skipping (and logging) gaps and stalls.
     pub async fn next_message(&mut self) -> Option<Message> {
         loop {
             match self.events.recv().await? {
                 Event::Message(message) => return Some(message),
                 Event::Gap(gap) => tracing::warn!(?gap, "messages may be missing"),
+                Event::Stalled { topic, owner } => {
+                    tracing::warn!(%topic, %owner, "the topic's owner cannot be reached")
+                }
+                Event::Resumed { topic } => tracing::info!(%topic, "the topic flows again"),
             }
         }
     }

@@ -51,6 +51,8 @@ type Live = Arc<Mutex<BTreeMap<Topic, u64>>>;
 ///     match event {
 ///         Event::Message(message) => println!("delete happened: {}", message.payload),
 ///         Event::Gap(gap) => eprintln!("messages may be missing after {:?}", gap.after),
+///         Event::Stalled { owner, .. } => eprintln!("waiting for {owner}"),
+///         Event::Resumed { .. } => eprintln!("flowing again"),
 ///     }
 /// }
 /// # Ok(())

@@ -12,6 +12,7 @@ use shardq_net::outbox::Outbox;
 use shardq_protocol::{Position, Router, Topic, TopicPosition};
 use tokio::sync::Notify;
 
+use super::edge_state::Edge;
 use crate::history::{FirstRetained, Retains, Ring};
 
 /// Identifies one connection in subscriber sets.
@@ -80,26 +81,6 @@ pub(crate) struct Deferred {
     pub held: Vec<(Position, Bytes)>,
 }
 
-/// An edge's upstream subscription.
-#[derive(Debug, Default)]
-pub(crate) struct Edge {
-    /// The consumer it follows (or is about to).
-    pub upstream: Option<String>,
-    /// The subscribe sent to `upstream` and not answered yet.
-    pub request: Option<u64>,
-    /// `upstream` acked the subscription.
-    pub acked: bool,
-    /// The subscribe re-attached an existing stream (a gap in its answer
-    /// means local subscribers missed messages).
-    pub resuming: bool,
-    /// `upstream` sent `moved`: its epoch ended; it relays the next owner.
-    pub sealed: bool,
-    /// The old upstream, still subscribed until `upstream` acks.
-    pub previous: Option<String>,
-    /// The owner this node's view names, while waiting for `upstream`'s `moved`.
-    pub waiting: Option<String>,
-}
-
 /// What a cell does.
 #[derive(Debug)]
 pub(crate) enum Mode {
@@ -126,7 +107,7 @@ impl TopicState {
     pub fn is_ready(&self) -> bool {
         match &self.mode {
             Mode::Owner(owner) => owner.deferred.is_none(),
-            Mode::Edge(edge) => edge.acked || edge.previous.is_some(),
+            Mode::Edge(edge) => edge.is_ready(),
         }
     }
 
@@ -204,8 +185,9 @@ pub fn new_epoch() -> u64 {
 pub struct Subscribed {
     /// Each topic and where its live delivery starts.
     pub positions: Vec<TopicPosition>,
-    /// With `since`: whether every message after it was replayed.
-    pub recovered: Option<bool>,
+    /// With `since`: whether every message after it was replayed, and the
+    /// position right before the replay.
+    pub resume: Option<(bool, Position)>,
 }
 
 /// Limits of the topic table.

@@ -1,8 +1,10 @@
-//! Edges: a node serving a topic it does not own holds one upstream
-//! subscription at the owner over a peer link and relays what arrives, the
-//! same bytes. Here: asking upstreams (and the requests in flight), taking
-//! their messages and answers, following peer links up and down, and the
-//! [`PeerHandler`] that feeds a link's frames in.
+//! The driver of edges: a node serving a topic it does not own holds one
+//! upstream subscription at the owner over a peer link and relays what
+//! arrives, the same bytes. The decisions are the sans-IO [`Edge`] machine's
+//! (`edge_state`); here they are carried out: subscribes and unsubscribes
+//! sent over peer links (and the requests in flight remembered), notices
+//! pushed to local subscribers, timers set; and the [`PeerHandler`] that
+//! feeds a link's frames and ups and downs in.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,69 +14,113 @@ use shardq_net::codec::encode;
 use shardq_net::link::{ConsumerLink, HANDLER_ID_BIT, LinkHandler};
 use shardq_net::outbox::FrameBatch;
 use shardq_protocol::{
-    CloseCode, Frame, Message, Position, Subscribe, Topic, TopicFilter, TopicPosition, Unsubscribe,
+    Frame, Gap, Message, Position, Resumed, Stalled, Subscribe, Topic, TopicFilter, Unsubscribe,
 };
 
 use super::cell::{Mode, Owner, TopicCell, TopicState};
-use super::{RETRY_AFTER, TopicTable, Upstream};
+use super::edge_state::{Edge, Effect, Fate, Notice, Stream};
+use super::{TopicTable, Upstream};
+
+/// An upstream's answer to a subscribe.
+pub(super) enum Answer {
+    /// Acked: live messages start after `position`; with `since`, the
+    /// replay starts after the second position and the bool says whether
+    /// it covers everything asked for.
+    Acked {
+        position: Position,
+        resume: Option<(bool, Position)>,
+    },
+    /// Refused (not the owner yet, unavailable).
+    Refused,
+}
 
 impl TopicTable {
-    /// Makes sure an edge cell with (or about to get) subscribers has an
-    /// upstream subscription requested at the owner of this node's view.
-    pub(crate) fn ensure_upstream(
+    /// A fresh request id for the handler's requests on peer links.
+    fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed) | HANDLER_ID_BIT
+    }
+
+    /// Runs `step` on the cell's edge (if it is one) with its stream, then
+    /// carries out the effects.
+    pub(super) fn with_edge(
         &self,
         cell: &TopicCell,
         state: &mut TopicState,
-        since: Option<Position>,
+        step: impl FnOnce(&mut Edge, &mut Stream<'_>, &mut dyn FnMut() -> u64, &mut Vec<Effect>),
     ) {
-        let last = state.last;
-        // After a sealed epoch, the next stream starts at its epoch's start.
-        let sealed = last.epoch != 0 && state.ring.is_sealed(last.epoch);
-        let Mode::Edge(edge) = &mut state.mode else {
-            return;
-        };
-        if edge.acked || edge.request.is_some() {
-            return;
+        let mut effects = Vec::new();
+        {
+            let TopicState {
+                mode, last, ring, ..
+            } = &mut *state;
+            let Mode::Edge(edge) = mode else {
+                return;
+            };
+            let mut ids = || self.next_request_id();
+            step(edge, &mut Stream { last, ring }, &mut ids, &mut effects);
         }
-        let target = match &edge.upstream {
-            Some(upstream) => Some(upstream.clone()),
-            None => self.view.load().owner(&cell.topic).map(str::to_owned),
-        };
-        let Some(target) = target else {
-            return;
-        };
-        let since = if sealed {
-            Some(Position {
-                epoch: 0,
-                offset: 0,
-            })
-        } else if last.epoch != 0 {
-            Some(last)
-        } else {
-            since
-        };
-        edge.upstream = Some(target.clone());
-        edge.resuming = last.epoch != 0;
-        edge.request = self.send_subscribe(&target, &cell.topic, since);
+        self.apply(cell, state, effects);
     }
 
-    /// Sends `subscribe` for `topic` to consumer `peer`; the request id when
-    /// it went out (when the link is down it is sent again on reconnect).
-    pub(crate) fn send_subscribe(
-        &self,
-        peer: &str,
-        topic: &Topic,
-        since: Option<Position>,
-    ) -> Option<u64> {
-        let link = self.peers.get()?.current().link(peer).cloned()?;
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed) | HANDLER_ID_BIT;
+    /// Carries out an edge's effects (the cell's lock held).
+    pub(super) fn apply(&self, cell: &TopicCell, state: &mut TopicState, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Subscribe { peer, since, id } => {
+                    if !self.send_subscribe(&peer, &cell.topic, since, id)
+                        && let Mode::Edge(edge) = &mut state.mode
+                    {
+                        edge.unsent(id);
+                    }
+                }
+                Effect::Unsubscribe { peer } => self.send_unsubscribe(&peer, &cell.topic),
+                Effect::Ready => cell.ready.notify_waiters(),
+                Effect::Notify(notice) => self.notify(cell, state, notice),
+                // The caller that received the `moved` relays it.
+                Effect::RelayMoved => {}
+                Effect::After { delay, timer } => {
+                    self.after(
+                        delay,
+                        &cell.topic,
+                        state.generation,
+                        move |table, cell, state| {
+                            table.with_edge(cell, state, |edge, stream, ids, out| {
+                                edge.timer(timer, stream, ids, out)
+                            });
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Makes sure an edge cell with (or about to get) subscribers has an
+    /// upstream subscription requested at the owner of this node's view.
+    pub(super) fn ensure_upstream(&self, cell: &TopicCell, state: &mut TopicState) {
+        let view = self.view.load();
+        let owner = view.owner(&cell.topic);
+        self.with_edge(cell, state, |edge, stream, ids, out| {
+            edge.want(owner, stream, ids, out)
+        });
+    }
+
+    /// Sends `subscribe {id}` for `topic` to consumer `peer`; `false` when
+    /// its link is down (the edge asks again when it is up).
+    fn send_subscribe(&self, peer: &str, topic: &Topic, since: Position, id: u64) -> bool {
+        let Some(link) = self
+            .peers
+            .get()
+            .and_then(|links| links.current().link(peer).cloned())
+        else {
+            return false;
+        };
         let frame = Frame::Subscribe(Subscribe {
             id,
             topic: TopicFilter::Exact(topic.clone()),
-            since,
+            since: Some(since),
         });
         if !link.send_frame(&frame) {
-            return None;
+            return false;
         }
         tracing::debug!(%topic, %peer, ?since, id = id & !HANDLER_ID_BIT, "upstream subscribe sent");
         self.lock_requests().insert(
@@ -84,11 +130,11 @@ impl TopicTable {
                 topic: topic.clone(),
             },
         );
-        Some(id)
+        true
     }
 
     /// Sends `unsubscribe` for `topic` to consumer `peer` (best effort).
-    pub(crate) fn send_unsubscribe(&self, peer: &str, topic: &Topic) {
+    pub(super) fn send_unsubscribe(&self, peer: &str, topic: &Topic) {
         let Some(link) = self
             .peers
             .get()
@@ -96,9 +142,8 @@ impl TopicTable {
         else {
             return;
         };
-        let id = self.next_request.fetch_add(1, Ordering::Relaxed) | HANDLER_ID_BIT;
         link.send_frame(&Frame::Unsubscribe(Unsubscribe {
-            id,
+            id: self.next_request_id(),
             topic: TopicFilter::Exact(topic.clone()),
         }));
     }
@@ -109,11 +154,31 @@ impl TopicTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Closes every local subscriber of a cell whose stream has a gap it
-    /// cannot tell them about: they reconnect and resume (and learn of it).
-    pub(crate) fn resync(&self, state: &mut TopicState) {
-        for subscriber in state.subscribers.drain(..) {
-            subscriber.outbox.close(CloseCode::Resync);
+    /// Pushes a notice to the cell's local subscribers (not to peer
+    /// consumers, and not to legacy subscribers, whose dialect has none).
+    fn notify(&self, cell: &TopicCell, state: &TopicState, notice: Notice) {
+        let topic = cell.topic.clone();
+        let frame = match notice {
+            Notice::Gap { after, resume } => {
+                self.metrics.gaps_reported.inc();
+                tracing::warn!(%topic, ?after, ?resume, "the upstream could not replay what this edge missed; subscribers are told");
+                Frame::Gap(Gap {
+                    topic,
+                    after,
+                    epoch: resume.epoch,
+                    offset: resume.offset,
+                })
+            }
+            Notice::Stalled { owner } => Frame::Stalled(Stalled { topic, owner }),
+            Notice::Resumed => Frame::Resumed(Resumed { topic }),
+        };
+        let frame = encode::text_frame(frame.encode().as_bytes());
+        for subscriber in state
+            .subscribers
+            .iter()
+            .filter(|s| !s.peer && s.legacy_name.is_none())
+        {
+            let _ = subscriber.outbox.push(frame.clone());
         }
     }
 
@@ -129,22 +194,21 @@ impl TopicTable {
         }
         self.sync(&cell, &mut state);
         let at = message.position();
-        match &mut state.mode {
-            Mode::Edge(edge) => {
-                let from_us = edge.upstream.as_deref() == Some(from)
-                    || edge.previous.as_deref() == Some(from);
-                let old = at.epoch == state.last.epoch && at.offset <= state.last.offset;
-                let sealed_epoch = at.epoch != state.last.epoch && state.ring.is_sealed(at.epoch);
-                if !from_us || old || sealed_epoch {
-                    return;
+        let fan_out = match &mut state.mode {
+            Mode::Edge(_) => {
+                let TopicState {
+                    mode, last, ring, ..
+                } = &mut *state;
+                let Mode::Edge(edge) = mode else { return };
+                match edge.message(from, at, &mut Stream { last, ring }) {
+                    Fate::Drop => return,
+                    Fate::Keep { fan_out, ready } => {
+                        if ready {
+                            cell.ready.notify_waiters();
+                        }
+                        fan_out
+                    }
                 }
-                let last = state.last;
-                if at.epoch != last.epoch && last.epoch != 0 && !state.ring.is_sealed(last.epoch) {
-                    // A new epoch without a seal of the one before: the old
-                    // upstream's tail is unknown from here on.
-                    state.ring.seal(last);
-                }
-                state.last = at;
             }
             Mode::Owner(Owner {
                 deferred: Some(deferred),
@@ -154,11 +218,12 @@ impl TopicTable {
                     return;
                 }
                 deferred.last = at;
+                true
             }
             Mode::Owner(_) => return,
-        }
+        };
         let frame = encode::text_frame(text.as_bytes());
-        if !state.subscribers.is_empty() {
+        if fan_out && !state.subscribers.is_empty() {
             let batch = FrameBatch::new(vec![frame.clone()]);
             self.fan_out(&state.subscribers, &batch, &[&*message.payload]);
         }
@@ -168,7 +233,7 @@ impl TopicTable {
     }
 
     /// The answer to an upstream subscribe.
-    fn on_answer(&self, id: u64, positions: Option<Vec<TopicPosition>>, recovered: Option<bool>) {
+    fn on_answer(&self, id: u64, answer: Answer) {
         let Some(Upstream { topic, .. }) = self.lock_requests().remove(&id) else {
             tracing::debug!(
                 id = id & !HANDLER_ID_BIT,
@@ -182,45 +247,10 @@ impl TopicTable {
         };
         let mut state = cell.lock();
         self.sync(&cell, &mut state);
-        let last = state.last;
-        tracing::debug!(%topic, id = id & !HANDLER_ID_BIT, ?positions, ?recovered, ?last, "upstream answered");
-        let Mode::Edge(edge) = &mut state.mode else {
-            return;
-        };
-        if edge.request != Some(id) {
-            return;
-        }
-        edge.request = None;
-        match positions {
-            Some(positions) => {
-                edge.acked = true;
-                if let Some(previous) = edge.previous.take() {
-                    self.send_unsubscribe(&previous, &topic);
-                }
-                let resumed = edge.resuming;
-                edge.resuming = false;
-                if last.epoch == 0
-                    && let Some(position) = positions.first()
-                {
-                    state.last = Position {
-                        epoch: position.epoch,
-                        offset: position.offset,
-                    };
-                }
-                if resumed && recovered == Some(false) {
-                    tracing::warn!(%topic, "upstream could not replay what this edge missed; subscribers resync");
-                    self.resync(&mut state);
-                }
-                cell.ready.notify_waiters();
-            }
-            None => {
-                // Refused (not the owner yet, or unavailable): ask again soon.
-                let generation = state.generation;
-                self.after(RETRY_AFTER, &topic, generation, |table, cell, state| {
-                    table.ensure_upstream(cell, state, None);
-                });
-            }
-        }
+        self.with_edge(&cell, &mut state, |edge, stream, _, out| match answer {
+            Answer::Acked { position, resume } => edge.acked(id, position, resume, stream, out),
+            Answer::Refused => edge.refused(id, out),
+        });
     }
 
     /// A peer link (re)connected: send what its edges need.
@@ -231,18 +261,15 @@ impl TopicTable {
                 continue;
             }
             self.sync(&cell, &mut state);
-            if let Mode::Edge(edge) = &state.mode
-                && edge.upstream.as_deref() == Some(peer)
-                && !edge.acked
-                && edge.request.is_none()
-            {
-                self.ensure_upstream(&cell, &mut state, None);
-            }
+            self.with_edge(&cell, &mut state, |edge, stream, ids, out| {
+                edge.link_up(peer, stream, ids, out)
+            });
         }
     }
 
     /// A peer link broke: its edges wait for it to come back (and then
-    /// resume); a take-over waiting on it stops waiting.
+    /// resume), their subscribers told; a take-over waiting on it stops
+    /// waiting.
     pub(super) fn on_link_down(&self, peer: &str) {
         // Requests that went out on it will get no answer: forget them
         // (edges ask again when it is back).
@@ -250,24 +277,21 @@ impl TopicTable {
             .retain(|_, upstream| upstream.peer != peer);
         for cell in self.cells() {
             let mut state = cell.lock();
-            match &mut state.mode {
-                Mode::Edge(edge) => {
-                    if edge.previous.as_deref() == Some(peer) {
-                        edge.previous = None;
-                    }
-                    if edge.upstream.as_deref() == Some(peer) {
-                        edge.acked = false;
-                        edge.request = None;
-                    }
-                }
-                Mode::Owner(Owner {
-                    deferred: Some(deferred),
-                }) if deferred.predecessor == peer => {
-                    tracing::warn!(topic = %cell.topic, %peer, "old owner unreachable during take-over; sending what was held");
-                    self.end_take_over(&cell, &mut state);
-                }
-                _ => {}
+            if state.removed {
+                continue;
             }
+            if let Mode::Owner(Owner {
+                deferred: Some(deferred),
+            }) = &state.mode
+                && deferred.predecessor == peer
+            {
+                tracing::warn!(topic = %cell.topic, %peer, "old owner unreachable during take-over; sending what was held");
+                self.end_take_over(&cell, &mut state);
+                continue;
+            }
+            self.with_edge(&cell, &mut state, |edge, _, _, out| {
+                edge.link_down(peer, out)
+            });
         }
     }
 }
@@ -307,12 +331,29 @@ impl LinkHandler for PeerHandler {
             Frame::Message(message) => table.on_message(&link.id, message, text),
             Frame::Moved(moved) => table.on_moved(&link.id, moved),
             Frame::Ack(ack) => {
-                table.on_answer(ack.id, Some(ack.topics.unwrap_or_default()), ack.recovered)
+                let position = ack
+                    .topics
+                    .as_ref()
+                    .and_then(|topics| topics.first())
+                    .map(|topic| Position {
+                        epoch: topic.epoch,
+                        offset: topic.offset,
+                    });
+                let answer = match position {
+                    Some(position) => Answer::Acked {
+                        position,
+                        resume: ack.recovered.zip(ack.replay),
+                    },
+                    // An ack without the topic's position is no answer
+                    // this edge can follow.
+                    None => Answer::Refused,
+                };
+                table.on_answer(ack.id, answer);
             }
             Frame::Error(error) => {
                 if let Some(id) = error.id {
                     tracing::debug!(link = %link.id, code = %error.code, message = %error.message, "upstream refused");
-                    table.on_answer(id, None, None);
+                    table.on_answer(id, Answer::Refused);
                 }
             }
             _ => {}

@@ -25,10 +25,8 @@ use shardq_net::codec::encode;
 use shardq_protocol::{Frame, Moved, Position, Topic};
 
 use super::TopicTable;
-use super::cell::{Deferred, Edge, Mode, Owner, TopicCell, TopicState, View, new_epoch};
-
-/// How long a cell waits for the old owner's `moved` before moving on.
-pub const SEAL_PATIENCE: Duration = Duration::from_secs(5);
+use super::cell::{Deferred, Mode, Owner, TopicCell, TopicState, View, new_epoch};
+use super::edge_state::{Edge, Effect, SEAL_PATIENCE};
 
 impl TopicTable {
     /// Brings a cell's mode in line with the current view (called with the
@@ -45,28 +43,11 @@ impl TopicTable {
             (Mode::Owner(_), true) => {}
             (Mode::Owner(_), false) => self.relinquish(cell, state, owner),
             (Mode::Edge(_), true) => self.take_over(cell, state),
-            (Mode::Edge(edge), false) => {
-                let Some(target) = owner else { return };
-                match edge.upstream.clone() {
-                    Some(upstream) if upstream == target => {}
-                    Some(_) if edge.sealed => self.switch(cell, state, target),
-                    Some(_) => {
-                        // Follow the old owner until its epoch is sealed.
-                        edge.waiting = Some(target);
-                        self.after(SEAL_PATIENCE, &cell.topic, view.generation, |table, cell, state| {
-                            if let Mode::Edge(edge) = &mut state.mode
-                                && let Some(target) = edge.waiting.take() {
-                                    tracing::warn!(topic = %cell.topic, "no moved from the old owner in time; switching anyway");
-                                    table.switch(cell, state, target);
-                                }
-                        });
-                    }
-                    None => {
-                        if !state.subscribers.is_empty() {
-                            self.ensure_upstream(cell, state, None);
-                        }
-                    }
-                }
+            (Mode::Edge(_), false) => {
+                let wanted = !state.subscribers.is_empty();
+                self.with_edge(cell, state, |edge, stream, ids, out| {
+                    edge.view(owner.as_deref(), wanted, stream, ids, out)
+                });
             }
         }
         cell.ready.notify_waiters();
@@ -93,32 +74,23 @@ impl TopicTable {
             }
         }
         tracing::info!(topic = %cell.topic, ?owner, at = ?state.last, "no longer the owner; sealed and relaying");
-        let mut edge = Edge::default();
-        match predecessor {
+        let edge = match predecessor {
             // Still subscribed at the predecessor, which is the owner again.
             Some(predecessor) if Some(&predecessor) == owner.as_ref() => {
-                edge.upstream = Some(predecessor);
-                edge.acked = true;
+                Edge::following(predecessor)
             }
-            Some(predecessor) => self.send_unsubscribe(&predecessor, &cell.topic),
-            None => {}
-        }
+            Some(predecessor) => {
+                self.send_unsubscribe(&predecessor, &cell.topic);
+                Edge::default()
+            }
+            None => Edge::default(),
+        };
         state.mode = Mode::Edge(edge);
-        if !state.subscribers.is_empty()
-            && let (Mode::Edge(edge), Some(owner)) = (&mut state.mode, owner)
-            && edge.upstream.is_none()
-        {
-            // From the start of the new owner's epoch.
-            edge.upstream = Some(owner.clone());
-            edge.resuming = true;
-            edge.request = self.send_subscribe(
-                &owner,
-                &cell.topic,
-                Some(Position {
-                    epoch: 0,
-                    offset: 0,
-                }),
-            );
+        if !state.subscribers.is_empty() {
+            // From the start of the new owner's epoch (this one is sealed).
+            self.with_edge(cell, state, |edge, stream, ids, out| {
+                edge.want(owner.as_deref(), stream, ids, out)
+            });
         }
     }
 
@@ -126,19 +98,16 @@ impl TopicTable {
     /// it sequences at once but holds fan-out back until the old owner's
     /// epoch is sealed.
     fn take_over(&self, cell: &TopicCell, state: &mut TopicState) {
-        let Mode::Edge(edge) = &mut state.mode else {
+        let Mode::Edge(edge) = std::mem::replace(&mut state.mode, Mode::Owner(Owner::default()))
+        else {
             return;
         };
-        let predecessor = match (edge.upstream.take(), edge.acked) {
-            (Some(upstream), true) if !edge.sealed => Some(upstream),
-            (Some(upstream), _) => {
-                self.send_unsubscribe(&upstream, &cell.topic);
-                None
+        let mut effects = Vec::new();
+        let predecessor = edge.into_predecessor(&mut effects);
+        for effect in effects {
+            if let Effect::Unsubscribe { peer } = effect {
+                self.send_unsubscribe(&peer, &cell.topic);
             }
-            (None, _) => None,
-        };
-        if let Some(previous) = edge.previous.take() {
-            self.send_unsubscribe(&previous, &cell.topic);
         }
         let before = state.last;
         if before.epoch != 0 && predecessor.is_none() {
@@ -188,45 +157,6 @@ impl TopicTable {
         cell.ready.notify_waiters();
     }
 
-    /// Re-points an edge at `target`: subscribe there (from the start of its
-    /// epoch when the old upstream sealed its own), keep the old upstream
-    /// until `target` acks.
-    pub(crate) fn switch(&self, cell: &TopicCell, state: &mut TopicState, target: String) {
-        let last = state.last;
-        let sealed_here = last.epoch != 0 && state.ring.is_sealed(last.epoch);
-        let Mode::Edge(edge) = &mut state.mode else {
-            return;
-        };
-        if let Some(old) = edge.previous.take() {
-            self.send_unsubscribe(&old, &cell.topic);
-        }
-        edge.previous = if edge.acked {
-            edge.upstream.take()
-        } else {
-            None
-        };
-        if let Some(stale) = edge.upstream.take() {
-            self.send_unsubscribe(&stale, &cell.topic);
-        }
-        let since = if last.epoch == 0 {
-            None
-        } else if sealed_here {
-            Some(Position {
-                epoch: 0,
-                offset: 0,
-            })
-        } else {
-            Some(last)
-        };
-        edge.upstream = Some(target.clone());
-        edge.acked = false;
-        edge.sealed = false;
-        edge.waiting = None;
-        edge.resuming = last.epoch != 0;
-        edge.request = self.send_subscribe(&target, &cell.topic, since);
-        tracing::info!(topic = %cell.topic, %target, ?since, "edge re-pointed");
-    }
-
     /// Runs `action` on the topic's cell after `delay`, unless the view
     /// changed again meanwhile.
     pub(super) fn after(
@@ -256,6 +186,7 @@ impl TopicTable {
     /// A new node list: every cell follows it.
     pub fn apply_view(&self, view: View) {
         tracing::info!(hash = %view.hash, nodes = ?view.ids, "applying node list");
+        self.lock_dormant().retain_owned(|topic| view.owns(topic));
         self.view.store(Arc::new(view));
         for cell in self.cells() {
             let mut state = cell.lock();
@@ -282,17 +213,18 @@ impl TopicTable {
             offset: moved.offset,
         };
         match &mut state.mode {
-            Mode::Edge(edge) if edge.upstream.as_deref() == Some(from) => {
-                edge.sealed = true;
-                let waiting = edge.waiting.take();
-                state.ring.seal(end);
-                // Edges relaying through this node learn of it too.
-                let frame = encode::text_frame(Frame::Moved(moved).encode().as_bytes());
-                for subscriber in state.subscribers.iter().filter(|s| s.peer) {
-                    let _ = subscriber.outbox.push(frame.clone());
-                }
-                if let Some(target) = waiting {
-                    self.switch(&cell, &mut state, target);
+            Mode::Edge(_) => {
+                let mut relay = false;
+                self.with_edge(&cell, &mut state, |edge, stream, ids, out| {
+                    edge.moved(from, end, stream, ids, out);
+                    relay = out.contains(&Effect::RelayMoved);
+                });
+                if relay {
+                    // Edges relaying through this node learn of it too.
+                    let frame = encode::text_frame(Frame::Moved(moved).encode().as_bytes());
+                    for subscriber in state.subscribers.iter().filter(|s| s.peer) {
+                        let _ = subscriber.outbox.push(frame.clone());
+                    }
                 }
             }
             Mode::Owner(Owner {

@@ -11,6 +11,7 @@
 //! - `subscribe`: local subscribers (ready, subscribe, unsubscribe).
 //! - `edge`: upstream subscriptions at owners, the peer-link handler.
 //! - `handoff`: what a cell does when ownership moves.
+//! - `dormant`: the positions of owned topics without state.
 //!
 //! Each topic is a [`TopicCell`] behind a `std::sync::Mutex` that is never
 //! held across an `.await`: fan-out only pushes to outboxes and links send
@@ -18,10 +19,12 @@
 //! idle cell is removed (a `removed` flag makes late arrivals retry).
 //!
 //! Lock order: shard, then cell(s) in topic order, then the history FIFO,
-//! the upstream requests, or a link's state.
+//! the dormant positions, the upstream requests, or a link's state.
 
 mod cell;
+mod dormant;
 mod edge;
+mod edge_state;
 mod handoff;
 mod publish;
 mod subscribe;
@@ -32,7 +35,6 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -42,15 +44,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::history::HistoryBudget;
 use crate::metrics::ConsumerMetrics;
+use dormant::{DORMANT_KEPT, Dormant};
 
-use cell::{Edge, Mode, Owner, TopicCell, TopicState, new_epoch};
+use cell::{Mode, Owner, TopicCell, TopicState, new_epoch};
 pub use cell::{Subscriber, TableLimits, View};
 pub use edge::PeerHandler;
+use edge_state::{Edge, Effect};
 pub use publish::NotSequenced;
 
 const SHARDS: usize = 64;
-/// Pause before asking an upstream again after it refused.
-const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// An upstream subscribe in flight: where it went, and for which topic.
 struct Upstream {
@@ -74,6 +76,8 @@ pub struct TopicTable {
     /// its answer comes or its link goes down.
     requests: Mutex<HashMap<u64, Upstream>>,
     next_request: AtomicU64,
+    /// Positions of owned topics without state (their epochs stay).
+    dormant: Mutex<Dormant>,
     tasks: TaskTracker,
     me: OnceLock<Weak<TopicTable>>,
 }
@@ -96,6 +100,7 @@ impl TopicTable {
             peers: OnceLock::new(),
             requests: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
+            dormant: Mutex::new(Dormant::new(DORMANT_KEPT)),
             tasks,
             me: OnceLock::new(),
         }
@@ -122,13 +127,12 @@ impl TopicTable {
         }
         let view = self.view.load();
         let (mode, last) = if view.owns(topic) {
-            (
-                Mode::Owner(Owner::default()),
-                Position {
-                    epoch: new_epoch(),
-                    offset: 0,
-                },
-            )
+            // A topic owned before keeps its epoch and offsets.
+            let last = self.lock_dormant().take(topic).unwrap_or(Position {
+                epoch: new_epoch(),
+                offset: 0,
+            });
+            (Mode::Owner(Owner::default()), last)
         } else {
             (
                 Mode::Edge(Edge::default()),
@@ -243,12 +247,16 @@ impl TopicTable {
         }
         state.removed = true;
         if let Mode::Edge(edge) = &mut state.mode {
-            for peer in [edge.upstream.take(), edge.previous.take()]
-                .into_iter()
-                .flatten()
-            {
-                self.send_unsubscribe(&peer, topic);
+            let mut effects = Vec::new();
+            edge.idle(&mut effects);
+            for effect in effects {
+                if let Effect::Unsubscribe { peer } = effect {
+                    self.send_unsubscribe(&peer, topic);
+                }
             }
+        }
+        if matches!(state.mode, Mode::Owner(_)) {
+            self.lock_dormant().keep(topic.clone(), state.last);
         }
         let (bytes, count) = state.ring.clear();
         self.budget.removed(bytes, count);
@@ -293,6 +301,12 @@ impl TopicTable {
         let cell = self.existing(topic.as_str())?;
         let state = cell.lock();
         Some(state.last)
+    }
+
+    fn lock_dormant(&self) -> MutexGuard<'_, Dormant> {
+        self.dormant
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Hands the table the links to the other consumers (once, at start).

@@ -13,12 +13,11 @@ use super::cell::{ConnId, Mode, Owner, Subscribed, Subscriber};
 impl TopicTable {
     /// Waits until every topic's cell can answer a new local subscriber: an
     /// owned topic at once; an edge once its upstream subscription at the
-    /// owner is live (requested here when needed, with `since` for a new
-    /// edge). `Err` names what did not come in time.
+    /// owner is live and the owner's history is mirrored (requested here
+    /// when needed). `Err` names what did not come in time.
     pub async fn ready(
         &self,
         topics: &[Topic],
-        since: Option<Position>,
         timeout: std::time::Duration,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -28,7 +27,7 @@ impl TopicTable {
             let mut state = cell.lock();
             if !state.removed {
                 self.sync(&cell, &mut state);
-                self.ensure_upstream(&cell, &mut state, since);
+                self.ensure_upstream(&cell, &mut state);
             }
         }
         for topic in topics {
@@ -46,7 +45,7 @@ impl TopicTable {
                     if state.is_ready() {
                         break;
                     }
-                    self.ensure_upstream(&cell, &mut state, since);
+                    self.ensure_upstream(&cell, &mut state);
                 }
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
                     let owner = self
@@ -82,7 +81,7 @@ impl TopicTable {
             for (cell, state) in cells.iter().zip(states.iter_mut()) {
                 self.sync(cell, state);
                 // A cell that lost its upstream meanwhile asks again.
-                self.ensure_upstream(cell, state, None);
+                self.ensure_upstream(cell, state);
             }
             let positions: Vec<_> = cells
                 .iter()
@@ -93,7 +92,7 @@ impl TopicTable {
                     offset: state.last.offset,
                 })
                 .collect();
-            let mut recovered = None;
+            let mut resume = None;
             let mut replay: Vec<Bytes> = Vec::new();
             if let (Some(since), [state]) = (since, &states[..]) {
                 // Messages a new owner holds back are not in its ring yet;
@@ -108,12 +107,15 @@ impl TopicTable {
                     offset: state.last.offset - held,
                     ..state.last
                 };
-                let (frames, complete) = state.ring.replay(since, current);
-                replay = frames;
-                recovered = Some(complete);
+                let found = state.ring.replay(since, current);
+                if !found.complete {
+                    self.metrics.resumes_not_recovered.inc();
+                }
+                replay = found.frames;
+                resume = Some((found.complete, found.after));
             }
             if let Some(id) = ack_id {
-                let ack = Frame::Ack(Ack::subscribed(id, positions.clone(), recovered));
+                let ack = Frame::Ack(Ack::subscribed(id, positions.clone(), resume));
                 subscriber
                     .outbox
                     .push(encode::text_frame(ack.encode().as_bytes()))?;
@@ -125,10 +127,7 @@ impl TopicTable {
                 state.subscribers.push(subscriber.clone());
             }
             self.metrics.subscriptions.inc_by(topics.len() as i64);
-            return Ok(Subscribed {
-                positions,
-                recovered,
-            });
+            return Ok(Subscribed { positions, resume });
         }
     }
 

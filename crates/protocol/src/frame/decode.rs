@@ -172,6 +172,7 @@ struct WireFrame<'a> {
     epoch: Option<u64>,
     offset: Option<u64>,
     recovered: Option<bool>,
+    replay: Option<Position>,
     topics: Option<Vec<TopicPosition>>,
     code: Option<String>,
     message: Option<String>,
@@ -285,6 +286,7 @@ impl WireFrame<'_> {
                 duplicate: self.duplicate.unwrap_or(false),
                 topics: self.topics,
                 recovered: self.recovered,
+                replay: self.replay,
             }),
             "error" => Frame::Error(ErrorFrame {
                 id,

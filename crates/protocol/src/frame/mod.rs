@@ -84,6 +84,18 @@ impl Frame {
         }
     }
 
+    /// The `id` of a frame that carries one (a request, or an answer to one).
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            Frame::Subscribe(Subscribe { id, .. })
+            | Frame::Unsubscribe(Unsubscribe { id, .. })
+            | Frame::Publish(Publish { id, .. })
+            | Frame::Ack(Ack { id, .. }) => Some(*id),
+            Frame::Error(error) => error.id,
+            _ => None,
+        }
+    }
+
     /// An `error` frame.
     pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Frame {
         Frame::Error(ErrorFrame {
@@ -197,7 +209,13 @@ mod tests {
                     epoch: 77,
                     offset: 9,
                 }],
-                Some(true),
+                Some((
+                    true,
+                    Position {
+                        epoch: 77,
+                        offset: 5,
+                    },
+                )),
             )),
             Frame::Ack(Ack {
                 duplicate: true,

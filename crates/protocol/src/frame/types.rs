@@ -137,6 +137,12 @@ pub struct Ack {
     /// `subscribe` with `since`: whether every message after `since` was replayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// `subscribe` with `since`: the replay that follows the ack starts
+    /// right after this position (it equals the topic's position when
+    /// nothing is replayed). With `recovered: false`, the messages after
+    /// `since` up to it are the ones missed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Position>,
 }
 
 impl Ack {
@@ -150,12 +156,18 @@ impl Ack {
         }
     }
 
-    /// The ack of a `subscribe`.
-    pub fn subscribed(id: u64, topics: Vec<TopicPosition>, recovered: Option<bool>) -> Ack {
+    /// The ack of a `subscribe` (`resume`: with `since`, whether it was
+    /// recovered and where the replay starts).
+    pub fn subscribed(
+        id: u64,
+        topics: Vec<TopicPosition>,
+        resume: Option<(bool, Position)>,
+    ) -> Ack {
         Ack {
             id,
             topics: Some(topics),
-            recovered,
+            recovered: resume.map(|(recovered, _)| recovered),
+            replay: resume.map(|(_, replay)| replay),
             ..Ack::default()
         }
     }
