@@ -194,11 +194,16 @@ impl RawClient {
 
     /// Sends `publish` and returns the answer.
     pub async fn publish(&mut self, id: u64, topic: &str, payload: &str) -> Frame {
+        self.publish_nowait(id, topic, payload).await;
+        self.recv().await
+    }
+
+    /// Sends `publish` without waiting for its answer.
+    pub async fn publish_nowait(&mut self, id: u64, topic: &str, payload: &str) {
         self.send_text(&format!(
             r#"{{"type":"publish","id":{id},"topic":"{topic}","payload":{payload}}}"#
         ))
         .await;
-        self.recv().await
     }
 
     /// Sends `unsubscribe` and returns the answer.

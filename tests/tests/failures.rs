@@ -309,3 +309,80 @@ async fn defect_10_a_slow_consumer_reads_whole_frames_then_4008() {
     assert!(messages < id, "the stalled subscriber was not cut");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_8_a_payload_at_the_limit_goes_through_an_edge_and_one_byte_over_is_refused_alone() {
+    let cluster = Cluster::builder().consumers(2).producers(1).start().await;
+    let limit = cluster.config.limits.max_payload_bytes();
+    let topic = topic_owned_by(&cluster, 0);
+    let mut at_edge = cluster.subscriber(1).await;
+    expect_ack(at_edge.subscribe(1, topic).await);
+    let mut publisher = cluster.publisher(0).await;
+    // A JSON string of exactly `limit` bytes, quotes included.
+    let at_limit = format!("\"{}\"", "l".repeat(limit - 2));
+    let ack = expect_ack(publisher.publish(1, topic, &at_limit).await);
+    let message = expect_message(at_edge.recv().await);
+    assert_eq!(message.position(), ack.position().unwrap());
+    assert_eq!(message.payload.get().len(), limit);
+    // One byte over: refused to that publish alone, with its id.
+    let over = format!("\"{}\"", "o".repeat(limit - 1));
+    let error = expect_error(
+        publisher.publish(2, topic, &over).await,
+        "payload_too_large",
+    );
+    assert_eq!(error.id, Some(2));
+    // Nothing broke: the same connection and the links carry on.
+    let ack = expect_ack(publisher.publish(3, topic, "3").await);
+    assert_eq!(
+        expect_message(at_edge.recv().await).position(),
+        ack.position().unwrap()
+    );
+    // A node-to-node publisher is held to the same limit.
+    let mut link = cluster.cluster_client(0).await;
+    expect_error(link.publish(4, topic, &over).await, "payload_too_large");
+    for node in [cluster.producers[0].admin, cluster.consumers[1].admin] {
+        let (_, body) = http_get(node, "/metrics").await;
+        assert_eq!(
+            metric(&body, "shardq_producer_link_reconnects_total")
+                .or(metric(&body, "shardq_consumer_peer_link_reconnects_total"))
+                .unwrap_or(0.0),
+            0.0,
+            "a link broke: {body}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_6_a_consumer_that_comes_back_is_reached_within_a_second() {
+    let mut cluster = Cluster::builder().consumers(2).producers(1).start().await;
+    cluster.stop_consumer(1).await;
+    // Long enough that a growing backoff would be seconds by now.
+    let admin = cluster.producers[0].admin;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = http_get(admin, "/readyz").await;
+        let readiness: shardq_protocol::status::Readiness = serde_json::from_str(&body).unwrap();
+        let down_for = readiness
+            .links
+            .iter()
+            .find(|link| link.id == "consumer-1")
+            .and_then(|link| link.down_for_ms)
+            .unwrap_or(0);
+        if down_for >= 4_000 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.restart_consumer(1).await;
+    let back = tokio::time::Instant::now();
+    cluster.wait_links(0, 2).await;
+    let took = back.elapsed();
+    println!("reached {took:?} after the restart");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the producer reached the consumer {took:?} after it came back"
+    );
+    cluster.shutdown().await;
+}

@@ -277,19 +277,44 @@ async fn stalled_consumer(listener: TcpListener, psk: Psk) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_that_stops_reading_stops_the_publisher_at_the_window() {
+async fn a_consumer_that_stops_reading_never_stops_the_producer_reading() {
+    // Defect 5: a hung consumer filled the window and the producer stopped
+    // reading its publishers. Now: a full window refuses at once
+    // (`unavailable`: not sent), and the link is declared down within
+    // `link_down_after`, answering what it had in flight `outcome_unknown`.
     const WINDOW: usize = 50;
-    // A real cluster file whose only consumer is the impostor.
     let impostor = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let impostor_addr = impostor.local_addr().unwrap();
     let mut cluster = Cluster::builder()
+        .consumers(2)
         .producers(1)
         .limits(|limits| limits.link_window = WINDOW)
         .start()
         .await;
     cluster.stop_producer(0).await;
-    cluster.config.consumers[0].url = format!("ws://{impostor_addr}");
+    // consumer-1 is the impostor: it shakes hands, then never reads.
+    cluster.config.consumers[1].url = format!("ws://{impostor_addr}");
     tokio::spawn(stalled_consumer(impostor, cluster.psk.clone()));
+    let sick = [
+        "database/create",
+        "database/read",
+        "database/update",
+        "database/delete",
+        "files/save",
+    ]
+    .into_iter()
+    .find(|topic| cluster.owner(topic) == 1)
+    .unwrap();
+    let healthy = [
+        "database/create",
+        "database/read",
+        "database/update",
+        "database/delete",
+        "files/save",
+    ]
+    .into_iter()
+    .find(|topic| cluster.owner(topic) == 0)
+    .unwrap();
     let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
@@ -304,74 +329,73 @@ async fn a_consumer_that_stops_reading_stops_the_publisher_at_the_window() {
     let producer = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
         let _ = stopped.await;
     }));
-
     let mut publisher = RawClient::connect(&producer_url, &cluster.psk)
         .await
         .unwrap();
-    // Publish until the producer stops taking them: the writes block once
-    // the window is full and the socket buffers between us are full.
-    let payload = format!("\"{}\"", "x".repeat(1000));
-    let mut sent = 0u64;
-    loop {
-        let frame =
-            format!(r#"{{"type":"publish","id":{sent},"topic":"files/save","payload":{payload}}}"#);
-        let send = publisher.socket.send(Message::text(frame));
-        match tokio::time::timeout(Duration::from_millis(500), send).await {
-            Ok(result) => {
-                result.unwrap();
-                sent += 1;
-                assert!(sent < 1_000_000, "the producer never pushed back");
-            }
-            Err(_) => break,
+    // Twice the window to the sick consumer: the first half fills its
+    // window, the second is refused at once.
+    const SENT: u64 = 2 * WINDOW as u64;
+    for id in 0..SENT {
+        publisher
+            .send_text(&format!(
+                r#"{{"type":"publish","id":{id},"topic":"{sick}","payload":{id}}}"#
+            ))
+            .await;
+    }
+    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in WINDOW as u64..SENT {
+        let error = match publisher.recv().await {
+            Frame::Error(error) => error,
+            other => panic!("{}", other.encode()),
+        };
+        *codes.entry(error.code.to_string()).or_default() += 1;
+    }
+    // Meanwhile the healthy consumer's topic flows: the producer still
+    // reads this connection.
+    for id in SENT..SENT + 10 {
+        publisher
+            .send_text(&format!(
+                r#"{{"type":"publish","id":{id},"topic":"{healthy}","payload":{id}}}"#
+            ))
+            .await;
+        match publisher.recv().await {
+            Frame::Ack(ack) => assert_eq!(ack.id, id),
+            other => panic!("the healthy topic waited: {}", other.encode()),
         }
     }
-    let (_, body) = http_get(admin_addr, "/metrics").await;
-    let in_flight = metric(&body, "shardq_producer_link_in_flight").unwrap();
-    let taken = metric(&body, "shardq_producer_publishes_in_total").unwrap();
+    // The sick link is declared down: what it had in flight has an unknown fate.
+    for _ in 0..WINDOW {
+        let error = match publisher.recv().await {
+            Frame::Error(error) => error,
+            other => panic!("{}", other.encode()),
+        };
+        assert!(error.id.unwrap() < WINDOW as u64, "{error:?}");
+        *codes.entry(error.code.to_string()).or_default() += 1;
+    }
     assert_eq!(
-        in_flight, WINDOW as f64,
-        "in flight must stop at the window: {body}"
+        codes,
+        BTreeMap::from([
+            ("outcome_unknown".to_owned(), WINDOW as u64),
+            ("unavailable".to_owned(), SENT - WINDOW as u64),
+        ]),
+        "the window's publishes were sent (fate unknown); the rest never were"
     );
-    assert!(
-        taken < sent as f64,
-        "the producer kept reading: took {taken} of {sent}"
+    let (_, body) = http_get(admin_addr, "/metrics").await;
+    assert_eq!(
+        metric(&body, "shardq_producer_publishes_in_total"),
+        Some((SENT + 10) as f64)
     );
-    // The producer stops reading only this publisher, not everything.
-    let (status, _) = http_get(admin_addr, "/healthz").await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&body, "shardq_producer_link_downs_total"),
+        Some(1.0),
+        "{body}"
+    );
     let _ = stop.send(());
-    // Shutdown still answers what it took, the consumer stalled or not:
-    // the owner's silence turns into `unavailable` at the publish timeout.
-    let reader = tokio::spawn(async move {
-        let mut answered = 0u64;
-        loop {
-            match publisher.recv_raw().await {
-                Received::Frame(text) => {
-                    let frame = Frame::decode(text.as_bytes(), usize::MAX).unwrap();
-                    let Frame::Error(error) = frame else {
-                        panic!("{frame:?}")
-                    };
-                    assert!(
-                        matches!(error.code.as_str(), "unavailable" | "shutting_down"),
-                        "{error:?}"
-                    );
-                    answered += 1;
-                }
-                Received::Close(code) => return (answered, code),
-                Received::Eof => return (answered, None),
-            }
-        }
-    });
     tokio::time::timeout(PATIENCE, producer)
         .await
         .unwrap()
         .unwrap();
-    let (answered, close) = reader.await.unwrap();
-    assert!(
-        answered >= taken as u64,
-        "answered {answered} of the {taken} taken"
-    );
-    assert_eq!(close, Some(1001));
+    assert_eq!(publisher.closed().await, Some(1001));
     cluster.shutdown().await;
 }
 
@@ -480,5 +504,111 @@ async fn the_status_route_answers_under_its_old_name_too() {
         );
         assert_eq!(current.node_list, cluster.config.consumer_ids());
     }
+    cluster.shutdown().await;
+}
+
+/// A consumer impostor that completes the handshake and reads everything
+/// (so its link stays alive: pings are answered) but never answers.
+async fn silent_consumer(listener: TcpListener, psk: Psk) {
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let server = ServerHandshake::new(psk, "consumer-0", Nonce::random());
+    socket
+        .send(Message::text(server.hello().encode()))
+        .await
+        .unwrap();
+    let auth = socket.next().await.unwrap().unwrap();
+    let frame = Frame::decode(auth.to_text().unwrap().as_bytes(), 1 << 20).unwrap();
+    let welcome = server.receive(frame).unwrap().welcome;
+    socket.send(Message::text(welcome.encode())).await.unwrap();
+    while let Some(Ok(_)) = socket.next().await {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_producer_answers_what_its_publisher_sends_while_it_drains() {
+    // Defect 7: frames a publisher sent after shutdown began were never
+    // read nor answered; the connection then closed with 1001.
+    let impostor = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let impostor_addr = impostor.local_addr().unwrap();
+    let mut cluster = Cluster::builder()
+        .producers(1)
+        .limits(|limits| limits.publish_timeout_ms = 1_000)
+        .start()
+        .await;
+    cluster.stop_producer(0).await;
+    cluster.config.consumers[0].url = format!("ws://{impostor_addr}");
+    tokio::spawn(silent_consumer(impostor, cluster.psk.clone()));
+    let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let producer_addr = ws.local_addr().unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let config = shardq_producer::ProducerConfig {
+        id: "producer-0".into(),
+        cluster: cluster.config.clone(),
+        psk: cluster.psk.clone(),
+        updates: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let producer = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
+        let _ = stopped.await;
+    }));
+    let mut publisher =
+        RawClient::connect(&format!("ws://{producer_addr}/v1/publish"), &cluster.psk)
+            .await
+            .unwrap();
+    // In flight at the silent consumer: the drain waits for them (until
+    // the publish timeout answers them).
+    for id in 0..5 {
+        publisher.publish_nowait(id, "files/save", "1").await;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = http_get(admin_addr, "/metrics").await;
+        if metric(&body, "shardq_producer_link_in_flight") == Some(5.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    // The producer stops accepting once shutdown began.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(producer_addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stopped accepting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in 5..10 {
+        publisher.publish_nowait(id, "files/save", "1").await;
+    }
+    let mut answered = BTreeSet::new();
+    let close = loop {
+        match publisher.recv_raw().await {
+            Received::Frame(text) => match Frame::decode(text.as_bytes(), usize::MAX).unwrap() {
+                Frame::Error(error) => {
+                    assert!(
+                        matches!(error.code.as_str(), "outcome_unknown" | "shutting_down"),
+                        "{error:?}"
+                    );
+                    assert!(answered.insert(error.id.unwrap()));
+                }
+                other => panic!("{}", other.encode()),
+            },
+            Received::Close(code) => break code,
+            Received::Eof => break None,
+        }
+    };
+    assert_eq!(
+        answered,
+        (0..10).collect::<BTreeSet<u64>>(),
+        "every publish answered (closed with {close:?})"
+    );
+    assert_eq!(close, Some(1001));
+    tokio::time::timeout(PATIENCE, producer)
+        .await
+        .unwrap()
+        .unwrap();
     cluster.shutdown().await;
 }

@@ -14,6 +14,9 @@ pub enum PublishError {
     /// The payload is not valid JSON, or did not serialize.
     #[error("payload is not valid JSON: {0}")]
     InvalidPayload(#[source] serde_json::Error),
+    /// An idempotency key that is not 1–64 characters of `A-Z a-z 0-9 . _ : -`.
+    #[error("invalid idempotency key {0:?}: use 1-64 characters of A-Z a-z 0-9 . _ : -")]
+    InvalidKey(String),
     /// The producer answered with an error (`unknown_event`, `unavailable`, …).
     #[error("publish refused ({code}): {message}")]
     Refused {

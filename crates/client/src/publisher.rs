@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use shardq_protocol::frame::encode_publish_into;
-use shardq_protocol::{ClusterConfig, Frame, Psk, RawValue, Topic};
+use shardq_protocol::frame::{encode_publish_into, is_valid_key};
+use shardq_protocol::{ClusterConfig, ErrorCode, Frame, Psk, RawValue, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -27,8 +27,14 @@ pub struct PublisherConfig {
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
     pub connect_timeout: Duration,
-    /// Time a publish waits for its answer. Default 10 s.
+    /// Time a publish may take in all, retries included. Default 10 s.
     pub answer_timeout: Duration,
+    /// Retry a publish the cluster did not take (`unavailable`,
+    /// `outcome_unknown`, `shutting_down`, a broken connection) with the
+    /// same idempotency key until `answer_timeout`: the owner answers a
+    /// retry of a publish it already sequenced with the first position, so
+    /// a publish is delivered at most once. Default true.
+    pub retry: bool,
 }
 
 impl PublisherConfig {
@@ -40,6 +46,7 @@ impl PublisherConfig {
             name: None,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),
+            retry: true,
         }
     }
 
@@ -63,8 +70,40 @@ pub struct Ack {
 
 struct Request {
     topic: Topic,
-    payload: Box<RawValue>,
+    key: Arc<str>,
+    payload: Arc<RawValue>,
     reply: oneshot::Sender<Result<Ack, PublishError>>,
+}
+
+/// First pause before a publish is retried; it doubles up to [`RETRY_MAX`].
+const RETRY_START: Duration = Duration::from_millis(50);
+/// Longest pause between retries of a publish.
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A fresh idempotency key: 32 random hex digits.
+fn new_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Whether a retry with the same key could turn `error` into an ack.
+fn retryable(error: &PublishError) -> bool {
+    match error {
+        PublishError::Refused { code, .. } => matches!(
+            code,
+            ErrorCode::Unavailable | ErrorCode::OutcomeUnknown | ErrorCode::ShuttingDown
+        ),
+        PublishError::Disconnected => true,
+        _ => false,
+    }
+}
+
+/// Whether the publish may have been sequenced although `error` came back.
+fn maybe_sequenced(error: &PublishError) -> bool {
+    match error {
+        PublishError::Refused { code, .. } => *code == ErrorCode::OutcomeUnknown,
+        PublishError::Disconnected | PublishError::Timeout(_) => true,
+        _ => false,
+    }
 }
 
 /// Publishes to a shardq cluster through any of its producers. Cheap to
@@ -90,6 +129,7 @@ struct Request {
 pub struct Publisher {
     requests: mpsc::Sender<Request>,
     answer_timeout: Duration,
+    retry: bool,
     _task: Arc<TaskGuard>,
 }
 
@@ -125,12 +165,15 @@ impl Publisher {
         Ok(Publisher {
             requests,
             answer_timeout: config.answer_timeout,
+            retry: config.retry,
             _task: Arc::new(TaskGuard(task)),
         })
     }
 
     /// Publishes `payload` (serialized as JSON) to `queue/event` and waits
     /// for the owner's ack: the `Result` is the success or error callback.
+    /// The publish carries a fresh idempotency key and is retried with it
+    /// (see [`PublisherConfig::retry`]): delivered at most once.
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         queue: &str,
@@ -139,7 +182,7 @@ impl Publisher {
     ) -> Result<Ack, PublishError> {
         let json = serde_json::to_string(payload).map_err(PublishError::InvalidPayload)?;
         let payload = RawValue::from_string(json).map_err(PublishError::InvalidPayload)?;
-        self.send(Topic::new(queue, event)?, payload).await
+        self.send(Topic::new(queue, event)?, None, payload).await
     }
 
     /// Publishes pre-encoded JSON (checked, then sent byte for byte).
@@ -151,17 +194,91 @@ impl Publisher {
     ) -> Result<Ack, PublishError> {
         let payload =
             RawValue::from_string(json.to_owned()).map_err(PublishError::InvalidPayload)?;
-        self.send(Topic::new(queue, event)?, payload).await
+        self.send(Topic::new(queue, event)?, None, payload).await
     }
 
-    async fn send(&self, topic: Topic, payload: Box<RawValue>) -> Result<Ack, PublishError> {
+    /// Publishes pre-encoded JSON under the application's own idempotency
+    /// key (1–64 characters of `A-Z a-z 0-9 . _ : -`): publishing the same
+    /// key to the same topic again within the owner's window (60 s by
+    /// default) is answered with the first publish's position, from any
+    /// publisher.
+    pub async fn publish_raw_with_key(
+        &self,
+        queue: &str,
+        event: &str,
+        key: &str,
+        json: &str,
+    ) -> Result<Ack, PublishError> {
+        if !is_valid_key(key) {
+            return Err(PublishError::InvalidKey(key.to_owned()));
+        }
+        let payload =
+            RawValue::from_string(json.to_owned()).map_err(PublishError::InvalidPayload)?;
+        self.send(Topic::new(queue, event)?, Some(key.to_owned()), payload)
+            .await
+    }
+
+    async fn send(
+        &self,
+        topic: Topic,
+        key: Option<String>,
+        payload: Box<RawValue>,
+    ) -> Result<Ack, PublishError> {
+        let key: Arc<str> = key.unwrap_or_else(new_key).into();
+        let payload: Arc<RawValue> = payload.into();
+        let deadline = tokio::time::Instant::now() + self.answer_timeout;
+        let mut pause = RETRY_START;
+        let mut unsure = false;
+        loop {
+            let result = self
+                .attempt(topic.clone(), key.clone(), payload.clone(), deadline)
+                .await;
+            let error = match result {
+                Ok(ack) => return Ok(ack),
+                Err(error) => error,
+            };
+            unsure |= maybe_sequenced(&error);
+            let retry =
+                self.retry && retryable(&error) && tokio::time::Instant::now() + pause < deadline;
+            if !retry {
+                // An earlier attempt may have been sequenced: that is the
+                // true answer, whatever the last one said.
+                return Err(match error {
+                    PublishError::Refused { code, message }
+                        if unsure && code != ErrorCode::OutcomeUnknown =>
+                    {
+                        PublishError::Refused {
+                            code: ErrorCode::OutcomeUnknown,
+                            message: format!(
+                                "an earlier attempt may have been sequenced; the last one said ({code}) {message}"
+                            ),
+                        }
+                    }
+                    error => error,
+                });
+            }
+            tracing::debug!(%topic, %error, ?pause, "publish not taken; retrying with the same key");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// One attempt, answered by `deadline` at the latest.
+    async fn attempt(
+        &self,
+        topic: Topic,
+        key: Arc<str>,
+        payload: Arc<RawValue>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Ack, PublishError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             topic,
+            key,
             payload,
             reply,
         };
-        let answered = tokio::time::timeout(self.answer_timeout, async {
+        let answered = tokio::time::timeout_at(deadline, async {
             self.requests
                 .send(request)
                 .await
@@ -250,7 +367,7 @@ async fn serve(socket: &mut WsStream, inbox: &mut mpsc::Receiver<Request>) -> Re
                     let id = next_id;
                     next_id += 1;
                     frame.clear();
-                    encode_publish_into(&mut frame, id, request.topic.as_str(), None, false, request.payload.get());
+                    encode_publish_into(&mut frame, id, request.topic.as_str(), Some(&request.key), false, request.payload.get());
                     // Valid UTF-8: JSON text around a JSON payload.
                     let text = String::from_utf8(std::mem::take(&mut frame)).unwrap_or_default();
                     if socket.feed(Message::text(text)).await.is_err() {

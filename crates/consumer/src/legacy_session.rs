@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use shardq_net::channel::{Channel, Ended};
+use shardq_net::channel::{Channel, Ended, Liveness};
 use shardq_net::conn::Connection;
 use shardq_net::handshake;
 use shardq_net::link::{self, Batches, Body, Reply, Request};
@@ -89,7 +89,12 @@ async fn serve(
         outbox.close(CloseCode::TopicRefused);
         return;
     }
-    let mut channel = Channel::new(reader, outbox, &shared.limits, shared.stop.clone());
+    let mut channel = Channel::new(
+        reader,
+        outbox,
+        Liveness::clients(&shared.limits),
+        shared.stop.clone(),
+    );
     loop {
         let text = match channel.next_text().await {
             Ok(text) => text,
@@ -112,12 +117,7 @@ async fn serve(
             (LegacyFrame::Message { topic, data }, Endpoint::LegacyProducer) => {
                 match legacy::topic(&topic).and_then(|t| shared.queues.load().check(&t).map(|()| t))
                 {
-                    Ok(topic) => {
-                        if !publish(shared, &topic, data).await {
-                            channel.close(CloseCode::GoingAway);
-                            break;
-                        }
-                    }
+                    Ok(topic) => publish(shared, &topic, data),
                     Err(error) => {
                         shared.metrics.legacy_dropped.inc();
                         tracing::info!(%error, "legacy message dropped");
@@ -187,21 +187,32 @@ async fn subscribe(
 }
 
 /// Sequences a legacy message here, or forwards it to its owner (no ack
-/// in this dialect: failures are counted). `false` when stopping.
-async fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) -> bool {
+/// in this dialect: failures are counted).
+fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) {
+    let limit = shared.limits.max_payload_bytes();
+    if data.get().len() > limit {
+        shared.metrics.legacy_dropped.inc();
+        tracing::warn!(%topic, len = data.get().len(), limit, "legacy message dropped: payload over the limit");
+        return;
+    }
     let owner = match shared.topics.publish(topic, &data) {
-        Ok(_) => return true,
+        Ok(_) => return,
         Err(NotSequenced::OwnedBy(owner)) => Some(owner),
         Err(NotSequenced::NoOwner | NotSequenced::BadTopic) => None,
     };
     let Some(link) = owner.and_then(|owner| shared.peers.current().link(&owner).cloned()) else {
         shared.metrics.legacy_dropped.inc();
         tracing::warn!(%topic, "legacy message dropped: no reachable owner");
-        return true;
+        return;
     };
     let mut batches = Batches::default();
-    let Some(permit) = link::permit(&link, &mut batches, &shared.stop).await else {
-        return false;
+    let permit = match link::permit(&link) {
+        Ok(permit) => permit,
+        Err(why) => {
+            shared.metrics.legacy_dropped.inc();
+            tracing::warn!(%topic, %why, "legacy message dropped");
+            return;
+        }
     };
     shared.metrics.forwarded.inc();
     batches.add(
@@ -214,5 +225,4 @@ async fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) -> bool {
         },
     );
     batches.flush();
-    true
 }

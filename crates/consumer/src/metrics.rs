@@ -46,6 +46,11 @@ pub struct ConsumerMetrics {
     pub gaps_reported: Counter,
     /// Resumes (`subscribe` with `since`) answered `recovered: false`.
     pub resumes_not_recovered: Counter,
+    /// Publishes answered with an earlier position because their
+    /// idempotency key was remembered (retries not sequenced twice).
+    pub duplicates_absorbed: Counter,
+    /// Idempotency keys remembered.
+    pub idempotency_keys: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -67,6 +72,8 @@ impl ConsumerMetrics {
             reloads: Counter::default(),
             gaps_reported: Counter::default(),
             resumes_not_recovered: Counter::default(),
+            duplicates_absorbed: Counter::default(),
+            idempotency_keys: Gauge::default(),
         };
         let mut registry = Registry::with_prefix("shardq_consumer");
         registry.register(
@@ -143,6 +150,16 @@ impl ConsumerMetrics {
             "resumes_not_recovered",
             "Resumes answered recovered:false",
             metrics.resumes_not_recovered.clone(),
+        );
+        registry.register(
+            "duplicates_absorbed",
+            "Publishes answered with an earlier position because their idempotency key was remembered",
+            metrics.duplicates_absorbed.clone(),
+        );
+        registry.register(
+            "idempotency_keys",
+            "Idempotency keys remembered",
+            metrics.idempotency_keys.clone(),
         );
         (metrics, registry)
     }

@@ -26,6 +26,8 @@ use crate::{legacy_session, session};
 
 /// How long shutdown waits for connections to close.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often idempotency keys past their window are looked for.
+const KEY_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything a consumer needs to run.
 #[derive(Debug, Clone)]
@@ -155,6 +157,8 @@ pub async fn run(
         TableLimits {
             history_per_topic: limits.history_messages_per_topic,
             history_bytes: limits.history_bytes_per_node,
+            key_window: limits.idempotency_window(),
+            keys_per_node: limits.idempotency_keys_per_node,
         },
         metrics.clone(),
         view_of(&config.id, &config.cluster, 1),
@@ -187,6 +191,21 @@ pub async fn run(
         tasks,
         next_conn: AtomicU64::new(1),
     });
+    {
+        // Idempotency keys past their window are forgotten even when no
+        // new keyed publish arrives.
+        let topics = shared.topics.clone();
+        let stop = links_stop.clone();
+        link_tasks.spawn(async move {
+            let mut tick = tokio::time::interval(KEY_SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => topics.forget_keys(Instant::now()),
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
     if let Some(mut updates) = config.updates {
         let shared = shared.clone();
         let stop = links_stop.clone();

@@ -4,23 +4,22 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use shardq_net::channel::{Channel, Ended};
+use shardq_net::channel::{Channel, Ended, Liveness};
 use shardq_net::codec::{FrameBuf, Role, Text};
 use shardq_net::conn::Connection;
 use shardq_net::handshake;
 use shardq_net::link::{self, Batches, Body, InFlight, Reply, Request};
 use shardq_net::outbox::FrameBatch;
 use shardq_protocol::frame::{
-    DecodeError, PublishParts, encode_publish_ack_into, parse_publish_parts,
+    DecodeError, PublishParts, encode_publish_ack_into, parse_publish_parts, request_id_of,
 };
 use shardq_protocol::{
-    Ack, CloseCode, ErrorCode, Frame, Position, Publish, RawValue, Subscribe, Topic, TopicFilter,
-    Unsubscribe,
+    Ack, CloseCode, ErrorCode, Frame, Publish, RawValue, Subscribe, Topic, TopicFilter, Unsubscribe,
 };
 use tokio::time::Instant;
 
 use crate::server::{Endpoint, Shared};
-use crate::topics::{NotSequenced, Subscriber};
+use crate::topics::{NotSequenced, Publishing, Sequenced, Subscriber};
 
 /// Most frames read and handled as one burst.
 const BURST: usize = 64;
@@ -52,7 +51,12 @@ pub(crate) async fn run(
     if accepted.is_err() {
         return;
     }
-    let mut channel = Channel::new(reader, outbox.clone(), &shared.limits, shared.stop.clone());
+    // Node-to-node connections are watched as closely as links are.
+    let liveness = match endpoint {
+        Endpoint::Cluster => Liveness::links(&shared.limits),
+        _ => Liveness::clients(&shared.limits),
+    };
+    let mut channel = Channel::new(reader, outbox.clone(), liveness, shared.stop.clone());
     let mut session = Session {
         subscriber: Subscriber {
             conn: id,
@@ -68,10 +72,19 @@ pub(crate) async fn run(
     // Boxed so that only the loop's own state stays allocated while it runs.
     let ended = Box::pin(session.serve(&mut channel)).await;
     if ended == Ended::Stopped {
-        // Answer the publishes forwarded for this connection first.
+        // Answer the publishes forwarded for this connection first, and
+        // every frame the peer still sends meanwhile (not processed).
         let patience = session.shared.limits.publish_timeout() + LINGER;
         // Boxed, like the ending below: rare, and a timer is not small.
-        let _ = Box::pin(tokio::time::timeout(patience, session.in_flight.idle())).await;
+        let in_flight = session.in_flight.clone();
+        Box::pin(channel.drain_refusing(in_flight.idle(), patience, |text| {
+            Frame::error(
+                request_id_of(text),
+                ErrorCode::ShuttingDown,
+                "the consumer is shutting down: not processed",
+            )
+        }))
+        .await;
         channel.close(CloseCode::GoingAway);
     }
     if matches!(ended, Ended::Stopped | Ended::Closed(_)) {
@@ -150,10 +163,10 @@ impl Session {
             }
             let mut answers = FrameBuf::new(Role::Server, 64 * burst.len());
             let texts: Vec<Text> = std::mem::take(&mut burst);
-            // Boxed: a burst's state (a subscribe waiting for its upstream,
-            // a forward waiting for a window slot) is large and short-lived,
-            // and must not be part of every idle connection's future.
-            let stopped = Box::pin(self.handle_burst(texts, &mut answers)).await;
+            // Boxed: a burst's state (a subscribe waiting for its upstream)
+            // is large and short-lived, and must not be part of every idle
+            // connection's future.
+            Box::pin(self.handle_burst(texts, &mut answers)).await;
             if !answers.is_empty()
                 && channel
                     .outbox()
@@ -162,16 +175,12 @@ impl Session {
             {
                 return Ended::Closed(channel.outbox().close_code().unwrap_or(CloseCode::Normal));
             }
-            if stopped {
-                return Ended::Stopped;
-            }
         }
     }
 
     /// Handles frames that arrived together, in arrival order; each run of
     /// publishes to one topic is sequenced (or forwarded) as one batch.
-    /// `true` when the node started stopping meanwhile.
-    async fn handle_burst(&mut self, burst: Vec<Text>, answers: &mut FrameBuf) -> bool {
+    async fn handle_burst(&mut self, burst: Vec<Text>, answers: &mut FrameBuf) {
         let cluster = self.endpoint == Endpoint::Cluster;
         let limit = self.shared.limits.max_frame_bytes;
         let items: Vec<Item<'_>> = burst
@@ -197,9 +206,7 @@ impl Session {
                 }
             };
             // The publishes before it go first: answers leave in arrival order.
-            if !publishes.is_empty() && self.publish_runs(&publishes, answers).await {
-                return true;
-            }
+            self.publish_runs(&publishes, answers);
             publishes.clear();
             let answer = match other {
                 Ok(Frame::Subscribe(subscribe)) => self.subscribe(subscribe.clone()).await,
@@ -224,17 +231,19 @@ impl Session {
                 answers.push(answer.encode().as_bytes());
             }
         }
-        !publishes.is_empty() && self.publish_runs(&publishes, answers).await
+        self.publish_runs(&publishes, answers);
     }
 
     /// Sequences each run of consecutive publishes to a topic this node
     /// owns and acks each publish; forwards the others to their owner
-    /// (once). `true` when the node started stopping while waiting for a
-    /// forwarding slot.
-    async fn publish_runs(&mut self, publishes: &[PublishRef<'_>], answers: &mut FrameBuf) -> bool {
+    /// (once), never waiting: a full link refuses them at once.
+    fn publish_runs(&mut self, publishes: &[PublishRef<'_>], answers: &mut FrameBuf) {
+        if publishes.is_empty() {
+            return;
+        }
         let mut batches = Batches::default();
-        let mut stopped = false;
-        let mut payloads: Vec<&RawValue> = Vec::new();
+        let mut run: Vec<Publishing<'_>> = Vec::new();
+        let mut sequenced: Vec<Sequenced> = Vec::new();
         let mut rest = publishes;
         while let Some(first) = rest.first() {
             let topic = first.topic;
@@ -248,14 +257,36 @@ impl Session {
                 }
                 continue;
             }
-            payloads.clear();
-            payloads.extend(group.iter().map(|p| p.payload));
-            let owner = match self.shared.topics.publish_many(topic, &payloads) {
-                Ok(first) => {
-                    for (publish, offset) in group.iter().zip(first.offset..) {
-                        let at = Position { offset, ..first };
-                        answers
-                            .push_with(|out| encode_publish_ack_into(out, publish.id, at, false));
+            let limit = self.shared.limits.max_payload_bytes();
+            if group.iter().any(|p| p.payload.get().len() > limit) {
+                // Refuse the oversize ones alone, then the rest as a run.
+                for publish in group {
+                    let len = publish.payload.get().len();
+                    if len > limit {
+                        let refusal = Frame::error(
+                            Some(publish.id),
+                            ErrorCode::PayloadTooLarge,
+                            format!("the payload is {len} bytes; the limit is {limit}"),
+                        );
+                        answers.push(refusal.encode().as_bytes());
+                    } else {
+                        self.publish_runs(std::slice::from_ref(publish), answers);
+                    }
+                }
+                continue;
+            }
+            run.clear();
+            run.extend(group.iter().map(|p| Publishing {
+                payload: p.payload,
+                key: p.key,
+            }));
+            sequenced.clear();
+            let owner = match self.shared.topics.publish_many(topic, &run, &mut sequenced) {
+                Ok(()) => {
+                    for (publish, done) in group.iter().zip(&sequenced) {
+                        answers.push_with(|out| {
+                            encode_publish_ack_into(out, publish.id, done.at, done.duplicate)
+                        });
                     }
                     continue;
                 }
@@ -266,9 +297,7 @@ impl Session {
                 .as_deref()
                 .and_then(|owner| self.shared.peers.current().link(owner).cloned());
             for publish in group {
-                let refusal = if stopped {
-                    Some("the consumer is shutting down".to_owned())
-                } else if publish.forwarded {
+                let refusal = if publish.forwarded {
                     Some(format!(
                         "{} does not own {topic} in its view of the node list, and the publish was already forwarded once (views disagree; retry)",
                         self.shared.id
@@ -288,15 +317,13 @@ impl Session {
                 }
                 // (A missing link was refused above.)
                 let Some(link) = &link else { continue };
-                let Some(permit) = link::permit(link, &mut batches, &self.shared.stop).await else {
-                    stopped = true;
-                    let frame = Frame::error(
-                        Some(publish.id),
-                        ErrorCode::ShuttingDown,
-                        "the consumer is shutting down",
-                    );
-                    answers.push(frame.encode().as_bytes());
-                    continue;
+                let permit = match link::permit(link) {
+                    Ok(permit) => permit,
+                    Err(why) => {
+                        let frame = Frame::error(Some(publish.id), ErrorCode::Unavailable, why);
+                        answers.push(frame.encode().as_bytes());
+                        continue;
+                    }
                 };
                 self.in_flight.add(1);
                 self.shared.metrics.forwarded.inc();
@@ -317,7 +344,6 @@ impl Session {
             }
         }
         batches.flush();
-        stopped
     }
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Option<Frame> {

@@ -536,6 +536,7 @@ mod tests {
             node_list: cluster.consumer_ids(),
             node_list_hash: cluster.node_list_hash(),
             links: vec![LinkStatus {
+                down_for_ms: None,
                 id: "c1".into(),
                 url: "ws://c1:1".into(),
                 state: LinkState::Up,

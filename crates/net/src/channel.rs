@@ -25,6 +25,38 @@ pub enum Ended {
     Stopped,
 }
 
+/// How a connection's peer is checked for life: a ping every `ping_every`,
+/// and the connection is closed (4009) after `down_after` in which nothing
+/// at all arrived from the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// Interval between pings.
+    pub ping_every: Duration,
+    /// Silence after which the peer is declared gone.
+    pub down_after: Duration,
+}
+
+impl Liveness {
+    /// For clients (publishers, subscribers): `ping_interval_ms`, and gone
+    /// after `max_missed_pongs` pings in a row went unanswered.
+    pub fn clients(limits: &Limits) -> Liveness {
+        let ping_every = limits.ping_interval();
+        Liveness {
+            ping_every,
+            down_after: ping_every.saturating_mul(limits.max_missed_pongs.saturating_add(1)),
+        }
+    }
+
+    /// For node-to-node links (both ends): `link_ping_interval_ms` and
+    /// `link_down_after_ms`, so a hung or cut-off node is noticed in seconds.
+    pub fn links(limits: &Limits) -> Liveness {
+        Liveness {
+            ping_every: limits.link_ping_interval(),
+            down_after: limits.link_down_after(),
+        }
+    }
+}
+
 /// Reader, outbox and keepalive of one authenticated connection.
 pub struct Channel {
     reader: Reader,
@@ -32,34 +64,66 @@ pub struct Channel {
     pending: Option<Incoming>,
     outbox: Arc<Outbox>,
     ping: Interval,
-    missed_pongs: u32,
-    max_missed_pongs: u32,
+    down_after: Duration,
     stop: CancellationToken,
 }
 
 impl Channel {
     /// Wraps a connection whose handshake just succeeded: lifts the
-    /// pre-auth limits and pings every `limits.ping_interval_ms`.
+    /// pre-auth limits and checks the peer's life as `liveness` says.
     pub fn new(
         mut reader: Reader,
         outbox: Arc<Outbox>,
-        limits: &Limits,
+        liveness: Liveness,
         stop: CancellationToken,
     ) -> Channel {
         reader.authenticated();
-        let ping_interval = limits.ping_interval();
-        let max_missed_pongs = limits.max_missed_pongs;
-        let mut ping = interval_at(Instant::now() + ping_interval, ping_interval);
+        let every = liveness.ping_every;
+        let mut ping = interval_at(Instant::now() + every, every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Channel {
             reader,
             pending: None,
             outbox,
             ping,
-            missed_pongs: 0,
-            max_missed_pongs,
+            down_after: liveness.down_after,
             stop,
         }
+    }
+
+    /// After the stop signal: keeps reading until `done` completes (what
+    /// the connection has in flight is answered) or `patience` passes, and
+    /// answers every frame the peer still sends with `refusal` (e.g.
+    /// `shutting_down`, carrying its id): nothing the node read goes
+    /// unanswered. `false` when `patience` ran out first.
+    pub async fn drain_refusing(
+        &mut self,
+        done: impl Future<Output = ()>,
+        patience: Duration,
+        refusal: impl Fn(&str) -> Frame,
+    ) -> bool {
+        // The stop signal has fired: read on regardless of it.
+        self.stop = CancellationToken::new();
+        let deadline = Instant::now() + patience;
+        tokio::pin!(done);
+        let finished = loop {
+            tokio::select! {
+                () = &mut done => break true,
+                text = self.next_text() => match text {
+                    Ok(text) => {
+                        let _ = self.send(&refusal(&text));
+                    }
+                    // The peer is gone: nothing more to answer.
+                    Err(_) => break true,
+                },
+                () = tokio::time::sleep_until(deadline) => break false,
+            }
+        };
+        // What already arrived is answered too.
+        while let Some(text) = self.try_next_text() {
+            let _ = self.send(&refusal(&text));
+        }
+        finished
     }
 
     /// The connection's outbox.
@@ -97,10 +161,9 @@ impl Channel {
                     }
                 }
                 _ = self.ping.tick() => {
-                    if self.missed_pongs >= self.max_missed_pongs {
+                    if self.reader.last_read().elapsed() >= self.down_after {
                         return Err(self.close(CloseCode::PingTimeout));
                     }
-                    self.missed_pongs += 1;
                     let _ = self.outbox.push_unbounded(encode::ping_frame(self.outbox.role()));
                 }
                 () = self.outbox.closed() => {
@@ -125,7 +188,7 @@ impl Channel {
             };
             match incoming {
                 Incoming::Text(text) => return Some(text),
-                Incoming::Pong => self.missed_pongs = 0,
+                Incoming::Pong => {}
                 other => {
                     self.pending = Some(other);
                     return None;
@@ -138,10 +201,7 @@ impl Channel {
     fn take(&mut self, incoming: Incoming) -> Option<Result<Text, Ended>> {
         match incoming {
             Incoming::Text(text) => Some(Ok(text)),
-            Incoming::Pong => {
-                self.missed_pongs = 0;
-                None
-            }
+            Incoming::Pong => None,
             Incoming::Binary => {
                 let _ = self.send(&binary_refusal());
                 None

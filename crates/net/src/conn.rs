@@ -12,6 +12,7 @@ use shardq_protocol::{CloseCode, ErrorCode, Frame, Limits};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::{Decoder, Text, WsError, WsMessage, encode};
@@ -117,6 +118,8 @@ pub struct Reader {
     /// The message limit once authenticated.
     max_frame_bytes: usize,
     authenticated: bool,
+    /// When bytes last arrived from the peer (its sign of life).
+    last_read: Instant,
 }
 
 impl Reader {
@@ -138,7 +141,7 @@ impl Reader {
             buffer.reserve(room);
             match self.read.read_buf(buffer).await {
                 Ok(0) | Err(_) => return Incoming::Closed,
-                Ok(_) => {}
+                Ok(_) => self.last_read = Instant::now(),
             }
         }
     }
@@ -218,6 +221,7 @@ impl Reader {
             authenticated_chunk: read_chunk,
             max_frame_bytes: limits.max_frame_bytes,
             authenticated: false,
+            last_read: Instant::now(),
         }
     }
 
@@ -239,7 +243,13 @@ impl Reader {
             authenticated_chunk: LINK_READ_CHUNK,
             max_frame_bytes,
             authenticated: true,
+            last_read: Instant::now(),
         }
+    }
+
+    /// When bytes last arrived from the peer.
+    pub fn last_read(&self) -> Instant {
+        self.last_read
     }
 
     /// The peer authenticated: lift the pre-auth limits.

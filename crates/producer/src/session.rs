@@ -9,16 +9,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shardq_net::channel::{Channel, Ended};
+use shardq_net::channel::{Channel, Ended, Liveness};
 use shardq_net::codec::{Text, encode};
 use shardq_net::conn::Connection;
 use shardq_net::handshake;
-use shardq_net::link::{self, Batches, Body, ConsumerLink, InFlight, Reply, Request};
+use shardq_net::link::{self, Batches, Body, InFlight, Reply, Request};
 use shardq_net::outbox::FrameBatch;
-use shardq_protocol::frame::parse_publish_parts;
+use shardq_protocol::frame::{parse_publish_parts, request_id_of};
 use shardq_protocol::legacy::{self, LegacyFrame};
-use shardq_protocol::{CloseCode, ErrorCode, Frame, Topic};
-use tokio::sync::OwnedSemaphorePermit;
+use shardq_protocol::{CloseCode, ENVELOPE_BYTES, ErrorCode, Frame, Limits, Topic};
 use tokio::time::Instant;
 
 use crate::server::Shared;
@@ -27,15 +26,6 @@ use crate::server::Shared;
 const BURST: usize = 64;
 /// How long a closed connection waits for the publisher's close.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A window slot on `link`, or `None` when the producer stops meanwhile.
-async fn permit(
-    shared: &Shared,
-    link: &Arc<ConsumerLink>,
-    batches: &mut Batches,
-) -> Option<OwnedSemaphorePermit> {
-    link::permit(link, batches, &shared.draining).await
-}
 
 /// A shardq/1 publisher on `/v1/publish`.
 pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: Instant) {
@@ -58,18 +48,26 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
     let mut channel = Channel::new(
         reader,
         outbox.clone(),
-        &shared.limits,
+        Liveness::clients(&shared.limits),
         shared.draining.clone(),
     );
     let in_flight = Arc::new(InFlight::default());
     let ended = Box::pin(serve(&shared, &mut channel, &in_flight)).await;
     if ended == Ended::Stopped {
-        // Answer everything in flight before saying goodbye.
+        // Answer everything in flight before saying goodbye, and every
+        // frame the publisher still sends meanwhile (not processed).
         let patience = shared.limits.publish_timeout() + std::time::Duration::from_secs(1);
-        if tokio::time::timeout(patience, in_flight.idle())
-            .await
-            .is_err()
-        {
+        let answered = channel
+            .drain_refusing(in_flight.idle(), patience, |text| {
+                count_error(&shared, &ErrorCode::ShuttingDown);
+                Frame::error(
+                    request_id_of(text),
+                    ErrorCode::ShuttingDown,
+                    "the producer is shutting down: not processed",
+                )
+            })
+            .await;
+        if !answered {
             tracing::warn!(
                 unanswered = in_flight.count(),
                 "closing with publishes unanswered"
@@ -98,7 +96,6 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
         let mut answers: Vec<Bytes> = Vec::new();
         let mut batches = Batches::default();
         let links = shared.links.current();
-        let mut stopped = false;
         for text in burst.drain(..) {
             // Nearly every frame is a publish in the fast form: its topic and
             // payload are passed on as slices of the text, not copied.
@@ -131,13 +128,8 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 },
             };
             shared.metrics.publishes_in.inc();
-            if stopped {
-                answers.push(refusal(
-                    shared,
-                    id,
-                    ErrorCode::ShuttingDown,
-                    "the producer is shutting down",
-                ));
+            if let Err(why) = check_payload(body.payload().len(), &shared.limits) {
+                answers.push(refusal(shared, id, ErrorCode::PayloadTooLarge, &why));
                 continue;
             }
             let topic = body.topic();
@@ -154,15 +146,12 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 ));
                 continue;
             };
-            let Some(permit) = permit(shared, link, &mut batches).await else {
-                stopped = true;
-                answers.push(refusal(
-                    shared,
-                    id,
-                    ErrorCode::ShuttingDown,
-                    "the producer is shutting down",
-                ));
-                continue;
+            let permit = match link::permit(link) {
+                Ok(permit) => permit,
+                Err(why) => {
+                    answers.push(refusal(shared, id, ErrorCode::Unavailable, &why));
+                    continue;
+                }
             };
             in_flight.add(1);
             let reply = Reply::Publisher {
@@ -189,10 +178,18 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
         {
             return Ended::Closed(channel.outbox().close_code().unwrap_or(CloseCode::Normal));
         }
-        if stopped {
-            return Ended::Stopped;
-        }
     }
+}
+
+/// A payload within the payload limit, else why not (PROTOCOL.md 8).
+fn check_payload(len: usize, limits: &Limits) -> Result<(), String> {
+    let limit = limits.max_payload_bytes();
+    if len > limit {
+        return Err(format!(
+            "the payload is {len} bytes; the limit is {limit} (max_frame_bytes minus {ENVELOPE_BYTES} for the envelope)"
+        ));
+    }
+    Ok(())
 }
 
 fn count_error(shared: &Shared, code: &ErrorCode) {
@@ -223,7 +220,12 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
     if verified.is_err() {
         return;
     }
-    let mut channel = Channel::new(reader, outbox, &shared.limits, shared.draining.clone());
+    let mut channel = Channel::new(
+        reader,
+        outbox,
+        Liveness::clients(&shared.limits),
+        shared.draining.clone(),
+    );
     let mut batches = Batches::default();
     loop {
         let text = match channel.next_text().await {
@@ -248,6 +250,10 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
             }
         };
         shared.metrics.publishes_in.inc();
+        if let Err(why) = check_payload(data.get().len(), &shared.limits) {
+            undelivered(&shared, &why);
+            continue;
+        }
         let topic: Topic =
             match legacy::topic(&name).and_then(|t| shared.queues.load().check(&t).map(|()| t)) {
                 Ok(topic) => topic,
@@ -261,10 +267,12 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
             undelivered(&shared, "the node list names no consumer");
             continue;
         };
-        let Some(permit) = permit(&shared, link, &mut batches).await else {
-            undelivered(&shared, "the producer is shutting down");
-            channel.close(CloseCode::GoingAway);
-            return;
+        let permit = match link::permit(link) {
+            Ok(permit) => permit,
+            Err(why) => {
+                undelivered(&shared, &why);
+                continue;
+            }
         };
         batches.add(
             link,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use shardq_net::channel::Channel;
+use shardq_net::channel::{Channel, Liveness};
 use shardq_net::codec::encode;
 use shardq_net::conn::{ConnLimits, Connection, Incoming, Reader};
 use shardq_net::dial::{DialOptions, dial};
@@ -95,8 +95,12 @@ async fn acking_consumer(listener: TcpListener, psk: Psk) {
             if accepted.await.is_err() {
                 return;
             }
-            let mut channel =
-                Channel::new(reader, outbox.clone(), &limits, CancellationToken::new());
+            let mut channel = Channel::new(
+                reader,
+                outbox.clone(),
+                Liveness::links(&limits),
+                CancellationToken::new(),
+            );
             let mut offset = 0;
             while let Ok(text) = channel.next_text().await {
                 if let Some(publish) = parse_publish_parts(&text) {

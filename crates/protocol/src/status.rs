@@ -39,6 +39,9 @@ pub enum LinkState {
 /// order, as the JSON has always listed them.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
+    /// While down: for how long, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_for_ms: Option<u64>,
     /// The consumer's id.
     pub id: String,
     /// Publishes sent on the link and not answered yet.
@@ -110,6 +113,7 @@ mod tests {
             node_list: vec!["consumer-0".into(), "consumer-1".into()],
             node_list_hash: "00112233aabbccdd".into(),
             links: vec![LinkStatus {
+                down_for_ms: Some(1500),
                 id: "consumer-1".into(),
                 url: "ws://c1:7100/v1/cluster".into(),
                 state: LinkState::Down,
@@ -123,7 +127,7 @@ mod tests {
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(
             json,
-            r#"{"edge_topics":1,"kind":"consumer","links":[{"id":"consumer-1","in_flight":0,"last_error":"connection refused","reconnects":2,"state":"down","url":"ws://c1:7100/v1/cluster"}],"node":"consumer-0","node_list":["consumer-0","consumer-1"],"node_list_hash":"00112233aabbccdd","owned_topics":3}"#
+            r#"{"edge_topics":1,"kind":"consumer","links":[{"down_for_ms":1500,"id":"consumer-1","in_flight":0,"last_error":"connection refused","reconnects":2,"state":"down","url":"ws://c1:7100/v1/cluster"}],"node":"consumer-0","node_list":["consumer-0","consumer-1"],"node_list_hash":"00112233aabbccdd","owned_topics":3}"#
         );
         let back: NodeStatus = serde_json::from_str(&json).unwrap();
         assert_eq!(back, status);

@@ -4,6 +4,7 @@
 //! the history ring and the local subscribers — plus this node's [`View`]
 //! of who owns what.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -97,6 +98,8 @@ pub(crate) struct TopicState {
     pub last: Position,
     pub subscribers: Vec<Subscriber>,
     pub ring: Ring,
+    /// Owner: the idempotency keys remembered, with where their publish went.
+    pub keys: HashMap<Box<str>, Position>,
     pub removed: bool,
     /// The view generation the mode was decided under.
     pub generation: u64,
@@ -116,7 +119,9 @@ impl TopicState {
     pub(super) fn is_idle(&self) -> bool {
         self.subscribers.is_empty()
             && match &self.mode {
-                Mode::Owner(owner) => self.ring.is_empty() && owner.deferred.is_none(),
+                Mode::Owner(owner) => {
+                    self.ring.is_empty() && owner.deferred.is_none() && self.keys.is_empty()
+                }
                 Mode::Edge(_) => true,
             }
     }
@@ -154,6 +159,7 @@ impl TopicCell {
                 last,
                 subscribers: Vec::new(),
                 ring: Ring::default(),
+                keys: HashMap::new(),
                 removed: false,
                 generation,
             }),
@@ -197,4 +203,8 @@ pub struct TableLimits {
     pub history_per_topic: usize,
     /// Bytes of history per node.
     pub history_bytes: usize,
+    /// How long an idempotency key is remembered.
+    pub key_window: std::time::Duration,
+    /// Most idempotency keys remembered per node.
+    pub keys_per_node: usize,
 }

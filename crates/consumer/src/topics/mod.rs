@@ -12,6 +12,7 @@
 //! - `edge`: upstream subscriptions at owners, the peer-link handler.
 //! - `handoff`: what a cell does when ownership moves.
 //! - `dormant`: the positions of owned topics without state.
+//! - `keys`: idempotency keys, remembered for a window.
 //!
 //! Each topic is a [`TopicCell`] behind a `std::sync::Mutex` that is never
 //! held across an `.await`: fan-out only pushes to outboxes and links send
@@ -26,6 +27,7 @@ mod dormant;
 mod edge;
 mod edge_state;
 mod handoff;
+mod keys;
 mod publish;
 mod subscribe;
 #[cfg(test)]
@@ -45,12 +47,13 @@ use tokio_util::task::TaskTracker;
 use crate::history::HistoryBudget;
 use crate::metrics::ConsumerMetrics;
 use dormant::{DORMANT_KEPT, Dormant};
+use keys::KeyBudget;
 
 use cell::{Mode, Owner, TopicCell, TopicState, new_epoch};
 pub use cell::{Subscriber, TableLimits, View};
 pub use edge::PeerHandler;
 use edge_state::{Edge, Effect};
-pub use publish::NotSequenced;
+pub use publish::{NotSequenced, Publishing, Sequenced};
 
 const SHARDS: usize = 64;
 
@@ -67,6 +70,7 @@ pub struct TopicTable {
     shards: Box<[Shard]>,
     hasher: RandomState,
     budget: HistoryBudget<TopicCell>,
+    keys: KeyBudget<TopicCell>,
     limits: TableLimits,
     metrics: Arc<ConsumerMetrics>,
     view: ArcSwap<View>,
@@ -94,6 +98,7 @@ impl TopicTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             budget: HistoryBudget::new(limits.history_bytes),
+            keys: KeyBudget::new(limits.key_window, limits.keys_per_node),
             limits,
             metrics,
             view: ArcSwap::from_pointee(view),

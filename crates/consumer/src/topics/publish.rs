@@ -12,6 +12,7 @@ use shardq_protocol::{Frame, Position, RawValue, Topic, legacy};
 
 use super::TopicTable;
 use super::cell::{Mode, Owner, Subscriber, View};
+use super::keys::KeyEntry;
 
 /// Why this node did not sequence a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,18 +35,40 @@ impl NotSequenced {
     }
 }
 
+/// One publish of a run handed to [`TopicTable::publish_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Publishing<'a> {
+    /// The payload.
+    pub payload: &'a RawValue,
+    /// Its idempotency key, if it has one.
+    pub key: Option<&'a str>,
+}
+
+/// Where a publish was sequenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sequenced {
+    /// Its position.
+    pub at: Position,
+    /// Its key was seen before: this is the first publish's position, and
+    /// nothing new was sequenced.
+    pub duplicate: bool,
+}
+
 impl TopicTable {
-    /// Sequences a run of messages of one topic (consecutive offsets), fans
-    /// them out with one push per subscriber, keeps them in history, and
-    /// returns the position of the first; [`NotSequenced`] when this node
-    /// does not own the topic. A topic that already has a cell costs one
-    /// map lookup; each message costs one allocation, its frame (shared by
-    /// every subscriber and the history).
+    /// Sequences a run of publishes of one topic (consecutive offsets for
+    /// the new ones), fans them out with one push per subscriber, keeps
+    /// them in history, and appends where each went to `out`, in order; a
+    /// publish whose key the topic remembers is answered with the first
+    /// one's position instead. [`NotSequenced`] when this node does not own
+    /// the topic. A topic that already has a cell costs one map lookup;
+    /// each new message one allocation, its frame (shared by every
+    /// subscriber and the history).
     pub fn publish_many(
         &self,
         topic: &str,
-        payloads: &[&RawValue],
-    ) -> Result<Position, NotSequenced> {
+        publishes: &[Publishing<'_>],
+        out: &mut Vec<Sequenced>,
+    ) -> Result<(), NotSequenced> {
         let mut cell = match self.existing(topic) {
             Some(cell) => cell,
             None => {
@@ -72,17 +95,37 @@ impl TopicTable {
                     return Err(NotSequenced::of(&self.view.load(), &cell.topic));
                 }
             };
-            let first = Position {
-                epoch: state.last.epoch,
-                offset: state.last.offset + 1,
-            };
-            state.last.offset += payloads.len() as u64;
-            let frames: Vec<Bytes> = payloads
+            // The new ones get the next offsets; remembered keys answer
+            // with their first position.
+            let mut fresh: Vec<(&RawValue, Position)> = Vec::with_capacity(publishes.len());
+            let mut remembered = Vec::new();
+            for publish in publishes {
+                if let Some(key) = publish.key
+                    && let Some(&at) = state.keys.get(key)
+                {
+                    out.push(Sequenced {
+                        at,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                state.last.offset += 1;
+                let at = state.last;
+                if let Some(key) = publish.key {
+                    state.keys.insert(key.into(), at);
+                    remembered.push(key);
+                }
+                fresh.push((publish.payload, at));
+                out.push(Sequenced {
+                    at,
+                    duplicate: false,
+                });
+            }
+            let duplicates = publishes.len() - fresh.len();
+            let frames: Vec<Bytes> = fresh
                 .iter()
-                .zip(first.offset..)
-                .map(|(payload, offset)| {
-                    let at = Position { offset, ..first };
-                    encode::text_frame_with(|out| encode_message_into(out, topic, at, payload))
+                .map(|(payload, at)| {
+                    encode::text_frame_with(|out| encode_message_into(out, topic, *at, payload))
                 })
                 .collect();
             if deferred {
@@ -90,29 +133,75 @@ impl TopicTable {
                     deferred: Some(deferred),
                 }) = &mut state.mode
                 {
-                    for (frame, offset) in frames.into_iter().zip(first.offset..) {
-                        deferred.held.push((Position { offset, ..first }, frame));
+                    for (frame, (_, at)) in frames.into_iter().zip(&fresh) {
+                        deferred.held.push((*at, frame));
                     }
                 }
             } else {
-                if !state.subscribers.is_empty() {
+                if !state.subscribers.is_empty() && !frames.is_empty() {
+                    let payloads: Vec<&RawValue> =
+                        fresh.iter().map(|(payload, _)| *payload).collect();
                     let batch = FrameBatch::new(frames.clone());
-                    self.fan_out(&state.subscribers, &batch, payloads);
+                    self.fan_out(&state.subscribers, &batch, &payloads);
                 }
-                for (frame, offset) in frames.into_iter().zip(first.offset..) {
-                    self.retain(&cell, &mut state, Position { offset, ..first }, frame);
+                for (frame, (_, at)) in frames.into_iter().zip(&fresh) {
+                    self.retain(&cell, &mut state, *at, frame);
                 }
             }
             drop(state);
-            self.metrics.messages_in.inc_by(payloads.len() as u64);
+            if !remembered.is_empty() {
+                let now = tokio::time::Instant::now();
+                self.keys.added(remembered.into_iter().map(|key| KeyEntry {
+                    cell: cell.weak(),
+                    key: key.into(),
+                    at: now,
+                }));
+                self.forget_keys(now);
+            }
+            if duplicates > 0 {
+                self.metrics.duplicates_absorbed.inc_by(duplicates as u64);
+            }
+            self.metrics.messages_in.inc_by(fresh.len() as u64);
             self.evict_over_budget();
-            return Ok(first);
+            return Ok(());
         }
     }
 
-    /// Sequences one message (see [`publish_many`](Self::publish_many)).
+    /// Sequences one message without a key (see
+    /// [`publish_many`](Self::publish_many)).
     pub fn publish(&self, topic: &Topic, payload: &RawValue) -> Result<Position, NotSequenced> {
-        self.publish_many(topic.as_str(), &[payload])
+        let mut out = Vec::with_capacity(1);
+        self.publish_many(
+            topic.as_str(),
+            &[Publishing { payload, key: None }],
+            &mut out,
+        )?;
+        Ok(out[0].at)
+    }
+
+    /// Forgets the idempotency keys past their window (or beyond the
+    /// node's cap); a topic left with nothing to keep goes.
+    pub fn forget_keys(&self, now: tokio::time::Instant) {
+        loop {
+            let due = self.keys.due(now);
+            let full = due.len() >= 4096;
+            for entry in due {
+                let Some(cell) = entry.cell.upgrade() else {
+                    continue;
+                };
+                let mut state = cell.lock();
+                state.keys.remove(&entry.key);
+                let idle = state.is_idle();
+                drop(state);
+                if idle {
+                    self.remove_if_idle(&cell.topic);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        self.metrics.idempotency_keys.set(self.keys.len() as i64);
     }
 
     /// Queues a batch on every subscriber's outbox (legacy subscribers get

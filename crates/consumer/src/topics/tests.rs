@@ -22,6 +22,8 @@ fn table(per_topic: usize, bytes: usize) -> TopicTable {
         TableLimits {
             history_per_topic: per_topic,
             history_bytes: bytes,
+            key_window: std::time::Duration::from_secs(60),
+            keys_per_node: 1000,
         },
         Arc::new(metrics),
         view,
@@ -205,6 +207,8 @@ fn a_topic_this_node_does_not_own_is_refused_with_its_owner() {
         TableLimits {
             history_per_topic: 10,
             history_bytes: 1 << 20,
+            key_window: std::time::Duration::from_secs(60),
+            keys_per_node: 1000,
         },
         Arc::new(metrics),
         view,
@@ -243,4 +247,68 @@ fn a_peer_link_going_down_forgets_the_upstream_requests_sent_on_it() {
         .map(|upstream| upstream.peer.clone())
         .collect();
     assert_eq!(left, ["c2"]);
+}
+
+#[tokio::test]
+async fn a_remembered_key_is_answered_with_its_first_position_once() {
+    let table = table(10, 1 << 20);
+    let topic = Topic::parse("a/b").unwrap();
+    let sub = subscriber(1, 1 << 20);
+    table
+        .subscribe(std::slice::from_ref(&topic), &sub, None, None)
+        .unwrap();
+    let one = raw("1");
+    let two = raw("2");
+    let keyed = |payload, key| Publishing {
+        payload,
+        key: Some(key),
+    };
+    let mut out = Vec::new();
+    // A retry inside one run, and one in a later run.
+    table
+        .publish_many(
+            topic.as_str(),
+            &[keyed(&*one, "k1"), keyed(&*one, "k1"), keyed(&*two, "k2")],
+            &mut out,
+        )
+        .unwrap();
+    table
+        .publish_many(topic.as_str(), &[keyed(&*one, "k1")], &mut out)
+        .unwrap();
+    let offsets: Vec<(u64, bool)> = out.iter().map(|s| (s.at.offset, s.duplicate)).collect();
+    assert_eq!(offsets, [(1, false), (1, true), (2, false), (1, true)]);
+    assert_eq!(
+        drain_texts(&sub.outbox).await.len(),
+        2,
+        "each key delivered once"
+    );
+    assert_eq!(table.metrics.duplicates_absorbed.get(), 2);
+    // After the window the key is forgotten: the same key is new again.
+    table.forget_keys(tokio::time::Instant::now() + std::time::Duration::from_secs(61));
+    out.clear();
+    table
+        .publish_many(topic.as_str(), &[keyed(&*one, "k1")], &mut out)
+        .unwrap();
+    assert_eq!((out[0].at.offset, out[0].duplicate), (3, false));
+}
+
+#[test]
+fn an_owned_topic_with_keys_but_no_history_keeps_them() {
+    let table = table(10, 0);
+    let topic = Topic::parse("a/b").unwrap();
+    let payload = raw("1");
+    let mut out = Vec::new();
+    let publish = [Publishing {
+        payload: &payload,
+        key: Some("k"),
+    }];
+    table
+        .publish_many(topic.as_str(), &publish, &mut out)
+        .unwrap();
+    // The budget of 0 bytes evicted the message, not the key.
+    table
+        .publish_many(topic.as_str(), &publish, &mut out)
+        .unwrap();
+    assert_eq!(out[0].at, out[1].at);
+    assert!(out[1].duplicate);
 }

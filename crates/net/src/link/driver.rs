@@ -10,7 +10,7 @@ use shardq_protocol::ErrorCode;
 use tokio::time::{MissedTickBehavior, interval};
 
 use super::{BACKOFF_MAX, BACKOFF_START, BURST, ConsumerLink, LinkContext, SWEEP_EVERY};
-use crate::channel::{Channel, Ended};
+use crate::channel::{Channel, Ended, Liveness};
 use crate::dial::{DialOptions, Dialed, dial};
 use crate::outbox::FrameBatch;
 
@@ -44,7 +44,10 @@ impl ConsumerLink {
                         self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
                         return;
                     }
-                    _ = sweep.tick() => self.expire(),
+                    _ = sweep.tick() => {
+                        self.expire();
+                        self.report_down_time();
+                    }
                 }
             };
             match result {
@@ -86,11 +89,16 @@ impl ConsumerLink {
             loop {
                 tokio::select! {
                     () = &mut resume => break,
+                    // The node list changed: try now.
+                    () = self.kick.notified() => break,
                     () = self.retired.cancelled() => {
                         self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
                         return;
                     }
-                    _ = sweep.tick() => self.expire(),
+                    _ = sweep.tick() => {
+                        self.expire();
+                        self.report_down_time();
+                    }
                 }
             }
         }
@@ -100,16 +108,23 @@ impl ConsumerLink {
     /// why it ended.
     async fn serve(self: &Arc<Self>, dialed: Dialed) -> String {
         let Dialed { reader, outbox, .. } = dialed;
-        let mut channel = Channel::new(reader, outbox.clone(), &self.limits, self.retired.clone());
+        let mut channel = Channel::new(
+            reader,
+            outbox.clone(),
+            Liveness::links(&self.limits),
+            self.retired.clone(),
+        );
         {
             let mut state = self.lock();
             state.last_error = None;
+            state.down_since = None;
             let held = state.pipeline.up(outbox.clone());
             if !held.is_empty() {
                 let _ = outbox.push_batch(&FrameBatch::new(held));
             }
         }
         self.metrics.up.get_or_create(&self.label).set(1);
+        self.report_down_time();
         tracing::info!(link = %self.id, url = %self.url, "consumer link up");
         if let Some(handler) = &self.handler {
             handler.on_up(self);

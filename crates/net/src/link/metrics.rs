@@ -1,5 +1,7 @@
 //! The metrics of a node's links to consumers.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,11 +37,18 @@ pub struct LinkMetrics {
     pub reconnects: Family<LinkLabel, Counter>,
     /// Legacy messages that could not be delivered (the dialect has no acks).
     pub legacy_undelivered: Counter,
+    /// Publishes refused because a link's window was full.
+    pub window_full: Family<LinkLabel, Counter>,
+    /// Times each link went down (it broke, or stopped answering).
+    pub downs: Family<LinkLabel, Counter>,
+    /// How long each link has been down, in seconds (0 while up).
+    pub down_seconds: Family<LinkLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl LinkMetrics {
     /// Registers the metrics (`acked`, `errors`, `link_in_flight`, `link_up`,
-    /// `link_reconnects`, `legacy_undelivered`) under the registry's prefix.
+    /// `link_reconnects`, `link_downs`, `link_down_seconds`,
+    /// `link_window_full`, `legacy_undelivered`) under the registry's prefix.
     pub fn register(&self, registry: &mut Registry) {
         registry.register("acked", "Publishes the owner acked", self.acked.clone());
         registry.register(
@@ -57,6 +66,21 @@ impl LinkMetrics {
             "link_reconnects",
             "Reconnections per consumer link",
             self.reconnects.clone(),
+        );
+        registry.register(
+            "link_downs",
+            "Times each consumer link went down (broke, or stopped answering)",
+            self.downs.clone(),
+        );
+        registry.register(
+            "link_down_seconds",
+            "How long each consumer link has been down (0 while up)",
+            self.down_seconds.clone(),
+        );
+        registry.register(
+            "link_window_full",
+            "Publishes refused at once because the consumer link's window was full",
+            self.window_full.clone(),
         );
         registry.register(
             "legacy_undelivered",

@@ -45,13 +45,16 @@ use crate::codec::{FrameBuf, Role, encode};
 use crate::outbox::{FrameBatch, Outbox};
 
 pub use metrics::LinkMetrics;
-use pipeline::{Admit, Pipeline, Read};
+use pipeline::{Admit, Pipeline, Read, Unanswered};
 pub use pipeline::{Answer, HANDLER_ID_BIT};
 pub use request::{Body, InFlight, Reply, Request};
 pub use set::{Batches, LinkOptions, LinkSet, Links, RETIRE_AFTER, permit};
 
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// First pause before reconnecting a link; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(25);
+/// Longest pause between reconnection attempts: a consumer that comes
+/// back is reached within about this (plus jitter).
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
 /// Most frames read from a link and handled as one burst.
 const BURST: usize = 256;
@@ -78,6 +81,8 @@ struct LinkState {
     pipeline: Pipeline<Pending, Arc<Outbox>>,
     last_error: Option<String>,
     reconnects: u64,
+    /// Since when the link is down (`None` while up).
+    down_since: Option<Instant>,
 }
 
 /// What every link task needs.
@@ -102,6 +107,8 @@ pub struct ConsumerLink {
     handler: Option<Arc<dyn LinkHandler>>,
     /// Cancelled when the consumer left the node list.
     retired: CancellationToken,
+    /// Wakes a link waiting to reconnect: try now (the node list changed).
+    kick: tokio::sync::Notify,
 }
 
 impl ConsumerLink {
@@ -125,12 +132,14 @@ impl ConsumerLink {
                 pipeline: Pipeline::default(),
                 last_error: Some("not connected yet".into()),
                 reconnects: 0,
+                down_since: Some(Instant::now()),
             }),
             limits: limits.clone(),
             metrics,
             label,
             handler,
             retired: stop.child_token(),
+            kick: tokio::sync::Notify::new(),
         }
     }
 
@@ -174,7 +183,27 @@ impl ConsumerLink {
             in_flight: state.pipeline.len(),
             last_error: state.last_error.clone(),
             reconnects: state.reconnects,
+            down_for_ms: state
+                .down_since
+                .map(|since| since.elapsed().as_millis() as u64),
         }
+    }
+
+    /// Asks a link waiting to reconnect to try at once.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Publishes how long the link has been down (0 while up).
+    fn report_down_time(&self) {
+        let down_for = self
+            .lock()
+            .down_since
+            .map_or(0.0, |since| since.elapsed().as_secs_f64());
+        self.metrics
+            .down_seconds
+            .get_or_create(&self.label)
+            .set(down_for);
     }
 
     /// Sends a frame that is not a publish (a handler's subscribe or
@@ -379,44 +408,68 @@ impl ConsumerLink {
         if expired.is_empty() {
             return;
         }
-        let message = format!(
-            "consumer {} did not answer within {} ms",
+        let unknown = format!(
+            "consumer {} did not answer within {} ms: the publish may or may not have been sequenced (retry with the same key to find out)",
             self.id, self.limits.publish_timeout_ms
         );
-        self.answer(
-            expired
-                .into_iter()
-                .map(|pending| {
-                    (
-                        pending.reply,
-                        Answer::Failed(ErrorCode::Unavailable, message.clone()),
-                    )
-                })
-                .collect(),
+        let unreached = format!(
+            "consumer {} was not reached within {} ms",
+            self.id, self.limits.publish_timeout_ms
+        );
+        self.answer_unanswered(
+            expired,
+            (ErrorCode::OutcomeUnknown, unknown),
+            (ErrorCode::Unavailable, unreached),
         );
     }
 
-    /// Marks the link down and answers everything in flight.
-    fn down(self: &Arc<Self>, reason: String, code: ErrorCode) {
+    /// Answers publishes taken out unanswered: those sent with `sent`,
+    /// those never sent with `unsent`.
+    fn answer_unanswered(
+        &self,
+        unanswered: Unanswered<Pending>,
+        sent: (ErrorCode, String),
+        unsent: (ErrorCode, String),
+    ) {
+        let answers = unanswered
+            .sent
+            .into_iter()
+            .map(|pending| (pending, &sent))
+            .chain(
+                unanswered
+                    .unsent
+                    .into_iter()
+                    .map(|pending| (pending, &unsent)),
+            )
+            .map(|(pending, (code, message))| {
+                (pending.reply, Answer::Failed(code.clone(), message.clone()))
+            })
+            .collect();
+        self.answer(answers);
+    }
+
+    /// Marks the link down and answers everything in flight: what was sent
+    /// is `outcome_unknown`, what was never sent `unsent` (`unavailable`,
+    /// or `shutting_down` when the node stops).
+    fn down(self: &Arc<Self>, reason: String, unsent: ErrorCode) {
         let mut state = self.lock();
         state.pipeline.detach();
         let broken = state.pipeline.drain();
         state.last_error = Some(reason.clone());
+        state.down_since.get_or_insert_with(Instant::now);
         drop(state);
         self.metrics.up.get_or_create(&self.label).set(0);
+        self.metrics.downs.get_or_create(&self.label).inc();
         self.metrics.in_flight.get_or_create(&self.label).set(0);
-        let message = match code {
-            ErrorCode::Unavailable => format!(
-                "link to consumer {} broke ({reason}); the publish may or may not have been sequenced",
-                self.id
-            ),
-            _ => format!("link to consumer {} closed: {reason}", self.id),
-        };
-        self.answer(
-            broken
-                .into_iter()
-                .map(|pending| (pending.reply, Answer::Failed(code.clone(), message.clone())))
-                .collect(),
+        let unknown = format!(
+            "link to consumer {} broke ({reason}) after the publish was sent: it may or may not have been sequenced (retry with the same key to find out)",
+            self.id
+        );
+        let unsent_message = format!("link to consumer {} closed: {reason}", self.id);
+        self.answer_unanswered(
+            broken,
+            (ErrorCode::OutcomeUnknown, unknown),
+            (unsent, unsent_message),
         );
         if let Some(handler) = &self.handler {
             handler.on_down(self);

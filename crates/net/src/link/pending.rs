@@ -43,37 +43,54 @@ impl<T> PendingRing<T> {
         Some(item)
     }
 
-    /// Removes every entry whose deadline is at or before `now`.
-    pub fn expire(&mut self, now: Instant) -> Vec<T> {
+    /// Removes every entry whose deadline is at or before `now`: the id
+    /// of the first slot, and the slots from it (`None` for ids answered
+    /// already).
+    pub fn expire_with_ids(&mut self, now: Instant) -> (u64, Vec<Option<T>>) {
+        let first = self.base;
         let mut expired = Vec::new();
         while let Some(front) = self.slots.front_mut() {
             match front {
-                Some((deadline, _)) if *deadline <= now => {
-                    if let Some((_, item)) = front.take() {
-                        expired.push(item);
+                Some((deadline, _)) if *deadline > now => break,
+                slot => {
+                    if let Some((_, item)) = slot.take() {
+                        expired.push(Some(item));
                         self.live -= 1;
+                    } else {
+                        expired.push(None);
                     }
                 }
-                Some(_) => break,
-                None => {}
             }
             self.slots.pop_front();
             self.base += 1;
         }
-        expired
+        (first, expired)
     }
 
-    /// Removes everything (the connection broke); ids keep increasing.
-    pub fn drain(&mut self) -> Vec<T> {
+    /// Removes every entry whose deadline is at or before `now`.
+    #[cfg(test)]
+    pub fn expire(&mut self, now: Instant) -> Vec<T> {
+        self.expire_with_ids(now).1.into_iter().flatten().collect()
+    }
+
+    /// Removes everything (the connection broke); ids keep increasing. The
+    /// id of the first slot, and the slots (`None` for answered ids).
+    pub fn drain_with_ids(&mut self) -> (u64, Vec<Option<T>>) {
+        let first = self.base;
         self.base += self.slots.len() as u64;
         let items = self
             .slots
             .drain(..)
-            .flatten()
-            .map(|(_, item)| item)
+            .map(|slot| slot.map(|(_, item)| item))
             .collect();
         self.live = 0;
-        items
+        (first, items)
+    }
+
+    /// Removes everything (the connection broke); ids keep increasing.
+    #[cfg(test)]
+    pub fn drain(&mut self) -> Vec<T> {
+        self.drain_with_ids().1.into_iter().flatten().collect()
     }
 
     fn trim(&mut self) {

@@ -73,6 +73,24 @@ enum Phase<C> {
     Down,
 }
 
+/// Publishes taken out of the pipeline without an answer, by whether they
+/// went out on a connection: `unsent` ones were certainly not sequenced;
+/// the fate of `sent` ones is unknown.
+#[derive(Debug)]
+pub struct Unanswered<T> {
+    /// Sent on a connection, no answer came.
+    pub sent: Vec<T>,
+    /// Held for the first connection, never sent.
+    pub unsent: Vec<T>,
+}
+
+impl<T> Unanswered<T> {
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty() && self.unsent.is_empty()
+    }
+}
+
 /// One link's publishes in flight and its connection.
 #[derive(Debug)]
 pub struct Pipeline<T, C> {
@@ -90,6 +108,24 @@ impl<T, C> Default for Pipeline<T, C> {
             held: Vec::new(),
         }
     }
+}
+
+/// Splits entries (`entries[i]` has id `first + i`, `None` for answered
+/// ones) by whether their id is among the `held` frames.
+fn split<T>(first: u64, entries: Vec<Option<T>>, held: &[(u64, Bytes)]) -> Unanswered<T> {
+    let mut unanswered = Unanswered {
+        sent: Vec::new(),
+        unsent: Vec::new(),
+    };
+    for (id, entry) in (first..).zip(entries) {
+        let Some(entry) = entry else { continue };
+        if held.iter().any(|(held, _)| *held == id) {
+            unanswered.unsent.push(entry);
+        } else {
+            unanswered.sent.push(entry);
+        }
+    }
+    unanswered
 }
 
 impl<T, C> Pipeline<T, C> {
@@ -146,19 +182,21 @@ impl<T, C> Pipeline<T, C> {
     }
 
     /// Takes every publish in flight or held (the link broke or retired).
-    pub fn drain(&mut self) -> Vec<T> {
-        self.held.clear();
-        self.pending.drain()
+    pub fn drain(&mut self) -> Unanswered<T> {
+        let held = std::mem::take(&mut self.held);
+        let (first, entries) = self.pending.drain_with_ids();
+        split(first, entries, &held)
     }
 
     /// Takes the publishes whose deadline is at or before `now`.
-    pub fn expire(&mut self, now: Instant) -> Vec<T> {
-        let expired = self.pending.expire(now);
+    pub fn expire(&mut self, now: Instant) -> Unanswered<T> {
+        let (first, expired) = self.pending.expire_with_ids(now);
+        let unanswered = split(first, expired, &self.held);
         if !self.held.is_empty() {
             let pending = &self.pending;
             self.held.retain(|(id, _)| pending.contains(*id));
         }
-        expired
+        unanswered
     }
 
     /// Reads one text frame the consumer sent.
@@ -252,9 +290,13 @@ mod tests {
         line.hold(early, Bytes::from_static(b"frame-early"));
         let late = line.enter(now + Duration::from_secs(5), "late");
         line.hold(late, Bytes::from_static(b"frame-late"));
-        assert_eq!(line.expire(now + Duration::from_secs(2)), ["early"]);
+        let expired = line.expire(now + Duration::from_secs(2));
+        assert_eq!((expired.sent, expired.unsent), (vec![], vec!["early"]));
         assert_eq!(line.up("conn"), [Bytes::from_static(b"frame-late")]);
         assert_eq!(line.len(), 1);
+        // Sent now: past its deadline, its fate is unknown.
+        let expired = line.expire(now + Duration::from_secs(6));
+        assert_eq!((expired.sent, expired.unsent), (vec!["late"], vec![]));
     }
 
     #[test]
@@ -327,15 +369,20 @@ mod tests {
     fn a_lost_connection_drains_everything_once() {
         let now = Instant::now();
         let mut line = Line::default();
+        let held = line.enter(now, "held");
+        line.hold(held, Bytes::from_static(b"held"));
         line.up("conn");
         line.enter(now, "a");
         line.enter(now, "b");
         assert_eq!(line.detach(), Some("conn"));
-        assert_eq!(line.drain(), ["a", "b"]);
+        let drained = line.drain();
+        // "held" went out on the connection too, when it came up.
+        assert_eq!(drained.sent, ["held", "a", "b"]);
+        assert!(drained.unsent.is_empty());
         assert!(line.drain().is_empty());
         // Ids keep increasing: an old answer cannot hit a new publish.
         let fresh = line.enter(now, "c");
-        assert_eq!(fresh, 3);
+        assert_eq!(fresh, 4);
         assert!(matches!(
             line.read(r#"{"type":"ack","id":1,"epoch":1,"offset":1}"#),
             Read::Stale

@@ -144,7 +144,12 @@ impl Links {
                 link.id == entry.id && link.url == url && !link.retired.is_cancelled()
             });
             match kept {
-                Some(link) => links.push(link.clone()),
+                Some(link) => {
+                    // A link waiting to reconnect tries again at once: the
+                    // node list changing is a hint the consumer is back.
+                    link.kick();
+                    links.push(link.clone());
+                }
                 None => {
                     let link = Arc::new(ConsumerLink::new(
                         entry,
@@ -235,21 +240,16 @@ impl Batches {
     }
 }
 
-/// A window slot on `link`: at once if one is free; otherwise what was
-/// gathered is sent first and the caller waits (so its connection stops
-/// reading: backpressure). `None` when `stop` fires meanwhile.
-pub async fn permit(
-    link: &Arc<ConsumerLink>,
-    batches: &mut Batches,
-    stop: &CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
-    let window = link.window().clone();
-    if let Ok(permit) = window.clone().try_acquire_owned() {
-        return Some(permit);
-    }
-    batches.flush();
-    tokio::select! {
-        permit = window.acquire_owned() => permit.ok(),
-        () = stop.cancelled() => None,
-    }
+/// A window slot on `link`, at once; `Err` with the reason when its window
+/// is full. The publish is then refused (`unavailable`: certainly not
+/// sent) instead of waited for, so one slow or hung consumer never stops a
+/// connection from reading: the publisher's other topics keep flowing.
+pub fn permit(link: &Arc<ConsumerLink>) -> Result<OwnedSemaphorePermit, String> {
+    link.window().clone().try_acquire_owned().map_err(|_| {
+        link.metrics.window_full.get_or_create(&link.label).inc();
+        format!(
+            "consumer {} has {} publishes in flight (its link's window is full): not sent",
+            link.id, link.limits.link_window
+        )
+    })
 }

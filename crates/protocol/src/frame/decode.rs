@@ -136,6 +136,19 @@ pub fn decode_str(text: &str, limit: usize) -> Result<Frame, DecodeError> {
     wire.into_frame()
 }
 
+/// The `id` a frame's text carries: of the frame when it decodes, else the
+/// one a failed decode could still read. For answering frames a node will
+/// not process (it is stopping) with their id.
+pub fn request_id_of(text: &str) -> Option<u64> {
+    if let Some(parts) = super::fast::parse_publish_parts(text) {
+        return Some(parts.id);
+    }
+    match decode_str(text, usize::MAX) {
+        Ok(frame) => frame.request_id(),
+        Err(error) => error.id(),
+    }
+}
+
 /// The `id` of a frame that did not decode, when it is a JSON object with
 /// exactly one `id` that is an unsigned integer: so that even a malformed
 /// request's error names it.

@@ -19,7 +19,7 @@ mod fast;
 mod types;
 
 pub use codes::{CloseCode, ErrorCode};
-pub use decode::{DecodeError, decode, decode_str};
+pub use decode::{DecodeError, decode, decode_str, request_id_of};
 pub use fast::{
     PublishAck, PublishParts, encode_message_into, encode_publish_ack_into, encode_publish_into,
     parse_publish, parse_publish_ack, parse_publish_parts,
