@@ -68,6 +68,9 @@ for bin in "${binaries[@]}"; do
     chmod 0755 "$context/$bin"
 done
 cp "$deploy_dir/Dockerfile" "$context/Dockerfile"
+# The (empty) data directory the image creates for --data-dir.
+mkdir "$context/data"
+printf 'shardq consumer state (topics.json), written on SIGTERM\n' >"$context/data/README"
 say "binaries: $(cd "$context" && du -h "${binaries[@]}" | awk '{printf "%s %s  ", $2, $1}')"
 
 say "docker build -t $image (FROM scratch)"

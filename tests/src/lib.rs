@@ -83,6 +83,9 @@ pub struct Cluster {
     pub consumers: Vec<Node>,
     /// The producers, in config order.
     pub producers: Vec<Node>,
+    /// Where consumer `id` keeps its state across graceful restarts
+    /// (`<data>/<id>`), when the builder asked for it.
+    pub data: Option<std::path::PathBuf>,
 }
 
 /// A consumer named in a cluster file but not started yet.
@@ -98,6 +101,7 @@ pub struct ClusterBuilder {
     producers: usize,
     queues: QueueConfig,
     limits: Limits,
+    data_dirs: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -107,6 +111,7 @@ impl Default for ClusterBuilder {
             producers: 0,
             queues: seed_queues(),
             limits: Limits::default(),
+            data_dirs: false,
         }
     }
 }
@@ -133,6 +138,13 @@ impl ClusterBuilder {
     /// Changes the limits.
     pub fn limits(mut self, change: impl FnOnce(&mut Limits)) -> Self {
         change(&mut self.limits);
+        self
+    }
+
+    /// Gives every consumer a data directory (a fresh temporary one), so
+    /// graceful restarts keep their topics' state.
+    pub fn data_dirs(mut self) -> Self {
+        self.data_dirs = true;
         self
     }
 
@@ -175,11 +187,17 @@ impl ClusterBuilder {
         // The file must survive its own round trip, as nodes would read it.
         let config = ClusterConfig::parse(&config.to_toml()).unwrap();
         let psk = Psk::generate();
+        let data = self.data_dirs.then(|| {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("shardq-data-{}-{n}", std::process::id()))
+        });
         let mut cluster = Cluster {
             config,
             psk,
             consumers: Vec::new(),
             producers: Vec::new(),
+            data,
         };
         for (i, (ws, admin)) in listeners.into_iter().enumerate() {
             let node = cluster.spawn_consumer(i, ws, admin);
@@ -214,11 +232,13 @@ impl Cluster {
         ws: TcpListener,
         admin: TcpListener,
     ) -> Node {
+        let data_dir = self.data.as_ref().map(|data| data.join(&id));
         let config = |updates| shardq_consumer::ConsumerConfig {
             id: id.clone(),
             cluster: cluster.clone(),
             psk: self.psk.clone(),
             updates: Some(updates),
+            data_dir: data_dir.clone(),
         };
         spawn_node(
             id.clone(),
@@ -360,13 +380,16 @@ impl Cluster {
             .unwrap()
     }
 
-    /// Stops every node, producers first.
+    /// Stops every node, producers first (and removes the data directories).
     pub async fn shutdown(mut self) {
         for index in 0..self.producers.len() {
             self.stop_producer(index).await;
         }
         for index in 0..self.consumers.len() {
             self.stop_consumer(index).await;
+        }
+        if let Some(data) = &self.data {
+            let _ = std::fs::remove_dir_all(data);
         }
     }
 

@@ -317,6 +317,39 @@ fn merge_compose(base: &Value, over: &Value) -> Mapping {
     services
 }
 
+/// Where consumers keep their topics' state across a graceful restart.
+const DATA_DIR: &str = "/var/lib/shardq";
+
+/// What is wrong with a consumer service's data directory: it must pass
+/// `--data-dir /var/lib/shardq` and mount a named volume of its own there
+/// (writable), or a rolling restart loses every topic's history.
+fn data_dir_problems(argv: &[String], volumes: &Value, id: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if flag_value(argv, "--data-dir") != Some(DATA_DIR) {
+        problems.push(format!("command {argv:?} must pass --data-dir {DATA_DIR}"));
+    }
+    let volume = volumes
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|volume| volume["target"].as_str() == Some(DATA_DIR));
+    match volume {
+        None => problems.push(format!("must mount a volume at {DATA_DIR}")),
+        Some(volume) => {
+            if volume["type"].as_str() != Some("volume") {
+                problems.push(format!("{DATA_DIR} must be a named volume"));
+            }
+            if volume["source"].as_str() != Some(&format!("{id}-data")) {
+                problems.push(format!("{DATA_DIR} must be the volume {id}-data"));
+            }
+            if volume["read_only"].as_bool() == Some(true) {
+                problems.push(format!("{DATA_DIR} must be writable"));
+            }
+        }
+    }
+    problems
+}
+
 /// What is wrong with a service's `volumes` for following the live node
 /// list: it must bind the directory `${SHARDQ_CLUSTER_DIR:-./cluster}`
 /// read-only at the cluster file's directory (long syntax, so a missing
@@ -425,6 +458,11 @@ fn check_compose(services: &Mapping, config: &ClusterConfig, toml: &str) -> Vec<
         }
         for what in cluster_dir_mount_problems(&service["volumes"]) {
             problem(what);
+        }
+        if binary == "/shardq-consumer" {
+            for what in data_dir_problems(&argv, &service["volumes"], id) {
+                problem(what);
+            }
         }
         let mut container_ports = BTreeSet::new();
         for spec in strings(&service["ports"]) {
@@ -894,6 +932,34 @@ fn kubernetes_manifests_match_their_cluster_file() {
         &config_map,
         &mut errors,
     );
+    // Each consumer keeps its topics' state on a volume of its own.
+    let consumer = container(statefulset);
+    let argv: Vec<String> = strings(&consumer["command"])
+        .into_iter()
+        .chain(strings(&consumer["args"]))
+        .collect();
+    if flag_value(&argv, "--data-dir") != Some(DATA_DIR) {
+        errors.push(format!(
+            "StatefulSet/consumer: argv {argv:?} must pass --data-dir {DATA_DIR}"
+        ));
+    }
+    let data_mount = consumer["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|mount| mount["mountPath"].as_str() == Some(DATA_DIR));
+    let claimed = data_mount.is_some_and(|mount| {
+        statefulset["spec"]["volumeClaimTemplates"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|claim| claim["metadata"]["name"] == mount["name"])
+    });
+    if !claimed {
+        errors.push(format!(
+            "StatefulSet/consumer: {DATA_DIR} must be a volume from volumeClaimTemplates"
+        ));
+    }
     if ws_port
         != config
             .consumers

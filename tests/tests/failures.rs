@@ -386,3 +386,61 @@ async fn defect_6_a_consumer_that_comes_back_is_reached_within_a_second() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_keeps_epochs_history_and_keys_so_nothing_is_a_gap() {
+    let mut cluster = Cluster::builder().consumers(2).data_dirs().start().await;
+    let topic = topic_owned_by(&cluster, 0);
+    let mut at_edge = cluster.subscriber(1).await;
+    expect_ack(at_edge.subscribe(1, topic).await);
+    let mut owner_link = cluster.cluster_client(0).await;
+    owner_link
+        .send_text(&format!(
+            r#"{{"type":"publish","id":1,"topic":"{topic}","key":"once","payload":1}}"#
+        ))
+        .await;
+    let first = expect_ack(owner_link.recv().await).position().unwrap();
+    let before = publish_at_owner(&cluster, topic, 2..=3).await;
+    for expected in [first, before[0], before[1]] {
+        assert_eq!(expect_message(at_edge.recv().await).position(), expected);
+    }
+    // A rolling restart of the owner: SIGTERM, then start again.
+    cluster.stop_consumer(0).await;
+    assert!(matches!(next_notice(&mut at_edge).await, Frame::Stalled(_)));
+    cluster.restart_consumer(0).await;
+    // The edge resumes where it was: no gap.
+    assert!(matches!(next_notice(&mut at_edge).await, Frame::Resumed(_)));
+    let after = publish_at_owner(&cluster, topic, 4..=4).await;
+    assert_eq!(
+        after[0].epoch, first.epoch,
+        "the epoch survived the restart"
+    );
+    assert_eq!(after[0].offset, 4);
+    let message = expect_message(at_edge.recv().await);
+    assert_eq!(message.position(), after[0], "a gap or a notice came first");
+    // Resumes are recovered at the owner and at the edge alike.
+    for consumer in [0, 1] {
+        let mut resumer = cluster.subscriber(consumer).await;
+        let ack = subscribe_since(&mut resumer, 1, topic, first).await;
+        assert_eq!(ack.recovered, Some(true), "at consumer {consumer}: {ack:?}");
+        for expected in [before[0], before[1], after[0]] {
+            assert_eq!(expect_message(resumer.recv().await).position(), expected);
+        }
+    }
+    // The key is still remembered: a retry is not sequenced twice.
+    let mut owner_link = cluster.cluster_client(0).await;
+    owner_link
+        .send_text(&format!(
+            r#"{{"type":"publish","id":9,"topic":"{topic}","key":"once","payload":1}}"#
+        ))
+        .await;
+    let retry = expect_ack(owner_link.recv().await);
+    assert_eq!((retry.position(), retry.duplicate), (Some(first), true));
+    let (_, body) = http_get(cluster.consumers[1].admin, "/metrics").await;
+    assert_eq!(
+        metric(&body, "shardq_consumer_gaps_reported_total"),
+        Some(0.0),
+        "{body}"
+    );
+    cluster.shutdown().await;
+}

@@ -89,6 +89,16 @@ impl Ring {
         self.entries.front().map(|entry| entry.seq)
     }
 
+    /// The retained messages, oldest first: position and frame.
+    pub fn entries(&self) -> impl Iterator<Item = (Position, &Bytes)> {
+        self.entries.iter().map(|entry| (entry.at, &entry.frame))
+    }
+
+    /// The ends of finished epochs remembered, oldest first.
+    pub fn sealed(&self) -> impl Iterator<Item = Position> + '_ {
+        self.sealed.iter().copied()
+    }
+
     /// Number of messages retained.
     pub fn len(&self) -> usize {
         self.entries.len()

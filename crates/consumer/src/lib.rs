@@ -10,6 +10,7 @@
 //! - `topics`: per-topic state, sequencing, fan-out, edges, handoff.
 //! - `history`: per-topic rings under one node-wide byte budget.
 //! - `metrics`: the Prometheus metrics.
+//! - `snapshot`: the state kept across a graceful restart, on disk.
 //!
 //! The connection runtime (upgrade, codec, outbox, writer task, keepalive,
 //! handshakes, links to other consumers, admin HTTP, start-up) is
@@ -20,6 +21,7 @@ mod legacy_session;
 mod metrics;
 mod server;
 mod session;
+mod snapshot;
 mod topics;
 
 pub use server::{ConsumerConfig, SHUTDOWN_GRACE, run};

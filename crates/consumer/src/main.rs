@@ -41,6 +41,7 @@ async fn start(args: NodeArgs) -> Result<(), StartError> {
         cluster: node.cluster,
         psk: node.psk,
         updates: Some(node.updates),
+        data_dir: node.data_dir,
     };
     run(node.listener, Some(node.admin), config, node::stop_signal()).await;
     Ok(())

@@ -2,6 +2,7 @@
 //! connection to its endpoint.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::metrics::{ConsumerMetrics, EndpointLabel};
+use crate::snapshot;
 use crate::topics::{PeerHandler, TableLimits, TopicTable, View};
 use crate::{legacy_session, session};
 
@@ -40,6 +42,9 @@ pub struct ConsumerConfig {
     pub psk: Psk,
     /// New cluster files to follow (reloads); `None` to keep this one.
     pub updates: Option<watch::Receiver<Arc<ClusterConfig>>>,
+    /// Where the owned topics' state is kept across a graceful restart
+    /// (`None`: nothing is kept; a restart starts new epochs).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The endpoints a consumer serves.
@@ -165,6 +170,9 @@ pub async fn run(
         link_tasks.clone(),
     ));
     topics.set_self();
+    if let Some(dir) = &config.data_dir {
+        restore(&topics, dir);
+    }
     let peers = Arc::new(Links::start(
         &config.cluster,
         LinkOptions {
@@ -247,10 +255,51 @@ pub async fn run(
     {
         tracing::warn!("some connections did not close within the grace period");
     }
+    if let Some(dir) = &config.data_dir {
+        save(&shared, dir);
+    }
     links_stop.cancel();
     admin_stop.cancel();
     link_tasks.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, link_tasks.wait()).await;
+}
+
+/// Reads back the state a graceful stop left in `dir` (and removes it: it
+/// is used once). Without one, or if it cannot be read, topics start new
+/// epochs, and resumes say so (`recovered: false`).
+fn restore(topics: &TopicTable, dir: &Path) {
+    match snapshot::take(dir) {
+        Ok(Some(snapshot)) => {
+            let node = snapshot.node.clone();
+            let imported = topics.import(snapshot);
+            tracing::info!(
+                dir = %dir.display(),
+                written_by = %node,
+                topics = imported.topics,
+                messages = imported.messages,
+                skipped = imported.skipped,
+                "restored the owned topics' state"
+            );
+        }
+        Ok(None) => {
+            tracing::info!(dir = %dir.display(), "no saved state: the owned topics start new epochs");
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot restore the saved state: the owned topics start new epochs");
+        }
+    }
+}
+
+/// Writes the owned topics' state to `dir` (after every connection closed).
+fn save(shared: &Shared, dir: &Path) {
+    let snapshot = shared.topics.export(&shared.id);
+    let topics = snapshot.topics.len();
+    match snapshot::write(dir, &snapshot) {
+        Ok(path) => tracing::info!(path = %path.display(), topics, "saved the owned topics' state"),
+        Err(error) => {
+            tracing::error!(%error, "cannot save the owned topics' state: after the restart they start new epochs")
+        }
+    }
 }
 
 /// What `GET /v1/status` answers.

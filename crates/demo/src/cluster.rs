@@ -107,6 +107,7 @@ impl Embedded {
                 cluster: config.clone(),
                 psk: psk.clone(),
                 updates: None,
+                data_dir: None,
             };
             tasks.push(tokio::spawn(shardq_consumer::run(
                 ws,

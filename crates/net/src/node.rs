@@ -28,6 +28,11 @@ pub struct NodeArgs {
     /// 0.0.0.0:9100 on consumers and 0.0.0.0:9000 on producers).
     #[arg(long, env = "SHARDQ_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// Consumers: a directory where the owned topics' state is written on a
+    /// graceful stop (SIGTERM) and read back at start, so a rolling restart
+    /// loses no history. Without it, a restart starts new epochs.
+    #[arg(long, env = "SHARDQ_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A node refused to start. The message is one line naming what is wrong.
@@ -96,6 +101,8 @@ pub struct Prepared {
     pub admin: tokio::net::TcpListener,
     /// Later versions of the cluster file (SIGHUP, or a change on disk).
     pub updates: watch::Receiver<Arc<ClusterConfig>>,
+    /// The data directory, if any.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Loads the cluster file and the psk, finds this node's entry, binds both
@@ -134,6 +141,7 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
         listener,
         admin,
         updates,
+        data_dir: args.data_dir,
     })
 }
 

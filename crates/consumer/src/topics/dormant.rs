@@ -76,6 +76,14 @@ impl Dormant {
             .retain(|(topic, seq)| positions.get(topic).is_some_and(|(_, kept)| kept == seq));
     }
 
+    /// Every position kept.
+    pub fn positions(&self) -> Vec<(Topic, Position)> {
+        self.positions
+            .iter()
+            .map(|(topic, (at, _))| (topic.clone(), *at))
+            .collect()
+    }
+
     /// How many positions are kept.
     #[cfg(test)]
     pub fn len(&self) -> usize {

@@ -83,6 +83,15 @@ impl<T> KeyBudget<T> {
         due
     }
 
+    /// Every entry: its cell (as an address, to match cells by), key and
+    /// when it was remembered.
+    pub fn entries(&self) -> Vec<(usize, Box<str>, Instant)> {
+        self.fifo()
+            .iter()
+            .map(|entry| (entry.cell.as_ptr() as usize, entry.key.clone(), entry.at))
+            .collect()
+    }
+
     /// Keys remembered.
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)

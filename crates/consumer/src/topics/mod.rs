@@ -13,6 +13,7 @@
 //! - `handoff`: what a cell does when ownership moves.
 //! - `dormant`: the positions of owned topics without state.
 //! - `keys`: idempotency keys, remembered for a window.
+//! - `persist`: owned topics to and from a snapshot (graceful restarts).
 //!
 //! Each topic is a [`TopicCell`] behind a `std::sync::Mutex` that is never
 //! held across an `.await`: fan-out only pushes to outboxes and links send
@@ -28,6 +29,7 @@ mod edge;
 mod edge_state;
 mod handoff;
 mod keys;
+mod persist;
 mod publish;
 mod subscribe;
 #[cfg(test)]
