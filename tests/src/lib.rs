@@ -500,3 +500,27 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
+
+/// Polls `GET http://addr/metrics` until `name` reads `value`; panics with
+/// the last body after [`PATIENCE`].
+pub async fn wait_metric(addr: SocketAddr, name: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = http_get(addr, "/metrics").await;
+        if metric(&body, name) == Some(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never read {value}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A node's `GET /v1/status`, parsed.
+pub async fn node_status(addr: SocketAddr) -> shardq_protocol::status::NodeStatus {
+    let (code, body) = http_get(addr, "/v1/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"))
+}

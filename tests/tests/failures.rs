@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use shardq_protocol::{Frame, Position};
 use shardq_tests::raw::{Received, expect_ack, expect_error, expect_message};
-use shardq_tests::{Cluster, PATIENCE, RawClient, http_get, metric};
+use shardq_tests::{Cluster, PATIENCE, RawClient, http_get, metric, node_status, wait_metric};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A topic the consumer `owner` owns among `consumers` consumers.
@@ -150,11 +150,22 @@ async fn defect_2_an_owner_that_loses_its_history_is_a_gap_on_its_topics_only() 
         }
         other => panic!("expected stalled, got {}", other.encode()),
     }
+    // Operators see it too: the edge topic counts as stalled.
+    let status = node_status(cluster.consumers[1].admin).await;
+    assert_eq!(status.stalled_topics, Some(1), "{status:?}");
+    wait_metric(
+        cluster.consumers[1].admin,
+        "shardq_consumer_stalled_topics",
+        1.0,
+    )
+    .await;
     cluster.restart_consumer(0).await;
     match next_notice(&mut subscriber).await {
         Frame::Resumed(resumed) => assert_eq!(resumed.topic.as_str(), lost),
         other => panic!("expected resumed, got {}", other.encode()),
     }
+    let status = node_status(cluster.consumers[1].admin).await;
+    assert_eq!(status.stalled_topics, Some(0), "{status:?}");
     let gap = match next_notice(&mut subscriber).await {
         Frame::Gap(gap) => gap,
         other => panic!("expected a gap, got {}", other.encode()),

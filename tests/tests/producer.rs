@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use shardq_protocol::status::Readiness;
 use shardq_protocol::{Frame, Nonce, Psk, ServerHandshake};
 use shardq_tests::raw::{Received, expect_ack, expect_error, expect_message};
-use shardq_tests::{Cluster, LegacyClient, PATIENCE, RawClient, http_get, metric};
+use shardq_tests::{Cluster, LegacyClient, PATIENCE, RawClient, http_get, metric, node_status};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -380,6 +381,14 @@ async fn a_consumer_that_stops_reading_never_stops_the_producer_reading() {
         ]),
         "the window's publishes were sent (fate unknown); the rest never were"
     );
+    // Operators see which link is down and what share of topics it owns.
+    let (code, body) = http_get(admin_addr, "/readyz").await;
+    assert_eq!(code, 200, "one link is still up: {body}");
+    let readiness: Readiness = serde_json::from_str(&body).unwrap();
+    assert_eq!(readiness.links_down, ["consumer-1"], "{body}");
+    assert_eq!(readiness.unavailable_share, 0.5, "{body}");
+    let status = node_status(admin_addr).await;
+    assert_eq!(status.unavailable_share, Some(0.5), "{status:?}");
     let (_, body) = http_get(admin_addr, "/metrics").await;
     assert_eq!(
         metric(&body, "shardq_producer_publishes_in_total"),

@@ -51,6 +51,9 @@ pub struct ConsumerMetrics {
     pub duplicates_absorbed: Counter,
     /// Idempotency keys remembered.
     pub idempotency_keys: Gauge,
+    /// Edge topics whose owner is unreachable (subscribers told `stalled`),
+    /// refreshed every second.
+    pub stalled_topics: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -74,6 +77,7 @@ impl ConsumerMetrics {
             resumes_not_recovered: Counter::default(),
             duplicates_absorbed: Counter::default(),
             idempotency_keys: Gauge::default(),
+            stalled_topics: Gauge::default(),
         };
         let mut registry = Registry::with_prefix("shardq_consumer");
         registry.register(
@@ -160,6 +164,11 @@ impl ConsumerMetrics {
             "idempotency_keys",
             "Idempotency keys remembered",
             metrics.idempotency_keys.clone(),
+        );
+        registry.register(
+            "stalled_topics",
+            "Edge topics whose owner is unreachable (subscribers told stalled)",
+            metrics.stalled_topics.clone(),
         );
         (metrics, registry)
     }

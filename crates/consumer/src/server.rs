@@ -201,14 +201,18 @@ pub async fn run(
     });
     {
         // Idempotency keys past their window are forgotten even when no
-        // new keyed publish arrives.
+        // new keyed publish arrives; the stalled-topics gauge is refreshed.
         let topics = shared.topics.clone();
+        let metrics = shared.metrics.clone();
         let stop = links_stop.clone();
         link_tasks.spawn(async move {
             let mut tick = tokio::time::interval(KEY_SWEEP_EVERY);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => topics.forget_keys(Instant::now()),
+                    _ = tick.tick() => {
+                        topics.forget_keys(Instant::now());
+                        metrics.stalled_topics.set(topics.counts().stalled as i64);
+                    }
                     () = stop.cancelled() => return,
                 }
             }
@@ -305,15 +309,17 @@ fn save(shared: &Shared, dir: &Path) {
 /// What `GET /v1/status` answers.
 fn node_status(shared: &Shared) -> NodeStatus {
     let cluster = shared.cluster.load();
-    let (owned, edges) = shared.topics.owned_and_edge_counts();
+    let counts = shared.topics.counts();
     NodeStatus {
         node: shared.id.clone(),
         kind: NodeKind::Consumer,
         node_list: cluster.consumer_ids(),
         node_list_hash: cluster.node_list_hash(),
         links: shared.peers.statuses(),
-        owned_topics: Some(owned as u64),
-        edge_topics: Some(edges as u64),
+        owned_topics: Some(counts.owned as u64),
+        edge_topics: Some(counts.edges as u64),
+        stalled_topics: Some(counts.stalled as u64),
+        unavailable_share: None,
     }
 }
 

@@ -52,7 +52,7 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 /// What asking one node gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Probe {
     /// The file gives it no `admin` URL.
     NoAdmin,
@@ -546,6 +546,8 @@ mod tests {
             }],
             owned_topics: Some(3),
             edge_topics: Some(0),
+            stalled_topics: Some(0),
+            unavailable_share: None,
         })
     }
 

@@ -12,7 +12,7 @@ use shardq_net::admin;
 use shardq_net::conn::{self, ConnLimits};
 use shardq_net::link::{LinkOptions, Links};
 use shardq_net::upgrade;
-use shardq_protocol::status::{NodeKind, NodeStatus, Readiness};
+use shardq_protocol::status::{self, LinkState, NodeKind, NodeStatus, Readiness};
 use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -137,10 +137,7 @@ pub async fn run(
             get({
                 let shared = shared.clone();
                 move || async move {
-                    let readiness = Readiness {
-                        ready: shared.links.any_up(),
-                        links: shared.links.statuses(),
-                    };
+                    let readiness = Readiness::from_links(shared.links.statuses());
                     let status = if readiness.ready {
                         StatusCode::OK
                     } else {
@@ -179,14 +176,21 @@ pub async fn run(
 /// What `GET /v1/status` answers.
 fn node_status(shared: &Shared) -> NodeStatus {
     let cluster = shared.cluster.load();
+    let links = shared.links.statuses();
+    let down = links
+        .iter()
+        .filter(|link| link.state == LinkState::Down)
+        .count();
     NodeStatus {
         node: shared.id.clone(),
         kind: NodeKind::Producer,
         node_list: cluster.consumer_ids(),
         node_list_hash: cluster.node_list_hash(),
-        links: shared.links.statuses(),
+        unavailable_share: Some(status::share(down, links.len())),
+        links,
         owned_topics: None,
         edge_topics: None,
+        stalled_topics: None,
     }
 }
 

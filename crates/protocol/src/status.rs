@@ -61,7 +61,7 @@ pub struct LinkStatus {
 
 /// What `GET /v1/status` answers: the node's own view of the cluster.
 /// (Fields in alphabetical order, as the JSON has always listed them.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Topics it serves as an edge for another owner (consumers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +80,14 @@ pub struct NodeStatus {
     /// Topics it owns (consumers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owned_topics: Option<u64>,
+    /// Edge topics whose owner is unreachable, their subscribers told
+    /// `stalled` (consumers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_topics: Option<u64>,
+    /// The share of all topics (0 to 1) owned by consumers whose link is
+    /// down, so that their publishes are refused (producers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_share: Option<f64>,
 }
 
 impl NodeStatus {
@@ -93,12 +101,44 @@ impl NodeStatus {
 }
 
 /// What a producer's `GET /readyz` answers (status 200 when `ready`, else 503).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Readiness {
     /// Every link.
     pub links: Vec<LinkStatus>,
+    /// The ids of the consumers whose link is down.
+    #[serde(default)]
+    pub links_down: Vec<String>,
     /// Whether at least one consumer link is up.
     pub ready: bool,
+    /// The share of all topics (0 to 1) owned by consumers whose link is
+    /// down: rendezvous hashing gives each consumer an equal share.
+    #[serde(default)]
+    pub unavailable_share: f64,
+}
+
+impl Readiness {
+    /// Readiness from a producer's links.
+    pub fn from_links(links: Vec<LinkStatus>) -> Readiness {
+        let links_down: Vec<String> = links
+            .iter()
+            .filter(|link| link.state == LinkState::Down)
+            .map(|link| link.id.clone())
+            .collect();
+        Readiness {
+            ready: links_down.len() < links.len(),
+            unavailable_share: share(links_down.len(), links.len()),
+            links_down,
+            links,
+        }
+    }
+}
+
+/// `part / whole`, rounded to 3 decimals (0 for an empty whole).
+pub fn share(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    (part as f64 / whole as f64 * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]
@@ -123,15 +163,52 @@ mod tests {
             }],
             owned_topics: Some(3),
             edge_topics: Some(1),
+            stalled_topics: Some(1),
+            unavailable_share: None,
         };
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(
             json,
-            r#"{"edge_topics":1,"kind":"consumer","links":[{"down_for_ms":1500,"id":"consumer-1","in_flight":0,"last_error":"connection refused","reconnects":2,"state":"down","url":"ws://c1:7100/v1/cluster"}],"node":"consumer-0","node_list":["consumer-0","consumer-1"],"node_list_hash":"00112233aabbccdd","owned_topics":3}"#
+            r#"{"edge_topics":1,"kind":"consumer","links":[{"down_for_ms":1500,"id":"consumer-1","in_flight":0,"last_error":"connection refused","reconnects":2,"state":"down","url":"ws://c1:7100/v1/cluster"}],"node":"consumer-0","node_list":["consumer-0","consumer-1"],"node_list_hash":"00112233aabbccdd","owned_topics":3,"stalled_topics":1}"#
         );
         let back: NodeStatus = serde_json::from_str(&json).unwrap();
         assert_eq!(back, status);
         assert_eq!(back.links_up(), 0);
+    }
+
+    #[test]
+    fn readiness_names_the_down_links_and_their_share_of_topics() {
+        let link = |id: &str, state| LinkStatus {
+            down_for_ms: None,
+            id: id.into(),
+            url: format!("ws://{id}"),
+            state,
+            in_flight: 0,
+            last_error: None,
+            reconnects: 0,
+        };
+        let cases = [
+            (vec![], false, 0.0, 0),
+            (vec![LinkState::Up, LinkState::Up], true, 0.0, 0),
+            (
+                vec![LinkState::Up, LinkState::Down, LinkState::Up],
+                true,
+                0.333,
+                1,
+            ),
+            (vec![LinkState::Down, LinkState::Down], false, 1.0, 2),
+        ];
+        for (states, ready, share, down) in cases {
+            let links = states
+                .iter()
+                .enumerate()
+                .map(|(i, state)| link(&format!("c{i}"), *state))
+                .collect();
+            let readiness = Readiness::from_links(links);
+            assert_eq!(readiness.ready, ready, "{states:?}");
+            assert_eq!(readiness.unavailable_share, share, "{states:?}");
+            assert_eq!(readiness.links_down.len(), down, "{states:?}");
+        }
     }
 
     #[test]

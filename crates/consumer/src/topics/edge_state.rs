@@ -177,6 +177,11 @@ impl Edge {
         }
     }
 
+    /// Whether its subscribers were told the owner is unreachable.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.is_some()
+    }
+
     /// Whether a new local subscriber can be answered now.
     pub fn is_ready(&self) -> bool {
         let acked = self.upstream.as_ref().is_some_and(|up| up.acked);

@@ -59,6 +59,17 @@ pub use publish::{NotSequenced, Publishing, Sequenced};
 
 const SHARDS: usize = 64;
 
+/// Topic counts for the status route and the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TopicCounts {
+    /// Topics it sequences.
+    pub owned: usize,
+    /// Topics it relays from their owner.
+    pub edges: usize,
+    /// Relayed topics whose owner is unreachable (`stalled` told).
+    pub stalled: usize,
+}
+
 /// An upstream subscribe in flight: where it went, and for which topic.
 struct Upstream {
     peer: String,
@@ -283,17 +294,19 @@ impl TopicTable {
             .sum()
     }
 
-    /// Topics owned and topics served as an edge.
-    pub fn owned_and_edge_counts(&self) -> (usize, usize) {
-        let mut owned = 0;
-        let mut edges = 0;
+    /// How many topics it owns, relays, and relays from an unreachable owner.
+    pub fn counts(&self) -> TopicCounts {
+        let mut counts = TopicCounts::default();
         for cell in self.cells() {
-            match cell.lock().mode {
-                Mode::Owner(_) => owned += 1,
-                Mode::Edge(_) => edges += 1,
+            match &cell.lock().mode {
+                Mode::Owner(_) => counts.owned += 1,
+                Mode::Edge(edge) => {
+                    counts.edges += 1;
+                    counts.stalled += usize::from(edge.is_stalled());
+                }
             }
         }
-        (owned, edges)
+        counts
     }
 
     /// Bytes of history retained.

@@ -204,11 +204,6 @@ impl Links {
             .collect()
     }
 
-    /// Whether at least one link is up.
-    pub fn any_up(&self) -> bool {
-        self.current().links.iter().any(|link| link.is_up())
-    }
-
     /// Publishes in flight over all links.
     pub fn in_flight(&self) -> usize {
         self.current()
