@@ -3,7 +3,10 @@
 # consumer and its recovery, then a scale-out to four consumers and a
 # scale-in back to three *under load*, by deploy/README.md's procedure
 # (replace the live node list, SIGHUP; no node restarts), checking that
-# every acked publish reached every subscriber exactly once and in order.
+# every acked publish reached every subscriber exactly once and in order;
+# then faults under load (tests/docker/faults.sh): a consumer killed,
+# paused, cut off the network, and every node restarted in turn, judged by
+# `shardq-demo soak`.
 #
 # Usage: tests/docker/e2e.sh
 #
@@ -25,6 +28,9 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# The fault phase (kill, pause, partition, rolling restart under load).
+# shellcheck source=tests/docker/faults.sh
+. "$repo/tests/docker/faults.sh"
 deploy="$repo/deploy"
 image="${SHARDQ_IMAGE:-shardq:dev}"
 config=/etc/shardq/shardq.toml
@@ -481,11 +487,11 @@ if [[ "${SHARDQ_REUSE_IMAGE:-0}" == 1 ]] && docker image inspect "$image" >/dev/
 else
     "$deploy/build.sh" "$image"
 fi
-for command in e2e pub sub owner health cluster; do
+for command in e2e pub sub owner health cluster soak; do
     docker run --rm --network none "$image" /shardq-demo "$command" --help >/dev/null 2>&1 ||
         fail "$image's shardq-demo has no \`$command\` subcommand: rebuild it (unset SHARDQ_REUSE_IMAGE)"
 done
-ok "$image has shardq-consumer, shardq-producer and shardq-demo (e2e pub sub owner health cluster)"
+ok "$image has shardq-consumer, shardq-producer and shardq-demo (e2e pub sub owner health cluster soak)"
 
 # --------------------------------------------------------------------- up
 step "compose up: 3 consumers, 2 producers (project $project, ${compose_cmd[*]})"
@@ -756,6 +762,9 @@ done
 noise="$(for name in "${subs[@]}"; do grep -v '^subscribed to' "$work/$name.err" | sed "s/^/$name: /"; done || true)"
 [[ -z "$noise" ]] || fail "a subscriber logged (reconnect, gap or error): $(head -n 5 <<<"$noise")"
 ok "all ${#subs[@]} subscribers kept their one connection: no reconnect, no gap, no error logged"
+
+# ------------------------------------------------------ faults, under load
+fault_phase
 
 failed=0
 step "tear down (containers, network, volumes)"

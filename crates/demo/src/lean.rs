@@ -8,7 +8,7 @@
 use std::io;
 
 use bytes::{Buf, BytesMut};
-use shardq_net::codec::{FrameHeader, OP_CLOSE, OP_TEXT, Role, encode};
+use shardq_net::codec::{FrameHeader, OP_CLOSE, OP_PING, OP_TEXT, Role, encode};
 use shardq_net::upgrade::upgrade_client;
 use shardq_protocol::{ClientHandshake, ClientStep, Frame, Nonce, Psk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +35,12 @@ pub struct LeanReader {
     /// Length of the frame [`next_text`](Self::next_text) returned last, still
     /// at the head of the buffer.
     consumed: usize,
+    /// The pong owed for the last ping read, until taken.
+    pong: Option<bytes::Bytes>,
+    /// The close code the node sent, once it closed.
+    close_code: Option<u16>,
+    /// When bytes last arrived.
+    last_read: tokio::time::Instant,
 }
 
 fn invalid(what: impl Into<String>) -> io::Error {
@@ -53,6 +59,9 @@ impl LeanConn {
                 read: upgraded.read,
                 buffer: upgraded.buffered,
                 consumed: 0,
+                pong: None,
+                close_code: None,
+                last_read: tokio::time::Instant::now(),
             },
             writer: upgraded.write,
         })
@@ -91,9 +100,9 @@ impl LeanConn {
 
 impl LeanReader {
     /// The payload of the next text message, a slice of the read buffer
-    /// valid until the next call (pings and pongs are skipped: benchmarks
-    /// run well inside the nodes' ping timeout; a close is an error; nodes
-    /// never fragment). Cancel-safe.
+    /// valid until the next call (pings and pongs are skipped, a ping's
+    /// pong kept for [`take_pong`](Self::take_pong); a close is an error;
+    /// nodes never fragment). Cancel-safe.
     pub async fn next_text(&mut self) -> io::Result<&[u8]> {
         self.buffer.advance(self.consumed);
         self.consumed = 0;
@@ -116,10 +125,17 @@ impl LeanReader {
                                 .buffer
                                 .get(header.header_len..header.header_len + 2)
                                 .map(|b| u16::from_be_bytes([b[0], b[1]]));
+                            self.close_code = code;
                             return Err(io::Error::new(
                                 io::ErrorKind::ConnectionAborted,
                                 format!("closed by the node (code {code:?})"),
                             ));
+                        }
+                        OP_PING => {
+                            let payload = &self.buffer[header.header_len..total];
+                            self.pong = Some(encode::pong_frame(payload, Role::Client));
+                            self.buffer.advance(total);
+                            continue;
                         }
                         _ => {
                             self.buffer.advance(total);
@@ -133,7 +149,27 @@ impl LeanReader {
             if self.read.read_buf(&mut self.buffer).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
+            self.last_read = tokio::time::Instant::now();
         }
+    }
+}
+
+impl LeanReader {
+    /// The pong owed for the last ping the node sent (long-lived
+    /// connections send it, or the node closes them with 4009).
+    pub fn take_pong(&mut self) -> Option<bytes::Bytes> {
+        self.pong.take()
+    }
+
+    /// The close code the node sent, once [`next_text`](Self::next_text)
+    /// failed because it closed.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+
+    /// When bytes last arrived (pings and pongs included).
+    pub fn last_read(&self) -> tokio::time::Instant {
+        self.last_read
     }
 }
 

@@ -14,6 +14,7 @@ mod local;
 mod processes;
 mod procstat;
 mod pubsub;
+mod soak;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -67,6 +68,8 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Steady load while a test injects faults, then a verdict on every promise.
+    Soak(soak::SoakArgs),
     /// Measure one producer process: acked publishes/s, CPU per publish, latency.
     BenchProducer {
         #[command(flatten)]
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Owner(args) => pubsub::owner(args),
         Command::Cluster(args) => block_on(cluster_view::run(args)),
         Command::Health { url } => block_on(async move { health::run(&url).await }),
+        Command::Soak(args) => block_on(soak::run(args)),
         Command::Bench(args) => {
             let json = args.json;
             block_on(bench::run(args)).map(|report| print_report(&report, json))

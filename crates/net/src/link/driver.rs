@@ -80,9 +80,10 @@ impl ConsumerLink {
                 }
             }
             // Exponential backoff with ±50% jitter, so nodes do not
-            // reconnect in lockstep.
+            // reconnect in lockstep; never above the cap, so a node that
+            // comes back is reached within BACKOFF_MAX.
             let jitter = rand::rng().random_range(0.5..1.5);
-            let pause = backoff.mul_f64(jitter);
+            let pause = backoff.mul_f64(jitter).min(BACKOFF_MAX);
             backoff = (backoff * 2).min(BACKOFF_MAX);
             let resume = tokio::time::sleep(pause);
             tokio::pin!(resume);
