@@ -175,6 +175,19 @@ async fn defect_2_an_owner_that_loses_its_history_is_a_gap_on_its_topics_only() 
         gap.epoch, before[1].epoch,
         "the owner restarted in a new epoch"
     );
+    // A resume at this edge from inside the lost epoch answers as the
+    // owner does: not recovered, from the new epoch (the edge still holds
+    // the old epoch's messages, but not that it ended there).
+    let mut resumer = cluster.subscriber(1).await;
+    let resumed = subscribe_since(&mut resumer, 9, lost, before[0]).await;
+    assert_eq!(resumed.recovered, Some(false), "{resumed:?}");
+    assert_eq!(
+        resumed.replay,
+        Some(Position {
+            epoch: gap.epoch,
+            offset: gap.offset
+        })
+    );
     // The connection stayed, and both topics flow.
     let after = publish_at_owner(&cluster, lost, 3..=3).await;
     let message = expect_message(subscriber.recv().await);
@@ -247,6 +260,46 @@ async fn defect_10_every_error_to_a_request_with_an_id_carries_it() {
         assert_eq!(expect_error(client.recv().await, "bad_frame").id, Some(17));
         client.send_text(r#"{"id":18}"#).await;
         assert_eq!(expect_error(client.recv().await, "bad_frame").id, Some(18));
+        // A frame only a node sends is not accepted from a client (§2),
+        // and its id, though not a field of that frame, is named.
+        for frame in [
+            r#"{"type":"message","id":45,"topic":"a/b","epoch":1,"offset":1,"payload":1}"#,
+            r#"{"type":"moved","id":47,"topic":"a/b","epoch":1,"offset":1,"owner":"c"}"#,
+            r#"{"type":"resumed","id":48,"topic":"a/b"}"#,
+        ] {
+            client.send_text(frame).await;
+            let error = expect_error(client.recv().await, "not_authorized");
+            assert!(
+                error
+                    .id
+                    .is_some_and(|id| frame.contains(&format!(r#""id":{id},"#))),
+                "{frame}: {error:?}"
+            );
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn defect_10_handshake_errors_concern_the_connection_and_carry_no_id() {
+    let cluster = Cluster::builder().start().await;
+    for frame in [
+        r#"{"type":"zzz","id":3}"#,
+        r#"{"type":"publish","id":3,"topic":"a/b","payload":1}"#,
+    ] {
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(cluster.consumers[0].url("/v1/subscribe"))
+                .await
+                .unwrap();
+        let _hello = socket.next().await.unwrap().unwrap();
+        socket.send(Message::text(frame)).await.unwrap();
+        let mut client = RawClient {
+            socket,
+            server: String::new(),
+        };
+        let error = expect_error(client.recv().await, "bad_frame");
+        assert_eq!(error.id, None, "{frame}");
+        assert_eq!(client.closed().await, Some(4003), "{frame}");
     }
     cluster.shutdown().await;
 }

@@ -149,11 +149,22 @@ impl Ring {
                 None => nothing(current.offset == 0),
             };
         }
+        // Another epoch, or one this ring no longer reaches, or one that
+        // ended without a known end (its owner restarted without its
+        // history): what the current epoch holds, not recovered — the
+        // owner's own answer.
+        let elsewhere = || match current_epoch_start {
+            Some(start) => from(start),
+            None => nothing(false),
+        };
         if let Some(next) = self
             .entries
             .iter()
             .position(|e| e.at.epoch == since.epoch && e.at.offset > since.offset)
         {
+            if !self.bridged_from(next, current) {
+                return elsewhere();
+            }
             return Replay {
                 complete: self.entries[next].at.offset == since.offset + 1,
                 ..from(next)
@@ -172,6 +183,7 @@ impl Ring {
                 .rposition(|e| e.at.epoch == since.epoch)
                 .map_or(0, |last| last + 1);
             return match self.entries.get(after) {
+                Some(_) if !self.bridged_from(after, current) => elsewhere(),
                 Some(entry) => Replay {
                     complete: entry.at.offset == 1,
                     ..from(after)
@@ -179,12 +191,30 @@ impl Ring {
                 None => nothing(current.epoch == since.epoch || current.offset == 0),
             };
         }
-        // Another epoch, or one this ring no longer reaches: what the
-        // current epoch holds, and a gap.
-        match current_epoch_start {
-            Some(start) => from(start),
-            None => nothing(false),
+        elsewhere()
+    }
+
+    /// Whether every change of epoch from entry `start` on, up to the
+    /// stream's position `current`, follows the sealed end of the epoch
+    /// before (a handoff): one stream with nothing missing between epochs.
+    fn bridged_from(&self, start: usize, current: Position) -> bool {
+        let mut previous: Option<Position> = None;
+        for at in self
+            .entries
+            .iter()
+            .skip(start)
+            .map(|entry| entry.at)
+            .chain([current])
+        {
+            if let Some(before) = previous
+                && before.epoch != at.epoch
+                && !(self.sealed.contains(&before) && at.offset <= 1)
+            {
+                return false;
+            }
+            previous = Some(at);
         }
+        true
     }
 }
 
@@ -446,6 +476,26 @@ mod tests {
             ],
         );
         assert!(ring.is_sealed(7) && !ring.is_sealed(8));
+    }
+
+    #[test]
+    fn an_epoch_without_a_known_end_is_not_bridged() {
+        // The owner of epoch 7 restarted without its history: epoch 8
+        // follows, but nothing says 7 ended at 9.
+        let mut ring = ring_of(&[(7, 5..=9)]);
+        for offset in 1..=2 {
+            ring.push(at(8, offset), Bytes::from(format!("8:{offset}")));
+        }
+        check(
+            &ring,
+            at(8, 2),
+            &[
+                // As the owner answers: the current epoch, not recovered.
+                (at(7, 6), &["8:1", "8:2"], false, at(8, 0)),
+                (at(7, 9), &["8:1", "8:2"], false, at(8, 0)),
+                (at(8, 1), &["8:2"], true, at(8, 1)),
+            ],
+        );
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Session {
             })
             .collect();
         let mut publishes = Vec::new();
-        for item in &items {
+        for (item, text) in items.iter().zip(&burst) {
             let other = match item {
                 Item::Other(other) => other,
                 publish => {
@@ -221,9 +221,9 @@ impl Session {
                     None
                 }
                 Ok(other) => Some(Frame::error(
-                    other.request_id(),
-                    ErrorCode::BadFrame,
-                    format!("a client does not send {} frames", other.kind()),
+                    request_id_of(text),
+                    ErrorCode::NotAuthorized,
+                    format!("{} frames are not accepted on this endpoint", other.kind()),
                 )),
                 Err(error) => Some(error.to_frame()),
             };

@@ -71,7 +71,9 @@ pub async fn accept_shardq(
     let frame = match Frame::decode_str(&text, preauth_limit) {
         Ok(frame) => frame,
         Err(error) => {
-            send(outbox, &error.to_frame().encode());
+            // A handshake error concerns the connection: no id (§4 error).
+            let refusal = Frame::error(None, error.code(), error.to_string());
+            send(outbox, &refusal.encode());
             outbox.close(CloseCode::ProtocolError);
             return Err(Refused);
         }

@@ -113,7 +113,7 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                     ),
                     Ok(other) => {
                         let refusal = Frame::error(
-                            other.request_id(),
+                            request_id_of(&text),
                             ErrorCode::NotAuthorized,
                             format!("/v1/publish takes publish frames, not {}", other.kind()),
                         );

@@ -136,15 +136,16 @@ pub fn decode_str(text: &str, limit: usize) -> Result<Frame, DecodeError> {
     wire.into_frame()
 }
 
-/// The `id` a frame's text carries: of the frame when it decodes, else the
-/// one a failed decode could still read. For answering frames a node will
-/// not process (it is stopping) with their id.
+/// The `id` a frame's text carries: of the frame when it decodes (also a
+/// frame type that has no `id` of its own, such as a `message` a client
+/// should not send), else the one a failed decode could still read. For
+/// answering frames a node will not process with their id.
 pub fn request_id_of(text: &str) -> Option<u64> {
     if let Some(parts) = super::fast::parse_publish_parts(text) {
         return Some(parts.id);
     }
     match decode_str(text, usize::MAX) {
-        Ok(frame) => frame.request_id(),
+        Ok(frame) => frame.request_id().or_else(|| salvage_id(text.as_bytes())),
         Err(error) => error.id(),
     }
 }
