@@ -508,3 +508,69 @@ async fn a_graceful_restart_keeps_epochs_history_and_keys_so_nothing_is_a_gap() 
     );
     cluster.shutdown().await;
 }
+
+/// Forwards every connection made to `front` to `target`, except the
+/// first, which it accepts and then holds without a word.
+async fn swallow_first_connection(front: tokio::net::TcpListener, target: std::net::SocketAddr) {
+    let (_held, _) = front.accept().await.unwrap();
+    loop {
+        let Ok((mut client, _)) = front.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_6_a_dial_that_hangs_does_not_hold_the_next_one_back() {
+    // A dial into a partition or a stuck name lookup hangs until its
+    // timeout; here that is longer than the test's patience, so the link
+    // comes up only if the next dial starts beside the hung one.
+    let mut cluster = Cluster::builder()
+        .consumers(2)
+        .producers(1)
+        .limits(|limits| limits.handshake_timeout_ms = 10 * PATIENCE.as_millis() as u64)
+        .start()
+        .await;
+    cluster.stop_producer(0).await;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_url = format!("ws://{}", front.local_addr().unwrap());
+    tokio::spawn(swallow_first_connection(front, cluster.consumers[1].addr));
+    cluster.config.consumers[1].url = front_url;
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let config = shardq_producer::ProducerConfig {
+        id: "producer-0".into(),
+        cluster: cluster.config.clone(),
+        psk: cluster.psk.clone(),
+        updates: None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let producer = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = http_get(admin_addr, "/readyz").await;
+        let readiness: shardq_protocol::status::Readiness = serde_json::from_str(&body).unwrap();
+        if readiness.links_down.is_empty() && readiness.links.len() == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link to consumer-1 waited on its hung dial: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(PATIENCE, producer)
+        .await
+        .unwrap()
+        .unwrap();
+    cluster.shutdown().await;
+}

@@ -5,14 +5,19 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use rand::RngExt;
 use shardq_protocol::ErrorCode;
-use tokio::time::{MissedTickBehavior, interval};
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 use super::{BACKOFF_MAX, BACKOFF_START, BURST, ConsumerLink, LinkContext, SWEEP_EVERY};
 use crate::channel::{Channel, Ended, Liveness};
 use crate::dial::{DialOptions, Dialed, dial};
 use crate::outbox::FrameBatch;
+
+/// Dials to one consumer in flight at once, at most.
+const OVERLAPPING_DIALS: usize = 4;
 
 impl ConsumerLink {
     /// Keeps the link connected until stopped or retired: connect, serve,
@@ -34,12 +39,24 @@ impl ConsumerLink {
         let mut sweep = interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let attempt = dial(&self.url, &options, &ctx.tasks);
-            tokio::pin!(attempt);
+            // A dial that hangs (a name lookup or a SYN into a partition)
+            // does not hold the next one back: every BACKOFF_MAX another
+            // starts beside it, up to OVERLAPPING_DIALS, and the first to
+            // connect wins (the others are dropped, which abandons them).
+            let mut attempts = FuturesUnordered::new();
+            attempts.push(dial(&self.url, &options, &ctx.tasks));
+            let mut overlap = interval_at(Instant::now() + BACKOFF_MAX, BACKOFF_MAX);
             // Publishes held for the first connection expire meanwhile.
             let result = loop {
                 tokio::select! {
-                    result = &mut attempt => break result,
+                    Some(result) = attempts.next() => match result {
+                        Ok(conn) => break Ok(conn),
+                        Err(error) if attempts.is_empty() => break Err(error),
+                        Err(_) => {}
+                    },
+                    _ = overlap.tick(), if attempts.len() < OVERLAPPING_DIALS => {
+                        attempts.push(dial(&self.url, &options, &ctx.tasks));
+                    }
                     () = self.retired.cancelled() => {
                         self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
                         return;
@@ -50,6 +67,7 @@ impl ConsumerLink {
                     }
                 }
             };
+            drop(attempts);
             match result {
                 Ok(conn) => {
                     if connected_before {
