@@ -71,6 +71,14 @@ impl Node {
     pub fn is_running(&self) -> bool {
         self.task.is_some()
     }
+
+    /// Tells the node to stop (as SIGTERM would) without waiting for it;
+    /// `Cluster::stop_*` then waits.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// A cluster of in-process nodes.
@@ -326,19 +334,10 @@ impl Cluster {
 
     /// Waits until producer `index` has `up` consumer links up (per its `/readyz`).
     pub async fn wait_links(&self, index: usize, up: usize) {
-        let admin = self.producers[index].admin;
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let (_, body) = http_get(admin, "/readyz").await;
-            if body.matches(r#""state":"up""#).count() == up {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "producer {index} never had {up} links up: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_ready(self.producers[index].admin, |readiness| {
+            readiness.links.len() - readiness.links_down.len() == up
+        })
+        .await;
     }
 
     /// A shardq/1 client on producer `index`'s `/v1/publish`.
@@ -356,6 +355,15 @@ impl Cluster {
     /// Stops consumer `index` and waits until it has shut down.
     pub async fn stop_consumer(&mut self, index: usize) {
         stop_node(&mut self.consumers[index]).await;
+    }
+
+    /// Starts producer `index` again on its old ports, with the cluster
+    /// file as `config` is now (a test may have changed it meanwhile).
+    pub async fn restart_producer(&mut self, index: usize) {
+        let (addr, admin) = (self.producers[index].addr, self.producers[index].admin);
+        let ws = bind_again(addr).await;
+        let admin = bind_again(admin).await;
+        self.producers[index] = self.spawn_producer(index, ws, admin);
     }
 
     /// Starts consumer `index` again on its old ports.
@@ -403,9 +411,7 @@ impl Cluster {
 }
 
 async fn stop_node(node: &mut Node) {
-    if let Some(stop) = node.stop.take() {
-        let _ = stop.send(());
-    }
+    node.begin_stop();
     if let Some(task) = node.task.take() {
         tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
     }
@@ -523,4 +529,26 @@ pub async fn node_status(addr: SocketAddr) -> shardq_protocol::status::NodeStatu
     let (code, body) = http_get(addr, "/v1/status").await;
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"))
+}
+
+/// Polls a producer's `GET /readyz` until `done` holds for it; panics with
+/// the last answer after [`PATIENCE`].
+pub async fn wait_ready(
+    admin: SocketAddr,
+    done: impl Fn(&shardq_protocol::status::Readiness) -> bool,
+) -> shardq_protocol::status::Readiness {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = http_get(admin, "/readyz").await;
+        let readiness: shardq_protocol::status::Readiness =
+            serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"));
+        if done(&readiness) {
+            return readiness;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{admin}/readyz never got there: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -9,7 +9,9 @@ use futures_util::{SinkExt, StreamExt};
 use shardq_protocol::status::Readiness;
 use shardq_protocol::{Frame, Nonce, Psk, ServerHandshake};
 use shardq_tests::raw::{Received, expect_ack, expect_error, expect_message};
-use shardq_tests::{Cluster, LegacyClient, PATIENCE, RawClient, http_get, metric, node_status};
+use shardq_tests::{
+    Cluster, LegacyClient, PATIENCE, RawClient, http_get, metric, node_status, wait_metric,
+};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -259,8 +261,11 @@ async fn all_consumers_down_is_not_ready_but_the_producer_serves() {
     cluster.shutdown().await;
 }
 
-/// A consumer impostor that completes the handshake, then never reads.
-async fn stalled_consumer(listener: TcpListener, psk: Psk) {
+/// A consumer impostor: accepts one link and completes the handshake.
+async fn impostor_link(
+    listener: TcpListener,
+    psk: Psk,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let (stream, _) = listener.accept().await.unwrap();
     let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
     let server = ServerHandshake::new(psk, "consumer-0", Nonce::random());
@@ -272,9 +277,14 @@ async fn stalled_consumer(listener: TcpListener, psk: Psk) {
     let frame = Frame::decode(auth.to_text().unwrap().as_bytes(), 1 << 20).unwrap();
     let welcome = server.receive(frame).unwrap().welcome;
     socket.send(Message::text(welcome.encode())).await.unwrap();
+    socket
+}
+
+/// A consumer impostor that completes the handshake, then never reads.
+async fn stalled_consumer(listener: TcpListener, psk: Psk) {
+    let _socket = impostor_link(listener, psk).await;
     // Hold the socket open without reading it.
-    tokio::time::sleep(Duration::from_secs(3600)).await;
-    drop(socket);
+    std::future::pending::<()>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,23 +326,9 @@ async fn a_consumer_that_stops_reading_never_stops_the_producer_reading() {
     .into_iter()
     .find(|topic| cluster.owner(topic) == 0)
     .unwrap();
-    let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    let producer_url = format!("ws://{}/v1/publish", ws.local_addr().unwrap());
-    let config = shardq_producer::ProducerConfig {
-        id: "producer-0".into(),
-        cluster: cluster.config.clone(),
-        psk: cluster.psk.clone(),
-        updates: None,
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let producer = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
-        let _ = stopped.await;
-    }));
-    let mut publisher = RawClient::connect(&producer_url, &cluster.psk)
-        .await
-        .unwrap();
+    cluster.restart_producer(0).await;
+    let admin_addr = cluster.producers[0].admin;
+    let mut publisher = cluster.publisher(0).await;
     // Twice the window to the sick consumer: the first half fills its
     // window, the second is refused at once.
     const SENT: u64 = 2 * WINDOW as u64;
@@ -399,11 +395,7 @@ async fn a_consumer_that_stops_reading_never_stops_the_producer_reading() {
         Some(1.0),
         "{body}"
     );
-    let _ = stop.send(());
-    tokio::time::timeout(PATIENCE, producer)
-        .await
-        .unwrap()
-        .unwrap();
+    cluster.stop_producer(0).await;
     assert_eq!(publisher.closed().await, Some(1001));
     cluster.shutdown().await;
 }
@@ -519,17 +511,7 @@ async fn the_status_route_answers_under_its_old_name_too() {
 /// A consumer impostor that completes the handshake and reads everything
 /// (so its link stays alive: pings are answered) but never answers.
 async fn silent_consumer(listener: TcpListener, psk: Psk) {
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
-    let server = ServerHandshake::new(psk, "consumer-0", Nonce::random());
-    socket
-        .send(Message::text(server.hello().encode()))
-        .await
-        .unwrap();
-    let auth = socket.next().await.unwrap().unwrap();
-    let frame = Frame::decode(auth.to_text().unwrap().as_bytes(), 1 << 20).unwrap();
-    let welcome = server.receive(frame).unwrap().welcome;
-    socket.send(Message::text(welcome.encode())).await.unwrap();
+    let mut socket = impostor_link(listener, psk).await;
     while let Some(Ok(_)) = socket.next().await {}
 }
 
@@ -547,39 +529,21 @@ async fn a_stopping_producer_answers_what_its_publisher_sends_while_it_drains() 
     cluster.stop_producer(0).await;
     cluster.config.consumers[0].url = format!("ws://{impostor_addr}");
     tokio::spawn(silent_consumer(impostor, cluster.psk.clone()));
-    let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let producer_addr = ws.local_addr().unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    let config = shardq_producer::ProducerConfig {
-        id: "producer-0".into(),
-        cluster: cluster.config.clone(),
-        psk: cluster.psk.clone(),
-        updates: None,
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let producer = tokio::spawn(shardq_producer::run(ws, Some(admin), config, async move {
-        let _ = stopped.await;
-    }));
-    let mut publisher =
-        RawClient::connect(&format!("ws://{producer_addr}/v1/publish"), &cluster.psk)
-            .await
-            .unwrap();
+    cluster.restart_producer(0).await;
+    let producer_addr = cluster.producers[0].addr;
+    let mut publisher = cluster.publisher(0).await;
     // In flight at the silent consumer: the drain waits for them (until
     // the publish timeout answers them).
     for id in 0..5 {
         publisher.publish_nowait(id, "files/save", "1").await;
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, body) = http_get(admin_addr, "/metrics").await;
-        if metric(&body, "shardq_producer_link_in_flight") == Some(5.0) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = stop.send(());
+    wait_metric(
+        cluster.producers[0].admin,
+        "shardq_producer_link_in_flight",
+        5.0,
+    )
+    .await;
+    cluster.producers[0].begin_stop();
     // The producer stops accepting once shutdown began.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while tokio::net::TcpStream::connect(producer_addr).await.is_ok() {
@@ -615,9 +579,6 @@ async fn a_stopping_producer_answers_what_its_publisher_sends_while_it_drains() 
         "every publish answered (closed with {close:?})"
     );
     assert_eq!(close, Some(1001));
-    tokio::time::timeout(PATIENCE, producer)
-        .await
-        .unwrap()
-        .unwrap();
+    cluster.stop_producer(0).await;
     cluster.shutdown().await;
 }

@@ -9,11 +9,12 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use rand::RngExt;
 use shardq_protocol::ErrorCode;
-use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at};
+use tokio_util::task::TaskTracker;
 
 use super::{BACKOFF_MAX, BACKOFF_START, BURST, ConsumerLink, LinkContext, SWEEP_EVERY};
 use crate::channel::{Channel, Ended, Liveness};
-use crate::dial::{DialOptions, Dialed, dial};
+use crate::dial::{DialError, DialOptions, Dialed, dial};
 use crate::outbox::FrameBatch;
 
 /// Dials to one consumer in flight at once, at most.
@@ -39,35 +40,13 @@ impl ConsumerLink {
         let mut sweep = interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            // A dial that hangs (a name lookup or a SYN into a partition)
-            // does not hold the next one back: every BACKOFF_MAX another
-            // starts beside it, up to OVERLAPPING_DIALS, and the first to
-            // connect wins (the others are dropped, which abandons them).
-            let mut attempts = FuturesUnordered::new();
-            attempts.push(dial(&self.url, &options, &ctx.tasks));
-            let mut overlap = interval_at(Instant::now() + BACKOFF_MAX, BACKOFF_MAX);
             // Publishes held for the first connection expire meanwhile.
-            let result = loop {
-                tokio::select! {
-                    Some(result) = attempts.next() => match result {
-                        Ok(conn) => break Ok(conn),
-                        Err(error) if attempts.is_empty() => break Err(error),
-                        Err(_) => {}
-                    },
-                    _ = overlap.tick(), if attempts.len() < OVERLAPPING_DIALS => {
-                        attempts.push(dial(&self.url, &options, &ctx.tasks));
-                    }
-                    () = self.retired.cancelled() => {
-                        self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
-                        return;
-                    }
-                    _ = sweep.tick() => {
-                        self.expire();
-                        self.report_down_time();
-                    }
-                }
+            let Some(result) = self
+                .while_down(&mut sweep, self.connect(&options, &ctx.tasks))
+                .await
+            else {
+                return;
             };
-            drop(attempts);
             match result {
                 Ok(conn) => {
                     if connected_before {
@@ -103,21 +82,64 @@ impl ConsumerLink {
             let jitter = rand::rng().random_range(0.5..1.5);
             let pause = backoff.mul_f64(jitter).min(BACKOFF_MAX);
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            let resume = tokio::time::sleep(pause);
-            tokio::pin!(resume);
-            loop {
+            let paused = async {
                 tokio::select! {
-                    () = &mut resume => break,
+                    () = tokio::time::sleep(pause) => {}
                     // The node list changed: try now.
-                    () = self.kick.notified() => break,
-                    () = self.retired.cancelled() => {
-                        self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
-                        return;
-                    }
-                    _ = sweep.tick() => {
-                        self.expire();
-                        self.report_down_time();
-                    }
+                    () = self.kick.notified() => {}
+                }
+            };
+            if self.while_down(&mut sweep, paused).await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Runs `work` while the link is down: publishes held for it expire
+    /// and its down time is reported on every `sweep`; `None` (the link
+    /// marked down for good) if it is retired first.
+    async fn while_down<T>(
+        self: &Arc<Self>,
+        sweep: &mut Interval,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return Some(output),
+                () = self.retired.cancelled() => {
+                    self.down("the consumer left the node list".into(), ErrorCode::Unavailable);
+                    return None;
+                }
+                _ = sweep.tick() => {
+                    self.expire();
+                    self.report_down_time();
+                }
+            }
+        }
+    }
+
+    /// Dials the consumer. A dial that hangs (a name lookup or a SYN into
+    /// a partition) does not hold the next one back: every BACKOFF_MAX
+    /// another starts beside it, up to OVERLAPPING_DIALS, and the first to
+    /// connect wins (the others are dropped, which abandons them).
+    async fn connect(
+        &self,
+        options: &DialOptions,
+        tasks: &TaskTracker,
+    ) -> Result<Dialed, DialError> {
+        let mut attempts = FuturesUnordered::new();
+        attempts.push(dial(&self.url, options, tasks));
+        let mut overlap = interval_at(Instant::now() + BACKOFF_MAX, BACKOFF_MAX);
+        loop {
+            tokio::select! {
+                Some(result) = attempts.next() => match result {
+                    Ok(conn) => return Ok(conn),
+                    Err(error) if attempts.is_empty() => return Err(error),
+                    Err(_) => {}
+                },
+                _ = overlap.tick(), if attempts.len() < OVERLAPPING_DIALS => {
+                    attempts.push(dial(&self.url, options, tasks));
                 }
             }
         }
