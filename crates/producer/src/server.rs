@@ -12,7 +12,7 @@ use shardq_net::admin;
 use shardq_net::conn::{self, ConnLimits};
 use shardq_net::link::{LinkOptions, Links};
 use shardq_net::upgrade;
-use shardq_protocol::status::{self, LinkState, NodeKind, NodeStatus, Readiness};
+use shardq_protocol::status::{self, NodeKind, NodeStatus, Readiness};
 use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -177,16 +177,12 @@ pub async fn run(
 fn node_status(shared: &Shared) -> NodeStatus {
     let cluster = shared.cluster.load();
     let links = shared.links.statuses();
-    let down = links
-        .iter()
-        .filter(|link| link.state == LinkState::Down)
-        .count();
     NodeStatus {
         node: shared.id.clone(),
         kind: NodeKind::Producer,
         node_list: cluster.consumer_ids(),
         node_list_hash: cluster.node_list_hash(),
-        unavailable_share: Some(status::share(down, links.len())),
+        unavailable_share: Some(status::unavailable_share(&links)),
         links,
         owned_topics: None,
         edge_topics: None,

@@ -126,19 +126,24 @@ impl Readiness {
             .collect();
         Readiness {
             ready: links_down.len() < links.len(),
-            unavailable_share: share(links_down.len(), links.len()),
+            unavailable_share: unavailable_share(&links),
             links_down,
             links,
         }
     }
 }
 
-/// `part / whole`, rounded to 3 decimals (0 for an empty whole).
-pub fn share(part: usize, whole: usize) -> f64 {
-    if whole == 0 {
+/// The share of all topics (0 to 1, 3 decimals) owned by consumers whose
+/// link is down: with rendezvous hashing, down links / links.
+pub fn unavailable_share(links: &[LinkStatus]) -> f64 {
+    if links.is_empty() {
         return 0.0;
     }
-    (part as f64 / whole as f64 * 1000.0).round() / 1000.0
+    let down = links
+        .iter()
+        .filter(|link| link.state == LinkState::Down)
+        .count();
+    (down as f64 / links.len() as f64 * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]

@@ -288,16 +288,19 @@ impl Run {
     ) {
         for (n, publish) in self.publishes.iter().enumerate() {
             let owner = self.owners.get(publish.topic).map_or("?", String::as_str);
+            if publish.origin == Origin::Keyed
+                && publish.answered > publish.sent + rules.keyed_deadline
+            {
+                tally.add("answered_late", || {
+                    format!(
+                        "keyed publish {n} of topic {}: {:?}",
+                        publish.topic, publish.outcome
+                    )
+                });
+            }
             let (code, certain) = match &publish.outcome {
                 Outcome::Acked(_) => {
                     totals.acked += 1;
-                    if publish.origin == Origin::Keyed
-                        && publish.answered - publish.sent > rules.keyed_deadline
-                    {
-                        tally.add("answered_late", || {
-                            format!("keyed publish {n} of topic {}", publish.topic)
-                        });
-                    }
                     continue;
                 }
                 Outcome::Pending | Outcome::Lost(_) => {
@@ -332,9 +335,6 @@ impl Run {
                 });
             }
             let Origin::Raw { producer } = publish.origin else {
-                if publish.answered - publish.sent > rules.keyed_deadline {
-                    tally.add("answered_late", || format!("keyed publish {n}: {code}"));
-                }
                 continue;
             };
             // Which fault explains it: the owner's, or for `shutting_down`
