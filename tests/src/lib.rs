@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardq_protocol::{ClusterConfig, Limits, NodeEntry, Psk, QueueConfig};
+use shardq_protocol::auth::ClientEntry;
+use shardq_protocol::{
+    ClientHandshake, ClusterConfig, Credentials, Limits, NodeEntry, Nonce, Psk, QueueConfig,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -87,10 +90,14 @@ pub struct Cluster {
     pub config: ClusterConfig,
     /// The psk every node was given.
     pub psk: Psk,
+    /// The node key every node was given.
+    pub node_key: Psk,
     /// The consumers, in config order.
     pub consumers: Vec<Node>,
     /// The producers, in config order.
     pub producers: Vec<Node>,
+    /// The admin ports' bearer token, if the builder set one.
+    pub admin_token: Option<String>,
     /// Where consumer `id` keeps its state across graceful restarts
     /// (`<data>/<id>`), when the builder asked for it.
     pub data: Option<std::path::PathBuf>,
@@ -110,6 +117,9 @@ pub struct ClusterBuilder {
     queues: QueueConfig,
     limits: Limits,
     data_dirs: bool,
+    legacy: bool,
+    clients: Vec<ClientEntry>,
+    admin_token: Option<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -120,6 +130,9 @@ impl Default for ClusterBuilder {
             queues: seed_queues(),
             limits: Limits::default(),
             data_dirs: false,
+            legacy: true,
+            clients: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -146,6 +159,24 @@ impl ClusterBuilder {
     /// Changes the limits.
     pub fn limits(mut self, change: impl FnOnce(&mut Limits)) -> Self {
         change(&mut self.limits);
+        self
+    }
+
+    /// Serves the legacy dialect or not (default: on, as `local` writes).
+    pub fn legacy(mut self, on: bool) -> Self {
+        self.legacy = on;
+        self
+    }
+
+    /// Declares `[[clients]]`.
+    pub fn clients(mut self, clients: Vec<ClientEntry>) -> Self {
+        self.clients = clients;
+        self
+    }
+
+    /// Puts the admin ports behind this bearer token.
+    pub fn admin_token(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.to_owned());
         self
     }
 
@@ -191,10 +222,16 @@ impl ClusterBuilder {
             queues: self.queues,
             limits: self.limits,
             psk_file: None,
+            node_key_file: None,
+            credentials_file: None,
+            admin_token_file: None,
+            legacy: self.legacy,
+            clients: self.clients,
         };
         // The file must survive its own round trip, as nodes would read it.
         let config = ClusterConfig::parse(&config.to_toml()).unwrap();
         let psk = Psk::generate();
+        let node_key = Psk::generate();
         let data = self.data_dirs.then(|| {
             static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -203,6 +240,8 @@ impl ClusterBuilder {
         let mut cluster = Cluster {
             config,
             psk,
+            node_key,
+            admin_token: self.admin_token,
             consumers: Vec::new(),
             producers: Vec::new(),
             data,
@@ -244,7 +283,8 @@ impl Cluster {
         let config = |updates| shardq_consumer::ConsumerConfig {
             id: id.clone(),
             cluster: cluster.clone(),
-            psk: self.psk.clone(),
+            credentials: self.credentials(cluster),
+            admin_token: self.admin_token.clone(),
             updates: Some(updates),
             data_dir: data_dir.clone(),
         };
@@ -320,7 +360,8 @@ impl Cluster {
         let config = |updates| shardq_producer::ProducerConfig {
             id: id.clone(),
             cluster: self.config.clone(),
-            psk: self.psk.clone(),
+            credentials: self.credentials(&self.config),
+            admin_token: self.admin_token.clone(),
             updates: Some(updates),
         };
         spawn_node(
@@ -381,11 +422,24 @@ impl Cluster {
             .unwrap()
     }
 
-    /// A shardq/1 client on consumer `index`'s `/v1/cluster` (as a producer).
+    /// A shardq/1 client on consumer `index`'s `/v1/cluster`, proving the
+    /// node key as `producer-test`.
     pub async fn cluster_client(&self, index: usize) -> RawClient {
-        RawClient::connect(&self.consumers[index].url("/v1/cluster"), &self.psk)
+        let consumer = &self.consumers[index];
+        let handshake = ClientHandshake::node(
+            self.node_key.clone(),
+            Nonce::random(),
+            "producer-test",
+            consumer.id.clone(),
+        );
+        RawClient::connect_with(&consumer.url("/v1/cluster"), handshake)
             .await
             .unwrap()
+    }
+
+    /// The credentials the nodes check, for the cluster file `config`.
+    pub fn credentials(&self, config: &ClusterConfig) -> Credentials {
+        Credentials::new(self.psk.clone(), self.node_key.clone()).with_clients(&config.clients)
     }
 
     /// Stops every node, producers first (and removes the data directories).

@@ -4,9 +4,7 @@ use futures_util::{SinkExt, StreamExt};
 use shardq::ConnectError;
 use shardq::connection::MAX_INCOMING_FRAME;
 use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
-use shardq_protocol::{
-    ClientHandshake, ClientStep, CloseCode, ErrorCode, Frame, Nonce, Psk, RawValue,
-};
+use shardq_protocol::{ClientHandshake, ClientStep, CloseCode, Frame, Nonce, Psk, RawValue};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -25,7 +23,17 @@ pub async fn connect(
     psk: &Psk,
     name: Option<&str>,
 ) -> Result<(WsStream, String), ConnectError> {
-    tokio::time::timeout(PATIENCE, handshake(url, psk, name))
+    let handshake = ClientHandshake::new(psk.clone(), Nonce::random(), name.map(str::to_owned));
+    connect_with(url, handshake).await
+}
+
+/// Connects to `url` and runs `handshake` (a named client's, a node's…),
+/// within [`PATIENCE`].
+pub async fn connect_with(
+    url: &str,
+    handshake: ClientHandshake,
+) -> Result<(WsStream, String), ConnectError> {
+    tokio::time::timeout(PATIENCE, run_handshake(url, handshake))
         .await
         .unwrap_or_else(|_| {
             Err(ConnectError::Timeout {
@@ -35,10 +43,9 @@ pub async fn connect(
         })
 }
 
-async fn handshake(
+async fn run_handshake(
     url: &str,
-    psk: &Psk,
-    name: Option<&str>,
+    mut handshake: ClientHandshake,
 ) -> Result<(WsStream, String), ConnectError> {
     let unreachable = |source: tungstenite::Error| ConnectError::Unreachable {
         url: url.to_owned(),
@@ -52,7 +59,6 @@ async fn handshake(
     let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .map_err(unreachable)?;
-    let mut handshake = ClientHandshake::new(psk.clone(), Nonce::random(), name.map(str::to_owned));
     loop {
         let closed = |code| ConnectError::Closed {
             url: url.to_owned(),
@@ -85,7 +91,7 @@ async fn handshake(
                 .map_err(unreachable)?,
             Ok(ClientStep::Established { server }) => return Ok((socket, server)),
             Err(source) => {
-                if source.code() == ErrorCode::AuthFailed {
+                if source.close_code() == CloseCode::AuthFailed {
                     // The node does not know our psk: say so and hang up.
                     let _ = socket
                         .close(Some(CloseFrame {
@@ -140,6 +146,15 @@ impl RawClient {
     /// Connects and authenticates.
     pub async fn connect(url: &str, psk: &Psk) -> Result<RawClient, ConnectError> {
         let (socket, server) = connect(url, psk, Some("test")).await?;
+        Ok(RawClient { socket, server })
+    }
+
+    /// Connects with `handshake` (a named client's, a node's…).
+    pub async fn connect_with(
+        url: &str,
+        handshake: ClientHandshake,
+    ) -> Result<RawClient, ConnectError> {
+        let (socket, server) = connect_with(url, handshake).await?;
         Ok(RawClient { socket, server })
     }
 

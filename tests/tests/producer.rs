@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use shardq_protocol::status::Readiness;
-use shardq_protocol::{Frame, Nonce, Psk, ServerHandshake};
+use shardq_protocol::{Accepts, Credentials, Frame, Nonce, Psk, ServerHandshake};
 use shardq_tests::raw::{Received, expect_ack, expect_error, expect_message};
 use shardq_tests::{
     Cluster, LegacyClient, PATIENCE, RawClient, http_get, metric, node_status, wait_metric,
@@ -261,14 +261,17 @@ async fn all_consumers_down_is_not_ready_but_the_producer_serves() {
     cluster.shutdown().await;
 }
 
-/// A consumer impostor: accepts one link and completes the handshake.
+/// A stand-in for consumer `id` that holds the node key: accepts one link
+/// and completes the handshake.
 async fn impostor_link(
     listener: TcpListener,
-    psk: Psk,
+    node_key: Psk,
+    id: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let (stream, _) = listener.accept().await.unwrap();
     let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
-    let server = ServerHandshake::new(psk, "consumer-0", Nonce::random());
+    let credentials = Credentials::new(Psk::generate(), node_key);
+    let server = ServerHandshake::new(credentials, id, Nonce::random(), Accepts::Nodes);
     socket
         .send(Message::text(server.hello().encode()))
         .await
@@ -281,8 +284,8 @@ async fn impostor_link(
 }
 
 /// A consumer impostor that completes the handshake, then never reads.
-async fn stalled_consumer(listener: TcpListener, psk: Psk) {
-    let _socket = impostor_link(listener, psk).await;
+async fn stalled_consumer(listener: TcpListener, node_key: Psk) {
+    let _socket = impostor_link(listener, node_key, "consumer-1").await;
     // Hold the socket open without reading it.
     std::future::pending::<()>().await;
 }
@@ -305,7 +308,7 @@ async fn a_consumer_that_stops_reading_never_stops_the_producer_reading() {
     cluster.stop_producer(0).await;
     // consumer-1 is the impostor: it shakes hands, then never reads.
     cluster.config.consumers[1].url = format!("ws://{impostor_addr}");
-    tokio::spawn(stalled_consumer(impostor, cluster.psk.clone()));
+    tokio::spawn(stalled_consumer(impostor, cluster.node_key.clone()));
     let sick = [
         "database/create",
         "database/read",
@@ -510,8 +513,8 @@ async fn the_status_route_answers_under_its_old_name_too() {
 
 /// A consumer impostor that completes the handshake and reads everything
 /// (so its link stays alive: pings are answered) but never answers.
-async fn silent_consumer(listener: TcpListener, psk: Psk) {
-    let mut socket = impostor_link(listener, psk).await;
+async fn silent_consumer(listener: TcpListener, node_key: Psk) {
+    let mut socket = impostor_link(listener, node_key, "consumer-0").await;
     while let Some(Ok(_)) = socket.next().await {}
 }
 
@@ -528,7 +531,7 @@ async fn a_stopping_producer_answers_what_its_publisher_sends_while_it_drains() 
         .await;
     cluster.stop_producer(0).await;
     cluster.config.consumers[0].url = format!("ws://{impostor_addr}");
-    tokio::spawn(silent_consumer(impostor, cluster.psk.clone()));
+    tokio::spawn(silent_consumer(impostor, cluster.node_key.clone()));
     cluster.restart_producer(0).await;
     let producer_addr = cluster.producers[0].addr;
     let mut publisher = cluster.publisher(0).await;

@@ -21,8 +21,11 @@ pub struct PublisherConfig {
     /// Producer URLs (`ws://host:port`; `/v1/publish` is added when no path
     /// is given), tried in order; the next one is used when one fails.
     pub urls: Vec<String>,
-    /// The pre-shared key.
+    /// The key proved in the handshake: the cluster's psk, or the secret
+    /// of the `[[clients]]` entry named in [`client`](Self::client).
     pub psk: Psk,
+    /// The `[[clients]]` name `psk` belongs to; `None` for the psk.
+    pub client: Option<String>,
     /// A name for the producers' logs.
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
@@ -43,6 +46,7 @@ impl PublisherConfig {
         PublisherConfig {
             urls: urls.into_iter().map(Into::into).collect(),
             psk,
+            client: None,
             name: None,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),
@@ -304,6 +308,7 @@ async fn connect_any(
         match connection::connect(
             &urls[index],
             &config.psk,
+            config.client.as_deref(),
             config.name.as_deref(),
             config.connect_timeout,
         )

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use shardq::protocol::{
-    Ack, Frame, Nonce, Position, Psk, ServerHandshake, Topic, TopicFilter, TopicPosition,
+    Accepts, Ack, Credentials, Frame, Nonce, Position, Psk, ServerHandshake, Topic, TopicFilter,
+    TopicPosition,
 };
 use shardq::{ConnectError, SubscribeError, Subscriber, SubscriberConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,7 +36,12 @@ async fn listen() -> (TcpListener, String) {
 async fn accept(listener: &TcpListener, id: &str) -> Socket {
     let (stream, _) = listener.accept().await.unwrap();
     let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
-    let server = ServerHandshake::new(psk(), id, Nonce::random());
+    let server = ServerHandshake::new(
+        Credentials::new(psk(), psk()),
+        id,
+        Nonce::random(),
+        Accepts::Clients,
+    );
     socket
         .send(Message::text(server.hello().encode()))
         .await
@@ -177,7 +183,12 @@ async fn authenticate_refuses_a_wrong_psk_and_wss() {
     let refusing = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
-        let server = ServerHandshake::new(psk(), "consumer-0", Nonce::random());
+        let server = ServerHandshake::new(
+            Credentials::new(psk(), psk()),
+            "consumer-0",
+            Nonce::random(),
+            Accepts::Clients,
+        );
         socket
             .send(Message::text(server.hello().encode()))
             .await

@@ -8,6 +8,7 @@ use shardq_net::channel::{Channel, Ended, Liveness};
 use shardq_net::conn::Connection;
 use shardq_net::handshake;
 use shardq_net::link::{self, Batches, Body, Reply, Request};
+use shardq_net::log_summary::LEGACY_DROPPED;
 use shardq_protocol::legacy::{self, LegacyFrame};
 use shardq_protocol::{CloseCode, RawValue, Topic, TopicError};
 use tokio::time::Instant;
@@ -69,7 +70,7 @@ async fn serve(
     let verified = Box::pin(handshake::accept_legacy(
         &mut reader,
         &outbox,
-        &shared.psk,
+        &shared.credentials.load().psk,
         shared.limits.max_preauth_frame_bytes,
         deadline,
         &shared.metrics.auth_failures,
@@ -85,7 +86,7 @@ async fn serve(
         return;
     }
     if let Some(Err(error)) = &path_topic {
-        tracing::info!(%error, "legacy subscriber's topic refused");
+        LEGACY_DROPPED.note(&format!("legacy subscriber's topic refused: {error}"));
         outbox.close(CloseCode::TopicRefused);
         return;
     }
@@ -109,7 +110,7 @@ async fn serve(
             Err(error) => {
                 // The dialect has no error frame: count, log, carry on.
                 shared.metrics.legacy_dropped.inc();
-                tracing::info!(%error, "undecodable legacy frame dropped");
+                LEGACY_DROPPED.note(&format!("undecodable legacy frame: {error}"));
                 continue;
             }
         };
@@ -120,7 +121,7 @@ async fn serve(
                     Ok(topic) => publish(shared, &topic, data),
                     Err(error) => {
                         shared.metrics.legacy_dropped.inc();
-                        tracing::info!(%error, "legacy message dropped");
+                        LEGACY_DROPPED.note(&format!("legacy message dropped: {error}"));
                     }
                 }
             }
@@ -128,16 +129,29 @@ async fn serve(
                 let checked =
                     legacy::topic(&name).and_then(|t| shared.queues.load().check(&t).map(|()| t));
                 match checked {
+                    Ok(topic)
+                        if subscriptions.len()
+                            >= shared.limits.max_subscriptions_per_connection =>
+                    {
+                        shared.metrics.legacy_dropped.inc();
+                        LEGACY_DROPPED.note(&format!(
+                            "legacy subscribe to {topic} refused: the connection holds {} subscriptions (max_subscriptions_per_connection)",
+                            subscriptions.len()
+                        ));
+                    }
                     Ok(topic) if !subscriptions.contains_key(&topic) => {
                         if subscribe(shared, &subscriber, &name, &topic, subscriptions)
                             .await
                             .is_err()
                         {
-                            tracing::info!(%topic, "legacy subscribe failed");
+                            LEGACY_DROPPED.note(&format!("legacy subscribe to {topic} failed"));
                         }
                     }
                     Ok(_) => {}
-                    Err(error) => tracing::info!(%error, "legacy subscribe refused"),
+                    Err(error) => {
+                        shared.metrics.legacy_dropped.inc();
+                        LEGACY_DROPPED.note(&format!("legacy subscribe refused: {error}"));
+                    }
                 }
             }
             (LegacyFrame::Unsubscribe(name), Endpoint::LegacySubscribe(_)) => {
@@ -149,7 +163,10 @@ async fn serve(
             }
             (frame, _) => {
                 shared.metrics.legacy_dropped.inc();
-                tracing::info!(?frame, "legacy frame not valid on this endpoint; dropped");
+                LEGACY_DROPPED.note(&format!(
+                    "{} frame not valid on this endpoint",
+                    frame.kind()
+                ));
             }
         }
     }
@@ -170,7 +187,9 @@ async fn subscribe(
         .ready(topics, shared.limits.publish_timeout())
         .await
     {
-        tracing::info!(%why, "legacy subscriber's topic has no reachable owner");
+        LEGACY_DROPPED.note(&format!(
+            "legacy subscriber's topic has no reachable owner: {why}"
+        ));
         shared.topics.release(topic);
         return Err(());
     }
@@ -192,7 +211,10 @@ fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) {
     let limit = shared.limits.max_payload_bytes();
     if data.get().len() > limit {
         shared.metrics.legacy_dropped.inc();
-        tracing::warn!(%topic, len = data.get().len(), limit, "legacy message dropped: payload over the limit");
+        LEGACY_DROPPED.note(&format!(
+            "legacy message to {topic} dropped: payload of {} bytes over the limit of {limit}",
+            data.get().len()
+        ));
         return;
     }
     let owner = match shared.topics.publish(topic, &data) {
@@ -202,15 +224,17 @@ fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) {
     };
     let Some(link) = owner.and_then(|owner| shared.peers.current().link(&owner).cloned()) else {
         shared.metrics.legacy_dropped.inc();
-        tracing::warn!(%topic, "legacy message dropped: no reachable owner");
+        LEGACY_DROPPED.note(&format!(
+            "legacy message to {topic} dropped: no reachable owner"
+        ));
         return;
     };
     let mut batches = Batches::default();
-    let permit = match link::permit(&link) {
+    let permit = match link::permit(&link, topic.as_str().len() + data.get().len()) {
         Ok(permit) => permit,
         Err(why) => {
             shared.metrics.legacy_dropped.inc();
-            tracing::warn!(%topic, %why, "legacy message dropped");
+            LEGACY_DROPPED.note(&format!("legacy message to {topic} dropped: {why}"));
             return;
         }
     };

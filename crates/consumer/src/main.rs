@@ -39,7 +39,8 @@ async fn start(args: NodeArgs) -> Result<(), StartError> {
     let config = ConsumerConfig {
         id: node.id,
         cluster: node.cluster,
-        psk: node.psk,
+        credentials: node.credentials,
+        admin_token: node.admin_token,
         updates: Some(node.updates),
         data_dir: node.data_dir,
     };

@@ -10,10 +10,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use shardq_net::admin;
 use shardq_net::conn::{self, ConnLimits};
+use shardq_net::gate::{Admission, Caps, Gate};
 use shardq_net::link::{LinkMetrics, LinkOptions, Links};
 use shardq_net::upgrade::{self, UpgradeError};
 use shardq_protocol::status::{NodeKind, NodeStatus};
-use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
+use shardq_protocol::{ClusterConfig, Credentials, Limits, QueueConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -38,8 +39,10 @@ pub struct ConsumerConfig {
     pub id: String,
     /// The cluster file.
     pub cluster: ClusterConfig,
-    /// The pre-shared key.
-    pub psk: Psk,
+    /// The psk, the node key and the declared clients.
+    pub credentials: Credentials,
+    /// The admin port's bearer token, if any.
+    pub admin_token: Option<String>,
     /// New cluster files to follow (reloads); `None` to keep this one.
     pub updates: Option<watch::Receiver<Arc<ClusterConfig>>>,
     /// Where the owned topics' state is kept across a graceful restart
@@ -83,6 +86,14 @@ impl Endpoint {
         }
     }
 
+    /// Whether the endpoint speaks the legacy dialect.
+    pub(crate) fn is_legacy(&self) -> bool {
+        matches!(
+            self,
+            Endpoint::LegacyProducer | Endpoint::LegacySubscribe(_)
+        )
+    }
+
     pub(crate) fn label(&self) -> &'static str {
         match self {
             Endpoint::Subscribe => "subscribe",
@@ -96,7 +107,10 @@ impl Endpoint {
 /// State shared by every connection of one consumer.
 pub(crate) struct Shared {
     pub id: String,
-    pub psk: Psk,
+    /// Replaced when the cluster file's clients change.
+    pub credentials: ArcSwap<Credentials>,
+    /// The connection caps.
+    pub gate: Arc<Gate>,
     pub queues: ArcSwap<QueueConfig>,
     pub limits: Limits,
     pub topics: Arc<TopicTable>,
@@ -120,6 +134,9 @@ impl Shared {
             tracing::warn!(node = %self.id, "this consumer is not in the new node list: it owns nothing and serves as an edge");
         }
         self.queues.store(Arc::new(cluster.queues.clone()));
+        let credentials = self.credentials.load().as_ref().clone();
+        self.credentials
+            .store(Arc::new(credentials.with_clients(&cluster.clients)));
         self.peers.update(&cluster);
         self.topics
             .apply_view(view_of(&self.id, &cluster, generation));
@@ -177,7 +194,7 @@ pub async fn run(
         &config.cluster,
         LinkOptions {
             own_id: Some(config.id.clone()),
-            psk: config.psk.clone(),
+            node_key: config.credentials.node_key.clone(),
             node: config.id.clone(),
             metrics: peer_metrics,
             handler: Some(Arc::new(PeerHandler::new(&topics))),
@@ -190,7 +207,8 @@ pub async fn run(
         topics,
         peers,
         id: config.id,
-        psk: config.psk,
+        credentials: ArcSwap::from_pointee(config.credentials.clone()),
+        gate: Gate::new(Caps::from(&config.cluster.limits)),
         queues: ArcSwap::from_pointee(config.cluster.queues.clone()),
         cluster: ArcSwap::from_pointee(config.cluster.clone()),
         limits,
@@ -235,19 +253,28 @@ pub async fn run(
         });
     }
     let admin_stop = CancellationToken::new();
+    shared.gate.register(&mut registry);
     if let Some(admin) = admin {
         let status = shared.clone();
         let router = admin::with_status(admin::base_routes(Arc::new(registry)), move || {
             node_status(&status)
         });
-        link_tasks.spawn(admin::serve(admin, router, admin_stop.clone()));
+        let options = admin::AdminOptions::new(&shared.limits, config.admin_token.clone());
+        let refused = shared.metrics.admin_refused.clone();
+        link_tasks.spawn(admin::serve(
+            admin,
+            router,
+            options,
+            refused,
+            admin_stop.clone(),
+        ));
     }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(node = %shared.id, %addr, "consumer listening");
     }
     tokio::select! {
         () = shutdown => {}
-        () = conn::accept_loop(&listener, &shared.tasks, |stream| serve(shared.clone(), stream)) => {}
+        () = conn::accept_loop(&listener, &shared.tasks, &shared.gate, |stream, admission| serve(shared.clone(), stream, admission)) => {}
     }
     tracing::info!(node = %shared.id, "consumer shutting down");
     drop(listener);
@@ -323,16 +350,25 @@ fn node_status(shared: &Shared) -> NodeStatus {
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
+    let mut limits = ConnLimits::from(&shared.limits);
+    limits.write.timeouts = shared.metrics.write_timeouts.clone();
+    let legacy = shared.cluster.load().legacy;
     // Boxed: the upgrade's state is large and only needed for a moment, so
     // it must not stay part of every connection's long-lived future.
     let connection = match Box::pin(upgrade::upgrade(
         stream,
-        &ConnLimits::from(&shared.limits),
+        &limits,
         deadline,
-        |path| Endpoint::parse(path).map(|endpoint| endpoint.read_buffer()),
+        |path| {
+            // The legacy paths are not found while the dialect is off.
+            Endpoint::parse(path)
+                .filter(|endpoint| legacy || !endpoint.is_legacy())
+                .map(|endpoint| endpoint.read_buffer())
+        },
         &shared.tasks,
+        Some(admission),
     ))
     .await
     {

@@ -14,7 +14,8 @@ use shardq_protocol::frame::{
     DecodeError, PublishParts, encode_publish_ack_into, parse_publish_parts, request_id_of,
 };
 use shardq_protocol::{
-    Ack, CloseCode, ErrorCode, Frame, Publish, RawValue, Subscribe, Topic, TopicFilter, Unsubscribe,
+    Accepts, Ack, CloseCode, ErrorCode, Frame, Peer, Permissions, Publish, RawValue, Subscribe,
+    Topic, TopicFilter, Unsubscribe,
 };
 use tokio::time::Instant;
 
@@ -38,19 +39,30 @@ pub(crate) async fn run(
         mut reader, outbox, ..
     } = connection;
     // Boxed for the same reason as the upgrade: short-lived, large state.
+    let accepts = match endpoint {
+        Endpoint::Cluster => Accepts::Nodes,
+        _ => Accepts::Clients,
+    };
+    let credentials = shared.credentials.load_full();
     let accepted = Box::pin(handshake::accept_shardq(
         &mut reader,
         &outbox,
-        &shared.psk,
+        &credentials,
+        accepts,
         &shared.id,
         shared.limits.max_preauth_frame_bytes,
         deadline,
         &shared.metrics.auth_failures,
     ))
     .await;
-    if accepted.is_err() {
-        return;
-    }
+    drop(credentials);
+    // Nodes may do anything their endpoint allows; clients what their
+    // credential allows.
+    let permissions = match accepted {
+        Ok(Peer::Client(identity)) => identity.permissions,
+        Ok(Peer::Node(_)) => Arc::new(Permissions::all()),
+        Err(_) => return,
+    };
     // Node-to-node connections are watched as closely as links are.
     let liveness = match endpoint {
         Endpoint::Cluster => Liveness::links(&shared.limits),
@@ -68,6 +80,7 @@ pub(crate) async fn run(
         endpoint,
         subscriptions: BTreeSet::new(),
         in_flight: Arc::new(InFlight::default()),
+        permissions,
     };
     // Boxed so that only the loop's own state stays allocated while it runs.
     let ended = Box::pin(session.serve(&mut channel)).await;
@@ -101,6 +114,8 @@ struct Session {
     subscriptions: BTreeSet<Topic>,
     /// Publishes forwarded to their owner and not answered yet.
     in_flight: Arc<InFlight>,
+    /// What the peer may subscribe to.
+    permissions: Arc<Permissions>,
 }
 
 /// One frame of a burst, decoded.
@@ -317,7 +332,8 @@ impl Session {
                 }
                 // (A missing link was refused above.)
                 let Some(link) = &link else { continue };
-                let permit = match link::permit(link) {
+                let bytes = topic.len() + publish.payload.get().len();
+                let permit = match link::permit(link, bytes) {
                     Ok(permit) => permit,
                     Err(why) => {
                         let frame = Frame::error(Some(publish.id), ErrorCode::Unavailable, why);
@@ -348,6 +364,13 @@ impl Session {
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Option<Frame> {
         let id = subscribe.id;
+        if !self.permissions.may_subscribe(&subscribe.topic) {
+            return Some(Frame::error(
+                Some(id),
+                ErrorCode::NotAuthorized,
+                format!("this client may not subscribe to {}", subscribe.topic),
+            ));
+        }
         let topics = match self.shared.queues.load().expand(&subscribe.topic) {
             Ok(topics) => topics,
             Err(error) => return Some(Frame::error(Some(id), error.code(), error.to_string())),

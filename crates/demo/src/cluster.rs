@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shardq_protocol::{ClusterConfig, Limits, NodeEntry, Psk, QueueConfig};
+use shardq_protocol::{ClusterConfig, Credentials, Limits, NodeEntry, Psk, QueueConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -42,6 +42,8 @@ pub struct Embedded {
     pub config: ClusterConfig,
     /// Its psk (fresh and random).
     pub psk: Psk,
+    /// Its node key (fresh and random; only the nodes use it).
+    pub node_key: Psk,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -82,20 +84,22 @@ impl Embedded {
     ) -> Result<Embedded, String> {
         let consumer_nodes = listeners("consumer", consumers).await?;
         let producer_nodes = listeners("producer", producers).await?;
+        let entries = |nodes: &[(NodeEntry, TcpListener, TcpListener)]| {
+            nodes.iter().map(|(entry, _, _)| entry.clone()).collect()
+        };
+        // The origin's clients keep working on a local cluster.
         let config = ClusterConfig {
-            consumers: consumer_nodes
-                .iter()
-                .map(|(entry, _, _)| entry.clone())
-                .collect(),
-            producers: producer_nodes
-                .iter()
-                .map(|(entry, _, _)| entry.clone())
-                .collect(),
-            queues,
-            limits: Limits::default(),
-            psk_file: None,
+            legacy: true,
+            ..ClusterConfig::new(
+                entries(&consumer_nodes),
+                entries(&producer_nodes),
+                queues,
+                Limits::default(),
+            )
         };
         let psk = Psk::generate();
+        let node_key = Psk::generate();
+        let credentials = Credentials::new(psk.clone(), node_key.clone());
         let (stop, stopped) = watch::channel(false);
         let until_stop = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -105,7 +109,8 @@ impl Embedded {
             let config = shardq_consumer::ConsumerConfig {
                 id: entry.id,
                 cluster: config.clone(),
-                psk: psk.clone(),
+                credentials: credentials.clone(),
+                admin_token: None,
                 updates: None,
                 data_dir: None,
             };
@@ -120,7 +125,8 @@ impl Embedded {
             let config = shardq_producer::ProducerConfig {
                 id: entry.id,
                 cluster: config.clone(),
-                psk: psk.clone(),
+                credentials: credentials.clone(),
+                admin_token: None,
                 updates: None,
             };
             tasks.push(tokio::spawn(shardq_producer::run(
@@ -133,6 +139,7 @@ impl Embedded {
         let embedded = Embedded {
             config,
             psk,
+            node_key,
             stop,
             tasks,
         };

@@ -62,11 +62,16 @@ pub async fn run(args: LocalArgs) -> Result<(), String> {
 fn keep_running(cluster: &Embedded, args: &LocalArgs) -> Result<(), String> {
     let psk_path = args.config_out.with_extension("psk");
     write_private(&psk_path, cluster.psk.as_bytes())?;
+    let node_key_path = args.config_out.with_extension("node-key");
+    write_private(&node_key_path, cluster.node_key.as_bytes())?;
     let mut config = cluster.config.clone();
-    // Relative to the cluster file, as nodes and tools resolve it.
-    config.psk_file = psk_path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned());
+    // Relative to the cluster file, as nodes and tools resolve them.
+    let name = |path: &std::path::Path| {
+        path.file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+    };
+    config.psk_file = name(&psk_path);
+    config.node_key_file = name(&node_key_path);
     std::fs::write(&args.config_out, config.to_toml())
         .map_err(|e| format!("cannot write {}: {e}", args.config_out.display()))?;
     let file = args.config_out.display();

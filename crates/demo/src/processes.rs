@@ -39,20 +39,23 @@ fn entry(id: String) -> Result<NodeEntry, String> {
 pub fn plan(consumers: usize, producers: usize) -> Result<ClusterConfig, String> {
     let mut queues = QueueConfig::new();
     queues.set_open_topics(true);
-    Ok(ClusterConfig {
-        consumers: (0..consumers)
+    Ok(ClusterConfig::new(
+        (0..consumers)
             .map(|i| entry(format!("consumer-{i}")))
             .collect::<Result<_, _>>()?,
-        producers: (0..producers)
+        (0..producers)
             .map(|i| entry(format!("producer-{i}")))
             .collect::<Result<_, _>>()?,
         queues,
-        limits: Limits {
+        Limits {
             ping_interval_ms: 3_600_000,
+            // Every benchmark client comes from 127.0.0.1.
+            max_connections_per_address: 1_000_000,
+            max_unauthenticated_connections: 1_000_000,
+            max_connections: 1_000_000,
             ..Limits::default()
         },
-        psk_file: None,
-    })
+    ))
 }
 
 /// The nodes of a benchmark, each its own process.
@@ -107,6 +110,7 @@ impl NodeProcesses {
         let path = dir.0.join("shardq.toml");
         std::fs::write(&path, config.to_toml()).map_err(|e| e.to_string())?;
         let psk = Psk::generate();
+        let node_key = Psk::generate();
         let mut nodes = NodeProcesses {
             config,
             psk,
@@ -141,6 +145,10 @@ impl NodeProcesses {
                     .env(
                         "SHARDQ_PSK",
                         String::from_utf8_lossy(nodes.psk.as_bytes()).as_ref(),
+                    )
+                    .env(
+                        "SHARDQ_NODE_KEY",
+                        String::from_utf8_lossy(node_key.as_bytes()).as_ref(),
                     )
                     .env("TOKIO_WORKER_THREADS", "1")
                     .env(

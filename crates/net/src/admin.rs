@@ -1,17 +1,29 @@
 //! The admin HTTP port (axum): `/healthz`, `/metrics` and `/v1/status`
 //! (with its old name `/v1/cluster` kept as an alias for one release), plus
-//! whatever routes a node adds.
+//! whatever routes a node adds; served with a connection cap, a
+//! per-connection deadline and an optional bearer token.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
+use shardq_protocol::Limits;
 use shardq_protocol::status::NodeStatus;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 /// Content type of the Prometheus/OpenMetrics text exposition.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -61,12 +73,111 @@ where
         .route(STATUS_ALIAS, route)
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, "admin server failed");
+/// How the admin port guards itself.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    /// When set, every route but `/healthz` and `/readyz` needs
+    /// `Authorization: Bearer <token>` (else 401).
+    pub token: Option<String>,
+    /// Admin connections at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time one connection may take, from accept to the end of its answer.
+    /// One request per connection.
+    pub request_timeout: Duration,
+}
+
+impl AdminOptions {
+    /// The options of `[limits]` and a token.
+    pub fn new(limits: &Limits, token: Option<String>) -> AdminOptions {
+        AdminOptions {
+            token,
+            max_connections: limits.max_admin_connections,
+            request_timeout: limits.admin_request_timeout(),
+        }
     }
+}
+
+/// Routes a load balancer or orchestrator probes: never behind the token.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Whether the request may pass the bearer-token check.
+fn authorized<B>(request: &axum::http::Request<B>, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return true;
+    }
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled: at most
+/// `max_connections` at once (more are closed at accept and counted in
+/// `refused`), one request per connection, each connection cut after
+/// `request_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    options: AdminOptions,
+    refused: Counter,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let token: Option<Arc<str>> = options.token.as_deref().map(Arc::from);
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::error!(%error, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.inc();
+            crate::log_summary::REFUSED_CONNECTIONS.note("max_admin_connections");
+            continue;
+        };
+        let router = router.clone();
+        let token = token.clone();
+        let timeout = options.request_timeout;
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let service =
+                hyper::service::service_fn(move |request: axum::http::Request<Incoming>| {
+                    let router = router.clone();
+                    let allowed = authorized(&request, token.as_deref());
+                    async move {
+                        if !allowed {
+                            let denied = (
+                                StatusCode::UNAUTHORIZED,
+                                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                                "missing or wrong bearer token\n",
+                            );
+                            return Ok::<_, Infallible>(denied.into_response());
+                        }
+                        router.oneshot(request.map(axum::body::Body::new)).await
+                    }
+                });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(timeout, connection) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
 use shardq_protocol::{CloseCode, ErrorCode, Frame, Limits};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -16,7 +17,9 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::{Decoder, Text, WsError, WsMessage, encode};
+use crate::gate::{Admission, Gate};
 use crate::outbox::Outbox;
+use crate::writer::WriteLimit;
 
 /// Per-connection limits.
 #[derive(Debug, Clone)]
@@ -27,6 +30,11 @@ pub struct ConnLimits {
     pub max_frame_bytes: usize,
     /// Outbox bound (the slow-consumer threshold).
     pub outbox_bytes: usize,
+    /// Most bytes queued for a peer before it authenticated (pongs
+    /// included): beyond, pings go unanswered.
+    pub preauth_output_bytes: usize,
+    /// The writer's write timeout and its counter.
+    pub write: WriteLimit,
 }
 
 impl From<&Limits> for ConnLimits {
@@ -35,22 +43,34 @@ impl From<&Limits> for ConnLimits {
             preauth_frame_bytes: limits.max_preauth_frame_bytes,
             max_frame_bytes: limits.max_frame_bytes,
             outbox_bytes: limits.subscriber_buffer_bytes,
+            preauth_output_bytes: limits.max_preauth_output_bytes,
+            write: WriteLimit {
+                timeout: limits.write_timeout(),
+                timeouts: Counter::default(),
+            },
         }
     }
 }
 
-/// Accepts connections forever, each served by `serve` in a task of
-/// `tasks`. A failed accept (out of file descriptors and the like) is
-/// logged, and accepting resumes after a pause.
-pub async fn accept_loop<F, Fut>(listener: &TcpListener, tasks: &TaskTracker, serve: F)
-where
-    F: Fn(TcpStream) -> Fut,
+/// Accepts connections forever, each admitted by `gate` and served by
+/// `serve` in a task of `tasks`; one over a cap is closed at once. A failed
+/// accept (out of file descriptors and the like) is logged, and accepting
+/// resumes after a pause.
+pub async fn accept_loop<F, Fut>(
+    listener: &TcpListener,
+    tasks: &TaskTracker,
+    gate: &Arc<Gate>,
+    serve: F,
+) where
+    F: Fn(TcpStream, Admission) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tasks.spawn(serve(stream));
+            Ok((stream, addr)) => {
+                if let Ok(admission) = gate.admit(addr.ip()) {
+                    tasks.spawn(serve(stream, admission));
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "accept failed");
@@ -117,9 +137,13 @@ pub struct Reader {
     authenticated_chunk: usize,
     /// The message limit once authenticated.
     max_frame_bytes: usize,
+    /// Most bytes queued before authentication for pongs to be sent.
+    preauth_output_bytes: usize,
     authenticated: bool,
     /// When bytes last arrived from the peer (its sign of life).
     last_read: Instant,
+    /// The connection's places under the node's caps (accepted ones only).
+    admission: Option<Admission>,
 }
 
 impl Reader {
@@ -184,8 +208,11 @@ impl Reader {
                     // A peer that pings without reading gets no more pongs
                     // once its outbox is backed up (RFC 6455 lets a node
                     // answer only the latest ping), so pings cannot make it
-                    // queue without bound.
-                    if !self.outbox.is_backed_up() {
+                    // queue without bound; before authentication it gets
+                    // none beyond a few KiB queued.
+                    let room = self.authenticated
+                        || self.outbox.pending_bytes() < self.preauth_output_bytes;
+                    if room && !self.outbox.is_backed_up() {
                         let pong = encode::pong_frame(&payload, self.outbox.role());
                         let _ = self.outbox.push_unbounded(pong);
                     }
@@ -212,6 +239,7 @@ impl Reader {
         outbox: Arc<Outbox>,
         read_chunk: usize,
         limits: &ConnLimits,
+        admission: Option<Admission>,
     ) -> Reader {
         Reader {
             read,
@@ -220,8 +248,10 @@ impl Reader {
             read_chunk: PREAUTH_READ_CHUNK,
             authenticated_chunk: read_chunk,
             max_frame_bytes: limits.max_frame_bytes,
+            preauth_output_bytes: limits.preauth_output_bytes,
             authenticated: false,
             last_read: Instant::now(),
+            admission,
         }
     }
 
@@ -242,8 +272,10 @@ impl Reader {
             read_chunk: LINK_READ_CHUNK,
             authenticated_chunk: LINK_READ_CHUNK,
             max_frame_bytes,
+            preauth_output_bytes: usize::MAX,
             authenticated: true,
             last_read: Instant::now(),
+            admission: None,
         }
     }
 
@@ -255,6 +287,9 @@ impl Reader {
     /// The peer authenticated: lift the pre-auth limits.
     pub fn authenticated(&mut self) {
         self.authenticated = true;
+        if let Some(admission) = &mut self.admission {
+            admission.authenticated();
+        }
         self.read_chunk = self.authenticated_chunk;
         self.decoder.set_limit(self.max_frame_bytes);
     }

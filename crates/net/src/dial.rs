@@ -16,21 +16,60 @@ use crate::codec::{Role, encode};
 use crate::conn::{Incoming, Reader};
 use crate::outbox::Outbox;
 use crate::upgrade::{UpgradeError, upgrade_client};
-use crate::writer::spawn_writer;
+use crate::writer::{WriteLimit, spawn_writer};
 
 /// How to open a connection.
 #[derive(Debug, Clone)]
 pub struct DialOptions {
-    /// The pre-shared key.
-    pub psk: Psk,
-    /// The name this node gives in its `auth` (its id).
-    pub name: Option<String>,
+    /// How this side proves itself.
+    pub identity: DialIdentity,
     /// Time allowed for connect, upgrade and handshake together.
     pub timeout: Duration,
     /// Largest frame accepted from the server.
     pub max_frame_bytes: usize,
     /// Bound of the connection's outbox.
     pub outbox_bytes: usize,
+    /// The writer's write timeout.
+    pub write: WriteLimit,
+}
+
+/// Who dials: a client with a client credential, or a node with the node key.
+#[derive(Debug, Clone)]
+pub enum DialIdentity {
+    /// A client proving `key` (the psk, or the secret of `client`).
+    Client {
+        /// The psk or the client's secret.
+        key: Psk,
+        /// The `[[clients]]` name `key` belongs to (none: the psk).
+        client: Option<String>,
+        /// A name for the server's logs.
+        name: Option<String>,
+    },
+    /// A node `own` dialling the node `expected` (refused if another answers).
+    Node {
+        /// The node key.
+        node_key: Psk,
+        /// This node's id.
+        own: String,
+        /// The id of the node dialled.
+        expected: String,
+    },
+}
+
+impl DialIdentity {
+    fn handshake(&self) -> ClientHandshake {
+        match self {
+            DialIdentity::Client { key, client, name } => {
+                ClientHandshake::new(key.clone(), Nonce::random(), name.clone())
+                    .named(client.clone())
+            }
+            DialIdentity::Node {
+                node_key,
+                own,
+                expected,
+            } => ClientHandshake::node(node_key.clone(), Nonce::random(), own, expected),
+        }
+    }
 }
 
 /// An authenticated connection this node opened.
@@ -169,7 +208,7 @@ pub async fn dial(
                 source,
             })?;
         let outbox = Arc::new(Outbox::with_role(options.outbox_bytes, Role::Client));
-        spawn_writer(upgraded.write, outbox.clone(), tasks);
+        spawn_writer(upgraded.write, outbox.clone(), options.write.clone(), tasks);
         let mut abandoned = FinishOnDrop(Some(outbox.clone()));
         let mut reader = Reader::client(
             upgraded.read,
@@ -229,8 +268,7 @@ async fn handshake(
     url: &str,
     options: &DialOptions,
 ) -> Result<String, DialError> {
-    let mut handshake =
-        ClientHandshake::new(options.psk.clone(), Nonce::random(), options.name.clone());
+    let mut handshake = options.identity.handshake();
     loop {
         let text = match reader.next().await {
             Incoming::Text(text) => text,

@@ -7,11 +7,14 @@
 
 use prometheus_client::metrics::counter::Counter;
 use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
-use shardq_protocol::{CloseCode, ErrorCode, Frame, Nonce, Psk, ServerHandshake};
+use shardq_protocol::{
+    Accepts, CloseCode, Credentials, ErrorCode, Frame, Nonce, Peer, Psk, ServerHandshake,
+};
 use tokio::time::{Instant, timeout_at};
 
 use crate::codec::encode;
 use crate::conn::{Incoming, Reader, binary_refusal};
+use crate::log_summary::HANDSHAKE_FAILURES;
 use crate::outbox::Outbox;
 
 /// The handshake did not complete; the connection is closing.
@@ -53,19 +56,22 @@ async fn next_text(
     }
 }
 
-/// The shardq/1 handshake: `hello`, the client's `auth`, `welcome`. The
-/// name the client gave goes into the current span's `client` field; a
-/// wrong proof is counted in `auth_failures`.
+/// The shardq/1 handshake: `hello`, the client's `auth`, `welcome`; who
+/// the peer proved to be. Its name goes into the current span's `client`
+/// field; a wrong proof is counted in `auth_failures` (and logged in
+/// summaries).
+#[allow(clippy::too_many_arguments)]
 pub async fn accept_shardq(
     reader: &mut Reader,
     outbox: &Outbox,
-    psk: &Psk,
+    credentials: &Credentials,
+    accepts: Accepts,
     node: &str,
     preauth_limit: usize,
     deadline: Instant,
     auth_failures: &Counter,
-) -> Result<(), Refused> {
-    let server = ServerHandshake::new(psk.clone(), node, Nonce::random());
+) -> Result<Peer, Refused> {
+    let server = ServerHandshake::new(credentials.clone(), node, Nonce::random(), accepts);
     send(outbox, &server.hello().encode());
     let text = next_text(reader, outbox, deadline).await?;
     let frame = match Frame::decode_str(&text, preauth_limit) {
@@ -81,14 +87,21 @@ pub async fn accept_shardq(
     match server.receive(frame) {
         Ok(accepted) => {
             send(outbox, &accepted.welcome.encode());
-            let client = accepted.peer_node.as_deref().unwrap_or("-");
+            let client = match &accepted.peer {
+                Peer::Node(id) => id.as_str(),
+                Peer::Client(identity) if &*identity.name != "-" => &identity.name,
+                Peer::Client(_) => accepted.peer_node.as_deref().unwrap_or("-"),
+            };
             tracing::Span::current().record("client", client);
             tracing::debug!("authenticated");
-            Ok(())
+            Ok(accepted.peer)
         }
         Err(error) => {
-            if error.code() == ErrorCode::AuthFailed {
-                tracing::info!("authentication failed");
+            if matches!(
+                error.code(),
+                ErrorCode::AuthFailed | ErrorCode::NotAuthorized
+            ) {
+                HANDSHAKE_FAILURES.note(&error.to_string());
                 auth_failures.inc();
             } else {
                 tracing::debug!(%error, "handshake failed");
@@ -137,7 +150,7 @@ where
         let step = match handshake.receive(&frame) {
             Ok(step) => step,
             Err(failed) => {
-                tracing::info!("legacy authentication failed");
+                HANDSHAKE_FAILURES.note("legacy authentication failed");
                 auth_failures.inc();
                 if let Some(decoy) = &failed.decoy {
                     send(outbox, &decoy.encode());

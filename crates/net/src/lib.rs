@@ -6,6 +6,8 @@
 //! - [`codec`]: the WebSocket codec, sans-IO (decode, encode, masking).
 //! - [`upgrade`]: the HTTP upgrade, as server and as client.
 //! - [`conn`]: the accept loop, per-connection limits, the [`conn::Reader`].
+//! - [`gate`]: the connection caps (in all, per address, unauthenticated).
+//! - [`log_summary`]: peer-caused failures logged as periodic summaries.
 //! - [`outbox`]: the bounded, never-waiting queue of frames per connection.
 //! - [`writer`]: the writer task, the only code that writes a socket.
 //! - [`channel`]: an authenticated connection's read loop (keepalive,
@@ -15,7 +17,7 @@
 //! - [`link`]: the links to consumers: pipeline, window, reconnect, the set
 //!   that follows the node list.
 //! - [`admin`]: the admin HTTP port's shared routes.
-//! - [`node`]: start-up: flags, cluster file and psk, binding, signals.
+//! - [`node`]: start-up: flags, cluster file and credentials, binding, signals.
 //! - [`cluster_watch`]: following the cluster file (SIGHUP or a change).
 //!
 //! Tasks per connection: the node's connection task owns the [`conn::Reader`]
@@ -29,8 +31,10 @@ pub mod cluster_watch;
 pub mod codec;
 pub mod conn;
 pub mod dial;
+pub mod gate;
 pub mod handshake;
 pub mod link;
+pub mod log_summary;
 pub mod node;
 pub mod outbox;
 pub mod upgrade;

@@ -1,13 +1,13 @@
 //! What both node binaries share at start-up: command-line and environment
-//! options, the cluster file and psk, binding both ports, logging, and the
-//! stop signal.
+//! options, the cluster file and the credentials, binding both ports,
+//! logging, and the stop signal.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use shardq_protocol::cluster_file::{self, ClusterFileError};
 use shardq_protocol::status::NodeKind;
-use shardq_protocol::{ClusterConfig, NodeEntry, Psk};
+use shardq_protocol::{ClusterConfig, Credentials, NodeEntry, Psk};
 use tokio::sync::watch;
 
 use crate::cluster_watch::watch_cluster_file;
@@ -24,8 +24,9 @@ pub struct NodeArgs {
     /// Bind the WebSocket port here instead of the entry's address.
     #[arg(long, env = "SHARDQ_LISTEN")]
     pub listen: Option<String>,
-    /// Bind the admin HTTP port here (default: the entry's `admin` port, else
-    /// 0.0.0.0:9100 on consumers and 0.0.0.0:9000 on producers).
+    /// Bind the admin HTTP port here (default: the host and port of the
+    /// entry's `admin` URL, else 127.0.0.1:9100 on consumers and
+    /// 127.0.0.1:9000 on producers).
     #[arg(long, env = "SHARDQ_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
     /// Consumers: a directory where the owned topics' state is written on a
@@ -82,8 +83,8 @@ fn entries(kind: NodeKind, cluster: &ClusterConfig) -> &[NodeEntry] {
 /// Where the admin port binds when neither a flag nor the file says.
 fn default_admin(kind: NodeKind) -> &'static str {
     match kind {
-        NodeKind::Consumer => "0.0.0.0:9100",
-        NodeKind::Producer => "0.0.0.0:9000",
+        NodeKind::Consumer => "127.0.0.1:9100",
+        NodeKind::Producer => "127.0.0.1:9000",
     }
 }
 
@@ -93,8 +94,10 @@ pub struct Prepared {
     pub id: String,
     /// The cluster file as it was at start.
     pub cluster: ClusterConfig,
-    /// The psk.
-    pub psk: Psk,
+    /// The psk, the node key and the declared clients.
+    pub credentials: Credentials,
+    /// The admin port's bearer token, if one is configured.
+    pub admin_token: Option<String>,
     /// The bound WebSocket listener.
     pub listener: tokio::net::TcpListener,
     /// The bound admin listener.
@@ -125,6 +128,15 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
                 .join(", "),
         })?;
     let psk = load_psk(std::env::var("SHARDQ_PSK").ok(), &cluster, &args.config)?;
+    let credentials = credentials(psk, &cluster, &args.config)?;
+    let admin_token = cluster_file::load_secret(
+        std::env::var("SHARDQ_ADMIN_TOKEN").ok(),
+        cluster.admin_token_file.as_deref(),
+        "admin_token_file",
+        &args.config,
+        |path| std::fs::read(path),
+    )?
+    .map(|token| String::from_utf8_lossy(&token).trim().to_owned());
     let listen = args.listen.unwrap_or_else(|| entry.listen_addr());
     let admin_listen = args
         .admin_listen
@@ -137,7 +149,8 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
     Ok(Prepared {
         id: args.id,
         cluster,
-        psk,
+        credentials,
+        admin_token,
         listener,
         admin,
         updates,
@@ -165,6 +178,29 @@ pub fn load_psk(
         cluster_path,
         |path| std::fs::read(path),
     )?)
+}
+
+/// The credentials a node checks: the psk, the node key (`SHARDQ_NODE_KEY`,
+/// else `node_key_file`; without either, the psk, with a warning: then any
+/// psk holder can act as a node) and the cluster file's clients.
+pub fn credentials(
+    psk: Psk,
+    cluster: &ClusterConfig,
+    cluster_path: &Path,
+) -> Result<Credentials, StartError> {
+    let node_key = cluster_file::load_node_key(
+        std::env::var("SHARDQ_NODE_KEY").ok(),
+        cluster,
+        cluster_path,
+        |path| std::fs::read(path),
+    )?;
+    let node_key = node_key.unwrap_or_else(|| {
+        tracing::warn!(
+            "no node key (SHARDQ_NODE_KEY or node_key_file): nodes prove the psk to each other, so every psk holder can act as a node; see docs/SECURITY.md"
+        );
+        psk.clone()
+    });
+    Ok(Credentials::new(psk, node_key).with_clients(&cluster.clients))
 }
 
 /// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`).

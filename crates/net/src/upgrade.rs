@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::codec::Decoder;
 use crate::conn::{ConnLimits, Connection, Reader};
+use crate::gate::Admission;
 use crate::outbox::Outbox;
 use crate::writer::run_writer;
 
@@ -87,12 +88,13 @@ pub async fn upgrade(
     deadline: Instant,
     route: impl Fn(&str) -> Option<usize>,
     tasks: &TaskTracker,
+    admission: Option<Admission>,
 ) -> Result<Connection, UpgradeError> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
     let (mut read, write) = stream.into_split();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
-    tasks.spawn(run_writer(write, outbox.clone()));
+    tasks.spawn(run_writer(write, outbox.clone(), limits.write.clone()));
     let mut buffer = BytesMut::with_capacity(1024);
     let head = match timeout_at(deadline, read_head(&mut read, &mut buffer)).await {
         Ok(Ok(head)) => head,
@@ -127,7 +129,7 @@ pub async fn upgrade(
     Ok(Connection {
         path,
         peer,
-        reader: Reader::server(read, decoder, outbox.clone(), read_chunk, limits),
+        reader: Reader::server(read, decoder, outbox.clone(), read_chunk, limits, admission),
         outbox,
     })
 }

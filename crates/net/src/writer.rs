@@ -1,12 +1,14 @@
 //! The writer task of a connection: the only code that writes its socket.
 //! It drains the connection's [`Outbox`] and writes each batch with as few
-//! `write` calls as possible; a slow peer blocks only this task.
+//! `write` calls as possible; a slow peer blocks only this task, and a
+//! peer that takes nothing for [`WriteLimit::timeout`] is cut and counted.
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{Instant, timeout_at};
@@ -21,26 +23,53 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// frame in progress and the 4008 close frame, before its socket is dropped.
 const SLOW_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a write may make no progress before the peer is cut.
+#[derive(Debug, Clone)]
+pub struct WriteLimit {
+    /// No byte taken by the peer for this long: the connection is dropped.
+    pub timeout: Duration,
+    /// Counts the connections dropped so.
+    pub timeouts: Counter,
+}
+
+impl Default for WriteLimit {
+    fn default() -> WriteLimit {
+        WriteLimit {
+            timeout: Duration::from_secs(10),
+            timeouts: Counter::default(),
+        }
+    }
+}
+
 /// Starts the writer task of a connection on `tasks`.
-pub fn spawn_writer(socket: OwnedWriteHalf, outbox: Arc<Outbox>, tasks: &TaskTracker) {
-    tasks.spawn(run_writer(socket, outbox));
+pub fn spawn_writer(
+    socket: OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    limit: WriteLimit,
+    tasks: &TaskTracker,
+) {
+    tasks.spawn(run_writer(socket, outbox, limit));
 }
 
 /// The writer task: drains the outbox into the socket, coalescing each
 /// batch into as few writes as possible, until the outbox closes.
-pub(crate) async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>) {
+pub(crate) async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, limit: WriteLimit) {
     let mut spare = VecDeque::new();
     loop {
         match outbox.drain(spare).await {
             Drained::Frames { mut frames, bytes } => {
-                let written = write_batch(&mut socket, &frames, bytes, &outbox).await;
+                let written = write_batch(&mut socket, &frames, bytes, &outbox, &limit).await;
                 outbox.written(bytes);
                 match written {
                     Ok(true) => {}
                     // Cut as a slow consumer, and the peer did not take the
                     // frame in progress in time: drop the socket.
                     Ok(false) => return,
-                    Err(_) => {
+                    Err(error) => {
+                        if error.kind() == io::ErrorKind::TimedOut {
+                            tracing::debug!("peer took nothing within the write timeout: cut");
+                            limit.timeouts.inc();
+                        }
                         outbox.finish();
                         return;
                     }
@@ -82,12 +111,14 @@ const MAX_WRITE: usize = 64 << 10;
 /// the frame in progress is finished (so the peer never sees half a frame)
 /// and the rest of the batch is dropped: `Ok(true)`, and the writer sends
 /// the 4008 close next. `Ok(false)` when the peer did not take even that
-/// within [`SLOW_CLOSE_GRACE`].
+/// within [`SLOW_CLOSE_GRACE`]. A write that makes no progress for the
+/// write timeout fails with `TimedOut`.
 async fn write_batch(
     socket: &mut OwnedWriteHalf,
     chunks: &VecDeque<Chunk>,
     bytes: usize,
     outbox: &Outbox,
+    limit: &WriteLimit,
 ) -> io::Result<bool> {
     // (chunk, frame) position of the next frame to copy.
     let (mut chunk, mut frame) = (0, 0);
@@ -112,13 +143,27 @@ async fn write_batch(
         let mut end = buffer.len();
         let mut cut_deadline: Option<Instant> = None;
         let mut closed_seen = false;
+        // The fast path: the socket takes the whole buffer at once, and no
+        // timer is armed.
+        match socket.try_write(&buffer) {
+            Ok(n) => written = n,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+        let mut stalled_at = Instant::now() + limit.timeout;
         while written < end {
             tokio::select! {
                 result = socket.write(&buffer[written..end]) => {
                     match result? {
                         0 => return Err(io::ErrorKind::WriteZero.into()),
-                        n => written += n,
+                        n => {
+                            written += n;
+                            stalled_at = Instant::now() + limit.timeout;
+                        }
                     }
+                }
+                () = tokio::time::sleep_until(stalled_at) => {
+                    return Err(io::ErrorKind::TimedOut.into());
                 }
                 () = outbox.closed(), if !closed_seen => {
                     closed_seen = true;

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use shardq_net::codec::{Decoder, WsMessage, encode};
 use shardq_net::conn::Incoming;
-use shardq_net::dial::{DialError, DialOptions, dial};
+use shardq_net::dial::{DialError, DialIdentity, DialOptions, dial};
 use shardq_net::upgrade::accept_key;
-use shardq_protocol::{ErrorCode, Frame, Nonce, Psk, ServerHandshake};
+use shardq_net::writer::WriteLimit;
+use shardq_protocol::{Accepts, Credentials, ErrorCode, Frame, Nonce, Psk, ServerHandshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
@@ -20,11 +21,15 @@ const MESSAGE: &str =
 
 fn options(psk: &Psk) -> DialOptions {
     DialOptions {
-        psk: psk.clone(),
-        name: Some("consumer-1".into()),
+        identity: DialIdentity::Client {
+            key: psk.clone(),
+            client: None,
+            name: Some("consumer-1".into()),
+        },
         timeout: Duration::from_secs(10),
         max_frame_bytes: 1 << 20,
         outbox_bytes: 1 << 20,
+        write: WriteLimit::default(),
     }
 }
 
@@ -60,7 +65,12 @@ async fn read_frame(stream: &mut TcpStream, decoder: &mut Decoder) -> String {
 async fn eager_server(listener: TcpListener, psk: Psk) {
     let (mut stream, _) = listener.accept().await.unwrap();
     let key = read_request(&mut stream).await;
-    let server = ServerHandshake::new(psk, "consumer-0", Nonce::random());
+    let server = ServerHandshake::new(
+        Credentials::new(psk.clone(), psk),
+        "consumer-0",
+        Nonce::random(),
+        Accepts::Clients,
+    );
     let mut first = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\n\r\n",
@@ -111,7 +121,13 @@ async fn a_wrong_psk_is_reported_as_such() {
         let (mut stream, _) = listener.accept().await.unwrap();
         let key = read_request(&mut stream).await;
         // The server answers with a proof made from another psk.
-        let server = ServerHandshake::new(Psk::generate(), "consumer-0", Nonce::random());
+        let other = Psk::generate();
+        let server = ServerHandshake::new(
+            Credentials::new(other.clone(), other),
+            "consumer-0",
+            Nonce::random(),
+            Accepts::Clients,
+        );
         let mut reply = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: {}\r\n\r\n",

@@ -37,7 +37,8 @@ async fn start(args: NodeArgs) -> Result<(), StartError> {
     let config = ProducerConfig {
         id: node.id,
         cluster: node.cluster,
-        psk: node.psk,
+        credentials: node.credentials,
+        admin_token: node.admin_token,
         updates: Some(node.updates),
     };
     run(node.listener, Some(node.admin), config, node::stop_signal()).await;

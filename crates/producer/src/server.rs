@@ -10,10 +10,11 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use shardq_net::admin;
 use shardq_net::conn::{self, ConnLimits};
+use shardq_net::gate::{Admission, Caps, Gate};
 use shardq_net::link::{LinkOptions, Links};
 use shardq_net::upgrade;
 use shardq_protocol::status::{self, NodeKind, NodeStatus, Readiness};
-use shardq_protocol::{ClusterConfig, Limits, Psk, QueueConfig};
+use shardq_protocol::{ClusterConfig, Credentials, Limits, QueueConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -31,8 +32,10 @@ pub struct ProducerConfig {
     pub id: String,
     /// The cluster file.
     pub cluster: ClusterConfig,
-    /// The pre-shared key.
-    pub psk: Psk,
+    /// The psk, the node key and the declared clients.
+    pub credentials: Credentials,
+    /// The admin port's bearer token, if any.
+    pub admin_token: Option<String>,
     /// New cluster files to follow (reloads); `None` to keep this one.
     pub updates: Option<watch::Receiver<Arc<ClusterConfig>>>,
 }
@@ -40,12 +43,15 @@ pub struct ProducerConfig {
 /// State shared by the producer's connections and links.
 pub(crate) struct Shared {
     pub id: String,
-    pub psk: Psk,
+    /// Replaced when the cluster file's clients change.
+    pub credentials: ArcSwap<Credentials>,
     pub queues: ArcSwap<QueueConfig>,
     pub cluster: ArcSwap<ClusterConfig>,
     pub limits: Limits,
     pub links: Links,
     pub metrics: Arc<ProducerMetrics>,
+    /// The connection caps.
+    pub gate: Arc<Gate>,
     /// Publisher connections stop reading and finish what is in flight.
     pub draining: CancellationToken,
     pub tasks: TaskTracker,
@@ -85,14 +91,14 @@ pub async fn run(
     config: ProducerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (metrics, registry) = ProducerMetrics::new();
+    let (metrics, mut registry) = ProducerMetrics::new();
     let metrics = Arc::new(metrics);
     let links_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let link_tasks = TaskTracker::new();
     let options = LinkOptions {
         own_id: None,
-        psk: config.psk.clone(),
+        node_key: config.credentials.node_key.clone(),
         node: config.id.clone(),
         metrics: metrics.links.clone(),
         handler: None,
@@ -101,7 +107,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         links,
         id: config.id,
-        psk: config.psk,
+        credentials: ArcSwap::from_pointee(config.credentials.clone()),
+        gate: Gate::new(Caps::from(&config.cluster.limits)),
         queues: ArcSwap::from_pointee(config.cluster.queues.clone()),
         cluster: ArcSwap::from_pointee(config.cluster.clone()),
         limits: config.cluster.limits.clone(),
@@ -121,12 +128,15 @@ pub async fn run(
                 let cluster = updates.borrow_and_update().clone();
                 tracing::info!(hash = %cluster.node_list_hash(), nodes = ?cluster.consumer_ids(), "applying node list");
                 shared.queues.store(Arc::new(cluster.queues.clone()));
+                let credentials = shared.credentials.load().as_ref().clone();
+                shared.credentials.store(Arc::new(credentials.with_clients(&cluster.clients)));
                 shared.links.update(&cluster);
                 shared.cluster.store(cluster);
                 shared.metrics.reloads.inc();
             }
         });
     }
+    shared.gate.register(&mut registry);
     if let Some(admin_listener) = admin {
         let status = shared.clone();
         let router = admin::with_status(admin::base_routes(Arc::new(registry)), move || {
@@ -147,14 +157,22 @@ pub async fn run(
                 }
             }),
         );
-        link_tasks.spawn(admin::serve(admin_listener, router, admin_stop.clone()));
+        let options = admin::AdminOptions::new(&shared.limits, config.admin_token.clone());
+        let refused = shared.metrics.admin_refused.clone();
+        link_tasks.spawn(admin::serve(
+            admin_listener,
+            router,
+            options,
+            refused,
+            admin_stop.clone(),
+        ));
     }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(node = %shared.id, %addr, "producer listening");
     }
     tokio::select! {
         () = shutdown => {}
-        () = conn::accept_loop(&listener, &shared.tasks, |stream| serve(shared.clone(), stream)) => {}
+        () = conn::accept_loop(&listener, &shared.tasks, &shared.gate, |stream, admission| serve(shared.clone(), stream, admission)) => {}
     }
     tracing::info!(node = %shared.id, in_flight = shared.links.in_flight(), "producer shutting down");
     drop(listener);
@@ -190,17 +208,25 @@ fn node_status(shared: &Shared) -> NodeStatus {
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
-    let limits = ConnLimits::from(&shared.limits);
-    // Publishers send in bulk: a large read buffer.
-    let route = |path: &str| Endpoint::parse(path).map(|_| 64 << 10);
+    let mut limits = ConnLimits::from(&shared.limits);
+    limits.write.timeouts = shared.metrics.write_timeouts.clone();
+    let legacy = shared.cluster.load().legacy;
+    // Publishers send in bulk: a large read buffer. The legacy path is
+    // not found while the dialect is off.
+    let route = |path: &str| {
+        Endpoint::parse(path)
+            .filter(|endpoint| legacy || *endpoint != Endpoint::LegacyProduce)
+            .map(|_| 64 << 10)
+    };
     let connection = match Box::pin(upgrade::upgrade(
         stream,
         &limits,
         deadline,
         route,
         &shared.tasks,
+        Some(admission),
     ))
     .await
     {

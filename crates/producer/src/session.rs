@@ -17,7 +17,9 @@ use shardq_net::link::{self, Batches, Body, InFlight, Reply, Request};
 use shardq_net::outbox::FrameBatch;
 use shardq_protocol::frame::{parse_publish_parts, request_id_of};
 use shardq_protocol::legacy::{self, LegacyFrame};
-use shardq_protocol::{CloseCode, ENVELOPE_BYTES, ErrorCode, Frame, Limits, Topic};
+use shardq_protocol::{
+    Accepts, CloseCode, ENVELOPE_BYTES, ErrorCode, Frame, Limits, Peer, Permissions, Topic,
+};
 use tokio::time::Instant;
 
 use crate::server::Shared;
@@ -32,19 +34,24 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
     let Connection {
         mut reader, outbox, ..
     } = connection;
+    let credentials = shared.credentials.load_full();
     let accepted = Box::pin(handshake::accept_shardq(
         &mut reader,
         &outbox,
-        &shared.psk,
+        &credentials,
+        Accepts::Clients,
         &shared.id,
         shared.limits.max_preauth_frame_bytes,
         deadline,
         &shared.metrics.auth_failures,
     ))
     .await;
-    if accepted.is_err() {
-        return;
-    }
+    drop(credentials);
+    let permissions = match accepted {
+        Ok(Peer::Client(identity)) => identity.permissions,
+        // Client endpoints accept clients only.
+        Ok(Peer::Node(_)) | Err(_) => return,
+    };
     let mut channel = Channel::new(
         reader,
         outbox.clone(),
@@ -52,7 +59,7 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
         shared.draining.clone(),
     );
     let in_flight = Arc::new(InFlight::default());
-    let ended = Box::pin(serve(&shared, &mut channel, &in_flight)).await;
+    let ended = Box::pin(serve(&shared, &mut channel, &in_flight, &permissions)).await;
     if ended == Ended::Stopped {
         // Answer everything in flight before saying goodbye, and every
         // frame the publisher still sends meanwhile (not processed).
@@ -80,7 +87,12 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
     }
 }
 
-async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>) -> Ended {
+async fn serve(
+    shared: &Shared,
+    channel: &mut Channel,
+    in_flight: &Arc<InFlight>,
+    permissions: &Permissions,
+) -> Ended {
     let mut burst: Vec<Text> = Vec::new();
     loop {
         match channel.next_text().await {
@@ -137,6 +149,11 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 answers.push(refusal(shared, id, error.code(), &error.to_string()));
                 continue;
             }
+            if !permissions.may_publish_text(topic) {
+                let why = format!("this client may not publish to {topic}");
+                answers.push(refusal(shared, id, ErrorCode::NotAuthorized, &why));
+                continue;
+            }
             let Some(link) = links.owner(topic) else {
                 answers.push(refusal(
                     shared,
@@ -146,7 +163,7 @@ async fn serve(shared: &Shared, channel: &mut Channel, in_flight: &Arc<InFlight>
                 ));
                 continue;
             };
-            let permit = match link::permit(link) {
+            let permit = match link::permit(link, body.len()) {
                 Ok(permit) => permit,
                 Err(why) => {
                     answers.push(refusal(shared, id, ErrorCode::Unavailable, &why));
@@ -207,10 +224,11 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
     let Connection {
         mut reader, outbox, ..
     } = connection;
+    let psk = shared.credentials.load().psk.clone();
     let verified = Box::pin(handshake::accept_legacy(
         &mut reader,
         &outbox,
-        &shared.psk,
+        &psk,
         shared.limits.max_preauth_frame_bytes,
         deadline,
         &shared.metrics.auth_failures,
@@ -267,7 +285,7 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
             undelivered(&shared, "the node list names no consumer");
             continue;
         };
-        let permit = match link::permit(link) {
+        let permit = match link::permit(link, topic.as_str().len() + data.get().len()) {
             Ok(permit) => permit,
             Err(why) => {
                 undelivered(&shared, &why);
@@ -289,5 +307,5 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
 
 fn undelivered(shared: &Shared, why: &str) {
     shared.metrics.links.legacy_undelivered.inc();
-    tracing::warn!(%why, "legacy message not delivered");
+    shardq_net::log_summary::LEGACY_DROPPED.note(why);
 }

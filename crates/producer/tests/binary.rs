@@ -11,11 +11,13 @@ use prometheus_client::metrics::counter::Counter;
 use shardq_net::channel::{Channel, Liveness};
 use shardq_net::codec::encode;
 use shardq_net::conn::{ConnLimits, Connection, Incoming, Reader};
-use shardq_net::dial::{DialOptions, dial};
+use shardq_net::dial::{DialIdentity, DialOptions, dial};
 use shardq_net::outbox::Outbox;
 use shardq_net::{handshake, upgrade};
 use shardq_protocol::frame::{encode_publish_ack_into, parse_publish_parts};
-use shardq_protocol::{ClusterConfig, Frame, Limits, NodeEntry, Position, Psk};
+use shardq_protocol::{
+    Accepts, ClusterConfig, Credentials, Frame, Limits, NodeEntry, Position, Psk,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,19 +64,26 @@ fn refuses_a_missing_psk() {
 
 /// A stand-in consumer that acks every publish with consecutive offsets:
 /// all a producer needs of its link, with nothing of the consumer crate.
-async fn acking_consumer(listener: TcpListener, psk: Psk) {
+async fn acking_consumer(listener: TcpListener, credentials: Credentials) {
     let tasks = TaskTracker::new();
     let limits = Limits::default();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        let (psk, tasks, limits) = (psk.clone(), tasks.clone(), limits.clone());
+        let (credentials, tasks, limits) = (credentials.clone(), tasks.clone(), limits.clone());
         tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             let conn_limits = ConnLimits::from(&limits);
-            let Ok(connection) =
-                upgrade::upgrade(stream, &conn_limits, deadline, |_| Some(64 << 10), &tasks).await
+            let Ok(connection) = upgrade::upgrade(
+                stream,
+                &conn_limits,
+                deadline,
+                |_| Some(64 << 10),
+                &tasks,
+                None,
+            )
+            .await
             else {
                 return;
             };
@@ -86,7 +95,8 @@ async fn acking_consumer(listener: TcpListener, psk: Psk) {
             let accepted = handshake::accept_shardq(
                 &mut reader,
                 &outbox,
-                &psk,
+                &credentials,
+                Accepts::Nodes,
                 "consumer-0",
                 preauth,
                 deadline,
@@ -128,11 +138,15 @@ struct Publisher {
 impl Publisher {
     async fn connect(url: &str, psk: &Psk, tasks: &TaskTracker) -> Option<Publisher> {
         let options = DialOptions {
-            psk: psk.clone(),
-            name: Some("test".into()),
+            identity: DialIdentity::Client {
+                key: psk.clone(),
+                client: None,
+                name: Some("test".into()),
+            },
             timeout: Duration::from_secs(5),
             max_frame_bytes: 1 << 20,
             outbox_bytes: 64 << 20,
+            write: shardq_net::writer::WriteLimit::default(),
         };
         let dialed = dial(url, &options, tasks).await.ok()?;
         Some(Publisher {
@@ -167,24 +181,25 @@ async fn sigterm_answers_every_publish_in_flight() {
     let (producer_port, admin_port) = (free_port(), free_port());
     let mut queues = shardq_protocol::QueueConfig::new();
     queues.set_open_topics(true);
-    let cluster = ClusterConfig {
-        consumers: vec![NodeEntry {
+    let cluster = ClusterConfig::new(
+        vec![NodeEntry {
             id: "consumer-0".into(),
             url: format!("ws://{}", consumer_listener.local_addr().unwrap()),
             admin: None,
             listen: None,
         }],
-        producers: vec![NodeEntry {
+        vec![NodeEntry {
             id: "producer-0".into(),
             url: format!("ws://127.0.0.1:{producer_port}"),
             admin: Some(format!("http://127.0.0.1:{admin_port}")),
             listen: Some(format!("127.0.0.1:{producer_port}")),
         }],
         queues,
-        limits: Default::default(),
-        psk_file: None,
-    };
-    let consumer = tokio::spawn(acking_consumer(consumer_listener, psk.clone()));
+        Limits::default(),
+    );
+    let node_key = Psk::generate();
+    let credentials = Credentials::new(psk.clone(), node_key.clone());
+    let consumer = tokio::spawn(acking_consumer(consumer_listener, credentials));
     let dir = temp_dir("sigterm");
     let path = dir.join("shardq.toml");
     std::fs::write(&path, cluster.to_toml()).unwrap();
@@ -193,6 +208,10 @@ async fn sigterm_answers_every_publish_in_flight() {
         .env(
             "SHARDQ_PSK",
             String::from_utf8(psk.as_bytes().to_vec()).unwrap(),
+        )
+        .env(
+            "SHARDQ_NODE_KEY",
+            String::from_utf8(node_key.as_bytes().to_vec()).unwrap(),
         )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

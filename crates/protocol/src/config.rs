@@ -3,6 +3,10 @@
 //!
 //! ```toml
 //! open_topics = false
+//! legacy = false                    # serve the origin's dialect (default off)
+//! node_key_file = "node.key"        # or SHARDQ_NODE_KEY; nodes only
+//! credentials_file = "clients.toml" # optional [[clients]], followed like this file
+//! admin_token_file = "admin.token"  # or SHARDQ_ADMIN_TOKEN; optional
 //!
 //! [queues]
 //! database = ["create", "read", "update", "delete", "error"]
@@ -12,7 +16,8 @@
 //! id = "consumer-0"
 //! url = "ws://consumer-0:7100"      # how others reach it
 //! admin = "http://consumer-0:9100"  # optional admin HTTP address
-//! listen = "0.0.0.0:7100"           # optional; default 0.0.0.0:<port of url>
+//! listen = "0.0.0.0:7100"           # optional; default: url's host and port
+
 //!
 //! [[producers]]
 //! id = "producer-0"
@@ -23,12 +28,14 @@
 //! ```
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::topic::{QueueConfig, TopicError};
+
+use crate::auth::{ClientEntry, ClientEntryError, validate_clients};
+pub use crate::limits::{ENVELOPE_BYTES, Limits};
 
 /// Why a cluster file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +77,9 @@ pub enum ConfigError {
     /// A limit that must be positive is zero.
     #[error("[limits] {0} must be greater than 0")]
     ZeroLimit(&'static str),
+    /// A `[[clients]]` entry is not valid.
+    #[error("[[clients]]: {0}")]
+    BadClient(#[from] ClientEntryError),
     /// A limit below its minimum.
     #[error("[limits] {name} must be at least {min}")]
     TooSmall {
@@ -97,18 +107,20 @@ pub struct NodeEntry {
 }
 
 impl NodeEntry {
-    /// The address to bind the WebSocket listener to.
+    /// The address to bind the WebSocket listener to: `listen`, else the
+    /// host and port of `url` (a node reachable as `ws://127.0.0.1:7100`
+    /// listens on 127.0.0.1 only).
     pub fn listen_addr(&self) -> String {
         match &self.listen {
             Some(listen) => listen.clone(),
-            None => format!("0.0.0.0:{}", url_port(&self.url).unwrap_or(80)),
+            None => host_port(&self.url).unwrap_or_else(|| "127.0.0.1:80".to_owned()),
         }
     }
 
-    /// The address to bind the admin listener to: `0.0.0.0:<port of admin>`.
+    /// The address to bind the admin listener to: the host and port of
+    /// `admin`, if given.
     pub fn admin_listen_addr(&self) -> Option<String> {
-        let admin = self.admin.as_deref()?;
-        Some(format!("0.0.0.0:{}", url_port(admin)?))
+        host_port(self.admin.as_deref()?)
     }
 
     /// The URL of one of the node's endpoints, e.g. `endpoint("/v1/subscribe")`.
@@ -117,165 +129,21 @@ impl NodeEntry {
     }
 }
 
-/// Limits every node enforces. Durations are in milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Largest frame after the handshake (bytes). Default 1 MiB.
-    pub max_frame_bytes: usize,
-    /// Largest frame before the handshake completes (bytes). Default 4 KiB.
-    pub max_preauth_frame_bytes: usize,
-    /// Time allowed for the handshake. Default 5,000 ms.
-    pub handshake_timeout_ms: u64,
-    /// Subscriptions one connection may hold. Default 10,000.
-    pub max_subscriptions_per_connection: usize,
-    /// Interval between WebSocket pings. Default 20,000 ms.
-    pub ping_interval_ms: u64,
-    /// Unanswered pings after which the connection closes. Default 2.
-    pub max_missed_pongs: u32,
-    /// Bytes queued for one subscriber before it is disconnected as slow. Default 8 MiB.
-    pub subscriber_buffer_bytes: usize,
-    /// Messages kept per topic for resume. Default 1,000.
-    pub history_messages_per_topic: usize,
-    /// Bytes of history kept per node, oldest dropped first. Default 64 MiB.
-    pub history_bytes_per_node: usize,
-    /// How long a producer waits for the owner's ack. Default 5,000 ms.
-    pub publish_timeout_ms: u64,
-    /// Publishes in flight per producer → consumer link. Default 4,096.
-    pub link_window: usize,
-    /// Interval between liveness probes (WebSocket pings) on node-to-node
-    /// links, both ways. Default 1,000 ms.
-    pub link_ping_interval_ms: u64,
-    /// A node-to-node link that received nothing (not even a pong) for
-    /// this long is declared down. Default 3,000 ms.
-    pub link_down_after_ms: u64,
-    /// How long a topic's owner remembers a publish's idempotency key.
-    /// Default 60,000 ms.
-    pub idempotency_window_ms: u64,
-    /// Most idempotency keys a consumer remembers in all (oldest forgotten
-    /// first; about 100 bytes each). Default 250,000.
-    pub idempotency_keys_per_node: usize,
-}
-
-/// Bytes every frame a node sends may add around a publish's payload (its
-/// envelope: type, ids, topic, key, positions). The payload limit is
-/// `max_frame_bytes` minus this, so no payload a publisher may send can make
-/// a node send a frame its peer refuses.
-pub const ENVELOPE_BYTES: usize = 1024;
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_frame_bytes: 1 << 20,
-            max_preauth_frame_bytes: 4 << 10,
-            handshake_timeout_ms: 5_000,
-            max_subscriptions_per_connection: 10_000,
-            ping_interval_ms: 20_000,
-            max_missed_pongs: 2,
-            subscriber_buffer_bytes: 8 << 20,
-            history_messages_per_topic: 1_000,
-            history_bytes_per_node: 64 << 20,
-            publish_timeout_ms: 5_000,
-            link_window: 4_096,
-            link_ping_interval_ms: 1_000,
-            link_down_after_ms: 3_000,
-            idempotency_window_ms: 60_000,
-            idempotency_keys_per_node: 250_000,
-        }
-    }
-}
-
-impl Limits {
-    /// [`Limits::handshake_timeout_ms`] as a duration.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
-    }
-
-    /// [`Limits::ping_interval_ms`] as a duration.
-    pub fn ping_interval(&self) -> Duration {
-        Duration::from_millis(self.ping_interval_ms)
-    }
-
-    /// [`Limits::publish_timeout_ms`] as a duration.
-    pub fn publish_timeout(&self) -> Duration {
-        Duration::from_millis(self.publish_timeout_ms)
-    }
-
-    /// [`Limits::link_ping_interval_ms`] as a duration.
-    pub fn link_ping_interval(&self) -> Duration {
-        Duration::from_millis(self.link_ping_interval_ms)
-    }
-
-    /// [`Limits::link_down_after_ms`] as a duration.
-    pub fn link_down_after(&self) -> Duration {
-        Duration::from_millis(self.link_down_after_ms)
-    }
-
-    /// [`Limits::idempotency_window_ms`] as a duration.
-    pub fn idempotency_window(&self) -> Duration {
-        Duration::from_millis(self.idempotency_window_ms)
-    }
-
-    /// The largest payload a publish may carry: `max_frame_bytes` minus
-    /// [`ENVELOPE_BYTES`].
-    pub fn max_payload_bytes(&self) -> usize {
-        self.max_frame_bytes.saturating_sub(ENVELOPE_BYTES)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("max_frame_bytes", self.max_frame_bytes as u64),
-            (
-                "max_preauth_frame_bytes",
-                self.max_preauth_frame_bytes as u64,
-            ),
-            ("handshake_timeout_ms", self.handshake_timeout_ms),
-            (
-                "max_subscriptions_per_connection",
-                self.max_subscriptions_per_connection as u64,
-            ),
-            ("ping_interval_ms", self.ping_interval_ms),
-            ("max_missed_pongs", u64::from(self.max_missed_pongs)),
-            (
-                "subscriber_buffer_bytes",
-                self.subscriber_buffer_bytes as u64,
-            ),
-            ("publish_timeout_ms", self.publish_timeout_ms),
-            ("link_window", self.link_window as u64),
-            ("link_ping_interval_ms", self.link_ping_interval_ms),
-            ("link_down_after_ms", self.link_down_after_ms),
-            ("idempotency_window_ms", self.idempotency_window_ms),
-            (
-                "idempotency_keys_per_node",
-                self.idempotency_keys_per_node as u64,
-            ),
-        ];
-        if let Some((name, _)) = positive.into_iter().find(|(_, value)| *value == 0) {
-            return Err(ConfigError::ZeroLimit(name));
-        }
-        if self.max_frame_bytes < 4 * ENVELOPE_BYTES {
-            return Err(ConfigError::TooSmall {
-                name: "max_frame_bytes",
-                min: 4 * ENVELOPE_BYTES,
-            });
-        }
-        if self.link_down_after_ms < 2 * self.link_ping_interval_ms {
-            return Err(ConfigError::TooSmall {
-                name: "link_down_after_ms",
-                min: 2 * self.link_ping_interval_ms as usize,
-            });
-        }
-        Ok(())
-    }
-}
-
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterFile {
     #[serde(default)]
     open_topics: bool,
+    #[serde(default)]
+    legacy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     psk_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node_key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credentials_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin_token_file: Option<String>,
     #[serde(default)]
     queues: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default)]
@@ -284,6 +152,8 @@ struct ClusterFile {
     producers: Vec<NodeEntry>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    clients: Vec<ClientEntry>,
 }
 
 /// A parsed and validated cluster file.
@@ -299,9 +169,44 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// A file holding the psk, used when `SHARDQ_PSK` is not set.
     pub psk_file: Option<String>,
+    /// A file holding the node key, used when `SHARDQ_NODE_KEY` is not set.
+    pub node_key_file: Option<String>,
+    /// A TOML file of `[[clients]]`, next to the cluster file, followed
+    /// like it.
+    pub credentials_file: Option<String>,
+    /// A file holding the admin port's bearer token, used when
+    /// `SHARDQ_ADMIN_TOKEN` is not set.
+    pub admin_token_file: Option<String>,
+    /// Whether the origin's legacy dialect is served (default off).
+    pub legacy: bool,
+    /// The clients declared inline (and, once loaded, those of the
+    /// credentials file).
+    pub clients: Vec<ClientEntry>,
 }
 
 impl ClusterConfig {
+    /// A cluster of these nodes, queues and limits; no secret files, no
+    /// clients, the legacy dialect off.
+    pub fn new(
+        consumers: Vec<NodeEntry>,
+        producers: Vec<NodeEntry>,
+        queues: QueueConfig,
+        limits: Limits,
+    ) -> ClusterConfig {
+        ClusterConfig {
+            consumers,
+            producers,
+            queues,
+            limits,
+            psk_file: None,
+            node_key_file: None,
+            credentials_file: None,
+            admin_token_file: None,
+            legacy: false,
+            clients: Vec::new(),
+        }
+    }
+
     /// Parses and validates a cluster file.
     pub fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
         let file: ClusterFile = toml::from_str(text).map_err(|error| syntax_error(text, &error))?;
@@ -321,12 +226,18 @@ impl ClusterConfig {
             }
         }
         file.limits.validate()?;
+        validate_clients(&file.clients)?;
         Ok(ClusterConfig {
             consumers: file.consumers,
             producers: file.producers,
             queues,
             limits: file.limits,
             psk_file: file.psk_file,
+            node_key_file: file.node_key_file,
+            credentials_file: file.credentials_file,
+            admin_token_file: file.admin_token_file,
+            legacy: file.legacy,
+            clients: file.clients,
         })
     }
 
@@ -334,7 +245,12 @@ impl ClusterConfig {
     pub fn to_toml(&self) -> String {
         let file = ClusterFile {
             open_topics: self.queues.open_topics(),
+            legacy: self.legacy,
             psk_file: self.psk_file.clone(),
+            node_key_file: self.node_key_file.clone(),
+            credentials_file: self.credentials_file.clone(),
+            admin_token_file: self.admin_token_file.clone(),
+            clients: self.clients.clone(),
             queues: self
                 .queues
                 .queues()
@@ -435,6 +351,19 @@ fn validate_entry(entry: &NodeEntry) -> Result<(), ConfigError> {
 
 /// The port of `scheme://host[:port][/path]`, with the scheme's default
 /// when absent; `None` when there is no host or the port is not a number.
+/// `host:port` of a URL (the scheme's default port when it names none).
+pub fn host_port(url: &str) -> Option<String> {
+    let port = url_port(url)?;
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next()?),
+        None => authority.split(':').next()?.to_owned(),
+    };
+    Some(format!("{host}:{port}"))
+}
+
+/// The port of a URL (the scheme's default when it names none).
 pub fn url_port(url: &str) -> Option<u16> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split('/').next()?;
@@ -492,8 +421,10 @@ max_frame_bytes = 65536
         assert_eq!(config.limits.max_frame_bytes, 65536);
         assert_eq!(config.limits.link_window, Limits::default().link_window);
         let first = config.consumer("consumer-0").unwrap();
-        assert_eq!(first.listen_addr(), "0.0.0.0:7100");
-        assert_eq!(first.admin_listen_addr().unwrap(), "0.0.0.0:9100");
+        assert_eq!(first.listen_addr(), "consumer-0:7100");
+        assert_eq!(first.admin_listen_addr().unwrap(), "consumer-0:9100");
+        assert_eq!(host_port("ws://[::1]:7/x").unwrap(), "[::1]:7");
+        assert_eq!(host_port("http://h").unwrap(), "h:80");
         assert_eq!(
             first.endpoint("/v1/subscribe"),
             "ws://consumer-0:7100/v1/subscribe"

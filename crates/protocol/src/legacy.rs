@@ -49,6 +49,20 @@ pub enum LegacyFrame {
     Unsubscribe(String),
 }
 
+impl LegacyFrame {
+    /// The frame's kind for logs: `challenge`, `answer`, `message`,
+    /// `subscribe` or `unsubscribe` (never its data).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LegacyFrame::Challenge(_) => "challenge",
+            LegacyFrame::Answer(_) => "answer",
+            LegacyFrame::Message { .. } => "message",
+            LegacyFrame::Subscribe(_) => "subscribe",
+            LegacyFrame::Unsubscribe(_) => "unsubscribe",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct WireLegacy {
     t: String,

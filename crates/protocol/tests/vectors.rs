@@ -3,13 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use shardq_protocol::handshake::{client_proof, server_proof};
+use shardq_protocol::handshake::{
+    NodeIds, client_proof, node_client_proof, node_server_proof, server_proof,
+};
 use shardq_protocol::routing::{node_seed, weight};
 use shardq_protocol::{
-    ClientHandshake, ClientStep, Frame, Nonce, Psk, Router, ServerHandshake, Topic, legacy,
+    Accepts, ClientHandshake, ClientStep, Credentials, Frame, Nonce, Peer, Psk, Router,
+    ServerHandshake, Topic, legacy,
 };
 
 const PSK: &str = "shardq-test-vector-psk";
+const NODE_KEY: &str = "shardq-test-vector-node-key";
 
 fn nonces() -> (Nonce, Nonce) {
     let mut server = [0u8; 32];
@@ -45,7 +49,9 @@ fn handshake_vector() {
     );
 
     // The same exchange as frames, exactly as PROTOCOL.md shows them.
-    let server_side = ServerHandshake::new(psk.clone(), "consumer-0", server_nonce);
+    let credentials = Credentials::new(psk.clone(), Psk::new(NODE_KEY).unwrap());
+    let server_side =
+        ServerHandshake::new(credentials, "consumer-0", server_nonce, Accepts::Clients);
     let hello = server_side.hello();
     assert_eq!(
         hello.encode(),
@@ -70,6 +76,44 @@ fn handshake_vector() {
             server: "consumer-0".into()
         }
     );
+}
+
+#[test]
+fn node_handshake_vector() {
+    let key = Psk::new(NODE_KEY).unwrap();
+    let (server_nonce, client_nonce) = nonces();
+    let ids = NodeIds {
+        client: "producer-0",
+        server: "consumer-0",
+    };
+    assert_eq!(
+        hex::encode(node_client_proof(&key, ids, &server_nonce, &client_nonce)),
+        "97812c6f3e716701016a7eabe50827e25346357d983cc58563bf0b5841c1548e"
+    );
+    assert_eq!(
+        hex::encode(node_server_proof(&key, ids, &server_nonce, &client_nonce)),
+        "7552511c2676528b800594f0f8ca39452836a30ed9f70c0bf8f68df1558db6b4"
+    );
+    let credentials = Credentials::new(Psk::new(PSK).unwrap(), key.clone());
+    let server_side = ServerHandshake::new(credentials, "consumer-0", server_nonce, Accepts::Nodes);
+    let mut client_side = ClientHandshake::node(key, client_nonce, "producer-0", "consumer-0");
+    let ClientStep::Send(auth) = client_side.receive(server_side.hello()).unwrap() else {
+        panic!("no auth")
+    };
+    assert_eq!(
+        auth.encode(),
+        r#"{"type":"auth","nonce":"202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f","proof":"97812c6f3e716701016a7eabe50827e25346357d983cc58563bf0b5841c1548e","node":"producer-0"}"#
+    );
+    let accepted = server_side.receive(auth).unwrap();
+    assert_eq!(accepted.peer, Peer::Node("producer-0".into()));
+    assert_eq!(
+        accepted.welcome.encode(),
+        r#"{"type":"welcome","proof":"7552511c2676528b800594f0f8ca39452836a30ed9f70c0bf8f68df1558db6b4"}"#
+    );
+    assert!(matches!(
+        client_side.receive(accepted.welcome),
+        Ok(ClientStep::Established { .. })
+    ));
 }
 
 #[test]

@@ -22,8 +22,11 @@ pub struct SubscriberConfig {
     pub consumers: Vec<ConsumerAddress>,
     /// The queue configuration, to expand `queue/*` across several consumers.
     pub queues: Option<QueueConfig>,
-    /// The pre-shared key.
+    /// The key proved in the handshake: the cluster's psk, or the secret
+    /// of the `[[clients]]` entry named in [`client`](Self::client).
     pub psk: Psk,
+    /// The `[[clients]]` name `psk` belongs to; `None` for the psk.
+    pub client: Option<String>,
     /// A name for the consumers' logs.
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
@@ -44,6 +47,7 @@ impl SubscriberConfig {
             }],
             queues: None,
             psk,
+            client: None,
             name: None,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),

@@ -139,6 +139,7 @@ impl Conn {
                 match connection::connect(
                     url,
                     &config.psk,
+                    config.client.as_deref(),
                     config.name.as_deref(),
                     config.connect_timeout,
                 )

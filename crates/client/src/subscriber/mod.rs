@@ -113,6 +113,7 @@ impl Subscriber {
         let first = connection::connect(
             &url,
             &config.psk,
+            config.client.as_deref(),
             config.name.as_deref(),
             config.connect_timeout,
         )

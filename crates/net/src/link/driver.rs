@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{BACKOFF_MAX, BACKOFF_START, BURST, ConsumerLink, LinkContext, SWEEP_EVERY};
 use crate::channel::{Channel, Ended, Liveness};
-use crate::dial::{DialError, DialOptions, Dialed, dial};
+use crate::dial::{DialError, DialIdentity, DialOptions, Dialed, dial};
 use crate::outbox::FrameBatch;
+use crate::writer::WriteLimit;
 
 /// Dials to one consumer in flight at once, at most.
 const OVERLAPPING_DIALS: usize = 4;
@@ -25,15 +26,23 @@ impl ConsumerLink {
     /// back off, repeat.
     pub(super) async fn run(self: Arc<Self>, ctx: LinkContext) {
         let options = DialOptions {
-            psk: ctx.psk.clone(),
-            name: Some(ctx.node.clone()),
+            identity: DialIdentity::Node {
+                node_key: ctx.node_key.clone(),
+                own: ctx.node.clone(),
+                expected: self.id.clone(),
+            },
             timeout: self.limits.handshake_timeout(),
             max_frame_bytes: self.limits.max_frame_bytes,
-            // Room for a full window of the largest publishes.
+            // Room for a full window: the window's bytes and one more of
+            // the largest publishes.
             outbox_bytes: self
                 .limits
-                .link_window
-                .saturating_mul(self.limits.max_frame_bytes + 64),
+                .link_window_bytes
+                .saturating_add(self.limits.max_frame_bytes + 64),
+            write: WriteLimit {
+                timeout: self.limits.write_timeout(),
+                timeouts: self.metrics.write_timeouts.clone(),
+            },
         };
         let mut backoff = BACKOFF_START;
         let mut connected_before = false;

@@ -43,13 +43,22 @@ pub struct LinkMetrics {
     pub downs: Family<LinkLabel, Counter>,
     /// How long each link has been down, in seconds (0 while up).
     pub down_seconds: Family<LinkLabel, Gauge<f64, AtomicU64>>,
+    /// Link connections cut because the consumer took nothing within the
+    /// write timeout.
+    pub write_timeouts: Counter,
 }
 
 impl LinkMetrics {
     /// Registers the metrics (`acked`, `errors`, `link_in_flight`, `link_up`,
     /// `link_reconnects`, `link_downs`, `link_down_seconds`,
-    /// `link_window_full`, `legacy_undelivered`) under the registry's prefix.
+    /// `link_window_full`, `legacy_undelivered`, `link_write_timeouts`)
+    /// under the registry's prefix.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "link_write_timeouts",
+            "Link connections cut because the consumer took nothing within the write timeout",
+            self.write_timeouts.clone(),
+        );
         registry.register("acked", "Publishes the owner acked", self.acked.clone());
         registry.register(
             "errors",

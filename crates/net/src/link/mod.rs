@@ -36,7 +36,7 @@ use std::time::Duration;
 use shardq_protocol::frame::{encode_publish_ack_into, encode_publish_into};
 use shardq_protocol::status::{LinkState as LinkUp, LinkStatus};
 use shardq_protocol::{ErrorCode, Frame, Limits, NodeEntry, Psk};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,7 +48,7 @@ pub use metrics::LinkMetrics;
 use pipeline::{Admit, Pipeline, Read, Unanswered};
 pub use pipeline::{Answer, HANDLER_ID_BIT};
 pub use request::{Body, InFlight, Reply, Request};
-pub use set::{Batches, LinkOptions, LinkSet, Links, RETIRE_AFTER, permit};
+pub use set::{Batches, LinkOptions, LinkSet, Links, RETIRE_AFTER, WindowPermit, permit};
 
 /// First pause before reconnecting a link; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(25);
@@ -74,7 +74,7 @@ pub trait LinkHandler: Send + Sync + 'static {
 /// A publish in flight: where its answer goes, and its window slot.
 struct Pending {
     reply: Reply,
-    _permit: OwnedSemaphorePermit,
+    _permit: WindowPermit,
 }
 
 struct LinkState {
@@ -88,7 +88,7 @@ struct LinkState {
 /// What every link task needs.
 #[derive(Clone)]
 struct LinkContext {
-    psk: Psk,
+    node_key: Psk,
     node: String,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -100,6 +100,7 @@ pub struct ConsumerLink {
     pub id: String,
     url: String,
     window: Arc<Semaphore>,
+    window_bytes: Arc<Semaphore>,
     state: Mutex<LinkState>,
     limits: Limits,
     metrics: Arc<LinkMetrics>,
@@ -128,6 +129,9 @@ impl ConsumerLink {
             id: entry.id.clone(),
             url: entry.endpoint("/v1/cluster"),
             window: Arc::new(Semaphore::new(limits.link_window)),
+            window_bytes: Arc::new(Semaphore::new(
+                limits.link_window_bytes.min(u32::MAX as usize),
+            )),
             state: Mutex::new(LinkState {
                 pipeline: Pipeline::default(),
                 last_error: Some("not connected yet".into()),
@@ -152,6 +156,12 @@ impl ConsumerLink {
     /// The in-flight window: a permit per publish until it is answered.
     pub fn window(&self) -> &Arc<Semaphore> {
         &self.window
+    }
+
+    /// The in-flight window in bytes: a permit per byte of topic, key and
+    /// payload until answered.
+    pub fn window_bytes(&self) -> &Arc<Semaphore> {
+        &self.window_bytes
     }
 
     /// Whether the link is connected.

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shardq_protocol::RawValue;
 use shardq_protocol::frame::PublishParts;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 
+use super::WindowPermit;
 use crate::codec::Text;
 use crate::outbox::Outbox;
 
@@ -146,7 +147,7 @@ pub struct Request {
     /// Where the answer goes.
     pub reply: Reply,
     /// The window slot it holds until answered.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: WindowPermit,
 }
 
 #[cfg(test)]

@@ -67,9 +67,9 @@ impl LinkSet {
 pub struct LinkOptions {
     /// The node's own id when it is a consumer (no link to itself).
     pub own_id: Option<String>,
-    /// The psk.
-    pub psk: Psk,
-    /// The name the links give in their handshake.
+    /// The node key the links prove.
+    pub node_key: Psk,
+    /// This node's id, bound into the links' handshakes.
     pub node: String,
     /// Where the links count.
     pub metrics: Arc<LinkMetrics>,
@@ -105,7 +105,7 @@ impl Links {
             }),
             update: Mutex::new(()),
             ctx: LinkContext {
-                psk: options.psk,
+                node_key: options.node_key,
                 node: options.node,
                 stop,
                 tasks: tasks.clone(),
@@ -235,16 +235,50 @@ impl Batches {
     }
 }
 
-/// A window slot on `link`, at once; `Err` with the reason when its window
-/// is full. The publish is then refused (`unavailable`: certainly not
-/// sent) instead of waited for, so one slow or hung consumer never stops a
-/// connection from reading: the publisher's other topics keep flowing.
-pub fn permit(link: &Arc<ConsumerLink>) -> Result<OwnedSemaphorePermit, String> {
-    link.window().clone().try_acquire_owned().map_err(|_| {
+/// A publish's slot in a link's window: one of `link_window` publishes
+/// and its bytes of `link_window_bytes`, both given back when it is answered.
+#[derive(Debug)]
+pub struct WindowPermit {
+    _count: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// A window slot for a publish of `bytes` on `link`, at once; `Err` with the
+/// reason when its window is full (in publishes or in bytes). The publish
+/// is then refused (`unavailable`: certainly not sent) instead of waited
+/// for, so one slow or hung consumer never stops a connection from reading:
+/// the publisher's other topics keep flowing.
+pub fn permit(link: &Arc<ConsumerLink>, bytes: usize) -> Result<WindowPermit, String> {
+    let full = |what: String| {
         link.metrics.window_full.get_or_create(&link.label).inc();
         format!(
-            "consumer {} has {} publishes in flight (its link's window is full): not sent",
-            link.id, link.limits.link_window
+            "consumer {} has {what} in flight (its link's window is full): not sent",
+            link.id
         )
+    };
+    let count = link
+        .window()
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| full(format!("{} publishes", link.limits.link_window)))?;
+    // A publish larger than the whole byte window still goes, alone.
+    let wanted = bytes.clamp(1, link.limits.link_window_bytes.min(u32::MAX as usize));
+    let bytes = u32::try_from(wanted)
+        .ok()
+        .and_then(|wanted| {
+            link.window_bytes()
+                .clone()
+                .try_acquire_many_owned(wanted)
+                .ok()
+        })
+        .ok_or_else(|| {
+            full(format!(
+                "{} bytes of publishes",
+                link.limits.link_window_bytes
+            ))
+        })?;
+    Ok(WindowPermit {
+        _count: count,
+        _bytes: bytes,
     })
 }

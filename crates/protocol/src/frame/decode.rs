@@ -170,6 +170,7 @@ struct WireFrame<'a> {
     kind: Cow<'a, str>,
     version: Option<String>,
     node: Option<String>,
+    client: Option<String>,
     nonce: Option<String>,
     proof: Option<String>,
     id: Option<u64>,
@@ -241,6 +242,7 @@ impl WireFrame<'_> {
                 nonce: need!("auth", nonce),
                 proof: need!("auth", proof),
                 node: self.node,
+                client: self.client,
             }),
             "welcome" => Frame::Welcome(Welcome {
                 proof: need!("welcome", proof),

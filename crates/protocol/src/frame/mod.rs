@@ -154,6 +154,7 @@ mod tests {
                 nonce: "11".repeat(32),
                 proof: "22".repeat(32),
                 node: Some("producer-1".into()),
+                client: Some("api".into()),
             }),
             Frame::Welcome(Welcome {
                 proof: "33".repeat(32),

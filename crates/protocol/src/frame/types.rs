@@ -50,9 +50,13 @@ pub struct Auth {
     pub nonce: String,
     /// Lowercase hex HMAC-SHA256 client proof.
     pub proof: String,
-    /// Optional name of the connecting node or application, for logs.
+    /// On `/v1/cluster`: the dialling node's id, bound into its proof. On
+    /// client endpoints: an optional name for the node's logs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The `[[clients]]` credential the proof was made with; absent: the psk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// Server → client: the handshake succeeded; the server's proof.
