@@ -17,10 +17,10 @@
 # Without a reachable Docker daemon (or without compose) it prints a SKIPPED
 # banner and exits 0. It never touches deploy/.env, deploy/cluster/ or a
 # running `shardq` project: it runs under its own project name, with a fresh
-# random psk in a temporary env file, its own live node list in a temporary
-# directory (SHARDQ_CLUSTER_DIR) and host ports chosen by Docker, and
-# removes its containers, network and volumes on the way out, also when a
-# step fails.
+# random psk and node key in a temporary env file, its own live node list in
+# a temporary directory (SHARDQ_CLUSTER_DIR) and host ports chosen by
+# Docker, and removes its containers, network and volumes on the way out,
+# also when a step fails.
 #
 # The load during the node-list changes (subscribers, publishers) runs on
 # this host: the image's own shardq-demo, copied out of it, against the
@@ -271,6 +271,19 @@ wait_links_up() {
 
 started_at() { docker inspect -f '{{.State.StartedAt}} restarts={{.RestartCount}}' "$(cid "$1")"; }
 
+# The status line a WebSocket upgrade to PATH at the port PORT of SERVICE
+# (as published on 127.0.0.1) is answered with, e.g. "HTTP/1.1 101 ...".
+upgrade_status() {
+    local addr host port
+    addr="$(host_port "$1" "$2")"
+    host="${addr%:*}" port="${addr##*:}"
+    [[ -n "$port" ]] || return 1
+    timeout 5 bash -c '
+        exec 3<>"/dev/tcp/$0/$1" || exit 1
+        printf "GET %s HTTP/1.1\r\nHost: %s:%s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" "$2" "$0" "$1" >&3
+        head -n 1 <&3 | tr -d "\r"' "$host" "$port" "$3"
+}
+
 # ------------------------------------------------------- node-list helpers
 
 # Replaces the live node list with deploy/FILE the way deploy/README.md
@@ -496,8 +509,12 @@ ok "$image has shardq-consumer, shardq-producer and shardq-demo (e2e pub sub own
 # --------------------------------------------------------------------- up
 step "compose up: 3 consumers, 2 producers (project $project, ${compose_cmd[*]})"
 psk="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+# The nodes' own key, which no client gets (the demo service and the load
+# on this host run with the psk alone).
+node_key="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 {
     echo "SHARDQ_PSK=$psk"
+    echo "SHARDQ_NODE_KEY=$node_key"
     echo "SHARDQ_IMAGE=$image"
     echo "RUST_LOG=info"
     echo "SHARDQ_CLUSTER_DIR=$cluster_dir"
@@ -518,11 +535,33 @@ set -a
 # shellcheck disable=SC1090
 . "$env_file"
 set +a
+# Except the node key: compose reads it from the env file, and the clients
+# this script runs on this host (sub, pub) must work without it.
+unset SHARDQ_NODE_KEY node_key
 dc up -d
 wait_healthy consumer-0 consumer-1 consumer-2 producer-0 producer-1
 cache_ports "${nodes[@]}"
 wait_links_up producer-0 3
 wait_links_up producer-1 3
+
+# ------------------------------------------------- node key, legacy dialect
+step "the nodes hold the node key; the legacy dialect is on (legacy = true)"
+for svc in "${nodes[@]}"; do
+    # Without SHARDQ_NODE_KEY a node falls back to the psk and says so.
+    if docker logs "$(cid "$svc")" 2>&1 | grep -q 'no node key'; then
+        fail "$svc runs without a node key: $(docker logs "$(cid "$svc")" 2>&1 | grep 'no node key' | head -n 1)"
+    fi
+done
+ok "no node warns \"no node key\": every node got SHARDQ_NODE_KEY"
+for svc in "${nodes[@]}"; do
+    if [[ $svc == producer-* ]]; then paths=(/produce) ws=7000; else paths=(/producer /subscribe/database%2Fcreate) ws=7100; fi
+    for path in "${paths[@]}"; do
+        line="$(upgrade_status "$svc" "$ws" "$path" || true)"
+        [[ "$line" == *" 101 "* ]] ||
+            fail "$svc: the legacy endpoint $path answered ${line:-nothing}, not 101 (is legacy = true in the cluster file?)"
+    done
+    ok "$svc: the legacy endpoint(s) ${paths[*]} switch to WebSocket"
+done
 
 # ----------------------------------------------------------- file polling
 step "the nodes follow the live node list without a signal (a file replaced by rename)"

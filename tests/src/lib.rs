@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod impostor;
 pub mod proxy;
 pub mod raw;
 
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub use impostor::impostor_link;
 pub use raw::{LegacyClient, RawClient};
 
 /// Logs to the test's output, filtered by `RUST_LOG` (nothing by default).

@@ -46,6 +46,71 @@ fn named_port(container: &Value, name: &str) -> Option<u64> {
     resolve_port(container, &Value::String(name.to_owned()))
 }
 
+/// A container's `env` entry `name`.
+fn env_entry<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_sequence()?
+        .iter()
+        .find(|env| env["name"].as_str() == Some(name))
+}
+
+/// The Secret name and key an `env` entry reads (`valueFrom.secretKeyRef`).
+fn secret_ref(env: Option<&Value>) -> Option<(&str, &str)> {
+    let reference = &env?["valueFrom"]["secretKeyRef"];
+    Some((reference["name"].as_str()?, reference["key"].as_str()?))
+}
+
+/// Who runs in a pod: a node (consumer, producer), which holds the node key
+/// and listens on every interface, or a client (the e2e Job), which holds
+/// the psk alone.
+enum Role {
+    Node,
+    Client,
+}
+
+/// What is wrong with a node container's environment: the node key must
+/// come from `node_key` (Secret, key), and both ports must listen on every
+/// interface. A node binds its url's host by default: a producer's is the
+/// Service's ClusterIP, which no pod can bind, and the probes come to the
+/// pod IP.
+fn node_env_problems(container: &Value, node_key: (&str, &str)) -> Vec<String> {
+    let mut problems = Vec::new();
+    if secret_ref(env_entry(container, "SHARDQ_NODE_KEY")) != Some(node_key) {
+        problems.push(format!(
+            "SHARDQ_NODE_KEY must come from Secret {} key {}",
+            node_key.0, node_key.1
+        ));
+    }
+    for (variable, port_name) in [("SHARDQ_LISTEN", "ws"), ("SHARDQ_ADMIN_LISTEN", "admin")] {
+        let want = named_port(container, port_name).map(|port| format!("0.0.0.0:{port}"));
+        let given = env_entry(container, variable).and_then(|env| env["value"].as_str());
+        if want.is_none() || given != want.as_deref() {
+            problems.push(format!(
+                "{variable} must be {want:?} (the `{port_name}` port, every interface), not {given:?}"
+            ));
+        }
+    }
+    problems
+}
+
+/// What is wrong with a client container's environment: it must not get the
+/// node key, under any name.
+fn client_env_problems(container: &Value, node_key: (&str, &str)) -> Vec<String> {
+    let reads_node_key = container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|env| secret_ref(Some(env)) == Some(node_key));
+    if env_entry(container, "SHARDQ_NODE_KEY").is_some() || reads_node_key {
+        vec![format!(
+            "a client must not get the node key (Secret {} key {}): only nodes hold it",
+            node_key.0, node_key.1
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The checks every shardq pod template shares.
 fn check_pod(
     label: &str,
@@ -53,6 +118,8 @@ fn check_pod(
     admin_port: Option<u16>,
     ready_path: &str,
     secret: (&str, &str),
+    node_key: (&str, &str),
+    role: Role,
     config_map: &str,
     errors: &mut Vec<String>,
 ) {
@@ -94,19 +161,23 @@ fn check_pod(
         }
         Some(_) => {}
     }
-    let psk = container["env"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .find(|env| env["name"].as_str() == Some("SHARDQ_PSK"));
-    let reference = psk.map(|env| &env["valueFrom"]["secretKeyRef"]);
-    if reference.map(|r| (r["name"].as_str(), r["key"].as_str()))
-        != Some((Some(secret.0), Some(secret.1)))
-    {
+    if secret_ref(env_entry(container, "SHARDQ_PSK")) != Some(secret) {
         problem(format!(
             "SHARDQ_PSK must come from Secret {} key {}",
             secret.0, secret.1
         ));
+    }
+    // `envFrom` a Secret would hand the container every key of it, the node
+    // key included: name each variable instead.
+    if !container["envFrom"].is_null() {
+        problem("no envFrom: name each variable (it would hand over every key of a Secret)".into());
+    }
+    let role_problems = match role {
+        Role::Node => node_env_problems(container, node_key),
+        Role::Client => client_env_problems(container, node_key),
+    };
+    for what in role_problems {
+        problem(what);
     }
     for (kind, resource) in [
         ("requests", "cpu"),
@@ -195,6 +266,11 @@ fn kubernetes_manifests_match_their_cluster_file() {
         })
         .expect("configMapGenerator: a shardq.toml file");
     let config = cluster(&format!("k8s/{toml_file}"));
+    if !config.legacy {
+        errors.push(format!(
+            "k8s/{toml_file}: must say `legacy = true` (top level) so origin clients keep working"
+        ));
+    }
     if kustomization["generatorOptions"]["disableNameSuffixHash"].as_bool() != Some(true) {
         errors.push("generatorOptions.disableNameSuffixHash must be true (e2e-job.yaml names the ConfigMap)".into());
     }
@@ -204,21 +280,29 @@ fn kubernetes_manifests_match_their_cluster_file() {
         .as_str()
         .unwrap_or("?")
         .to_owned();
-    let secret_key = secret["stringData"]
+    let secret_keys: Vec<String> = secret["stringData"]
         .as_mapping()
-        .and_then(|data| data.keys().next())
-        .and_then(Value::as_str)
-        .unwrap_or("?")
-        .to_owned();
-    let placeholder = secret["stringData"][secret_key.as_str()]
-        .as_str()
-        .unwrap_or("");
-    if placeholder.len() >= 16 {
-        errors.push(format!(
-            "secret.example.yaml: the placeholder {placeholder:?} must stay shorter than 16 bytes so nodes refuse it"
-        ));
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, _)| key.as_str().map(str::to_owned))
+        .collect();
+    for key in ["psk", "node-key"] {
+        if !secret_keys.iter().any(|k| k == key) {
+            errors.push(format!(
+                "secret.example.yaml: stringData must have the key {key:?} (found {secret_keys:?})"
+            ));
+        }
     }
-    let psk = (secret_name.as_str(), secret_key.as_str());
+    for key in &secret_keys {
+        let placeholder = secret["stringData"][key.as_str()].as_str().unwrap_or("");
+        if placeholder.len() >= 16 {
+            errors.push(format!(
+                "secret.example.yaml: the placeholder {key}: {placeholder:?} must stay shorter than 16 bytes so nodes refuse it"
+            ));
+        }
+    }
+    let psk = (secret_name.as_str(), "psk");
+    let node_key = (secret_name.as_str(), "node-key");
 
     let objects = k8s_objects(&resources);
     let get = |key: &str| {
@@ -293,6 +377,8 @@ fn kubernetes_manifests_match_their_cluster_file() {
         consumer_admin,
         "/healthz",
         psk,
+        node_key,
+        Role::Node,
         &config_map,
         &mut errors,
     );
@@ -384,6 +470,8 @@ fn kubernetes_manifests_match_their_cluster_file() {
                 admin_port,
                 "/readyz",
                 psk,
+                node_key,
+                Role::Node,
                 &config_map,
                 &mut errors,
             );
@@ -393,7 +481,17 @@ fn kubernetes_manifests_match_their_cluster_file() {
     // The optional e2e Job uses the same ConfigMap and Secret.
     if deploy_dir().join("k8s/e2e-job.yaml").is_file() {
         let job = yaml("k8s/e2e-job.yaml");
-        check_pod("Job e2e", &job, None, "", psk, &config_map, &mut errors);
+        check_pod(
+            "Job e2e",
+            &job,
+            None,
+            "",
+            psk,
+            node_key,
+            Role::Client,
+            &config_map,
+            &mut errors,
+        );
     }
     finish("deploy/k8s", errors);
 }

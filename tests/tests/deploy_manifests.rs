@@ -12,6 +12,7 @@
 mod deploy_common;
 
 use deploy_common::*;
+use shardq_protocol::NodeEntry;
 
 #[test]
 fn every_yaml_document_parses() {
@@ -103,7 +104,90 @@ fn cluster_files_validate_and_agree() {
     if base.psk_file.is_some() {
         errors.push("shardq.toml: the psk comes from SHARDQ_PSK, not psk_file".into());
     }
+    for (name, config) in [
+        ("shardq.toml", &base),
+        ("shardq.scale.toml", &scale),
+        ("k8s/shardq.toml", &k8s),
+    ] {
+        // The origin clients keep working: the legacy dialect is off
+        // unless the cluster file turns it on.
+        if !config.legacy {
+            errors.push(format!(
+                "{name}: must say `legacy = true` (top level) so origin clients keep working"
+            ));
+        }
+        // The node key comes from the environment (SHARDQ_NODE_KEY), never
+        // from a file a client could also be given.
+        if config.node_key_file.is_some() {
+            errors.push(format!(
+                "{name}: the node key comes from SHARDQ_NODE_KEY, not node_key_file"
+            ));
+        }
+    }
     finish("cluster files", errors);
+}
+
+/// The value of the variable `name` in a compose service's `environment`,
+/// mapping (`NAME: value`) or list (`- NAME=value`) syntax; `Some("")` for
+/// a name without a value.
+fn env_var(service: &Value, name: &str) -> Option<String> {
+    let environment = &service["environment"];
+    if let Some(mapping) = environment.as_mapping() {
+        let value = mapping.get(name)?;
+        return Some(match value {
+            Value::String(text) => text.clone(),
+            Value::Null => String::new(),
+            Value::Bool(flag) => flag.to_string(),
+            Value::Number(number) => number.to_string(),
+            _ => format!("{value:?}"),
+        });
+    }
+    strings(environment)
+        .into_iter()
+        .find_map(|item| match item.split_once('=') {
+            Some((key, value)) if key == name => Some(value.to_owned()),
+            None if item == name => Some(String::new()),
+            _ => None,
+        })
+}
+
+/// What is wrong with a node service's environment: it must get the node
+/// key, required from `.env` (`${SHARDQ_NODE_KEY:?...}`), and listen on
+/// every interface of its container, both ports: by default a node binds
+/// its url's host and its admin url's (or 127.0.0.1), which the
+/// healthcheck (127.0.0.1) or a container with a new address after a
+/// network reconnect would not reach.
+fn node_env_problems(service: &Value, entry: &NodeEntry) -> Vec<String> {
+    let mut problems = Vec::new();
+    let node_key = env_var(service, "SHARDQ_NODE_KEY").unwrap_or_default();
+    if !node_key.starts_with("${SHARDQ_NODE_KEY:?") {
+        problems.push(format!(
+            "SHARDQ_NODE_KEY must be required from .env as ${{SHARDQ_NODE_KEY:?...}}, not {node_key:?}"
+        ));
+    }
+    let listens = [
+        (
+            "SHARDQ_LISTEN",
+            url_port(&entry.url),
+            entry.listen.as_deref(),
+        ),
+        (
+            "SHARDQ_ADMIN_LISTEN",
+            entry.admin.as_deref().and_then(url_port),
+            None,
+        ),
+    ];
+    for (variable, port, in_file) in listens {
+        let Some(port) = port else { continue };
+        let want = format!("0.0.0.0:{port}");
+        let given = env_var(service, variable);
+        if given.as_deref() != Some(want.as_str()) && in_file != Some(want.as_str()) {
+            problems.push(format!(
+                "{variable} must be {want} (listen on every interface), not {given:?}"
+            ));
+        }
+    }
+    problems
 }
 
 /// Compose's merge of an override file into a base file, for the keys used
@@ -327,11 +411,14 @@ fn check_compose(services: &Mapping, config: &ClusterConfig, toml: &str) -> Vec<
         if service["restart"].as_str() != Some("unless-stopped") {
             problem("restart must be unless-stopped".into());
         }
-        let psk = service["environment"]["SHARDQ_PSK"].as_str().unwrap_or("");
+        let psk = env_var(service, "SHARDQ_PSK").unwrap_or_default();
         if !psk.starts_with("${SHARDQ_PSK") {
             problem(format!(
                 "SHARDQ_PSK must come from ${{SHARDQ_PSK}}, not {psk:?}"
             ));
+        }
+        for what in node_env_problems(service, entry) {
+            problem(what);
         }
         if !strings(&service["networks"]).iter().any(|n| n == "shardq") {
             problem("must be on the shardq network".into());
@@ -361,6 +448,19 @@ fn check_compose(services: &Mapping, config: &ClusterConfig, toml: &str) -> Vec<
             }
             for what in cluster_dir_mount_problems(&demo["volumes"]) {
                 errors.push(format!("demo: {what}"));
+            }
+            // A client: the psk, never the node key.
+            let psk = env_var(demo, "SHARDQ_PSK").unwrap_or_default();
+            if !psk.starts_with("${SHARDQ_PSK") {
+                errors.push(format!(
+                    "demo: SHARDQ_PSK must come from ${{SHARDQ_PSK}}, not {psk:?}"
+                ));
+            }
+            if env_var(demo, "SHARDQ_NODE_KEY").is_some() {
+                errors.push(
+                    "demo: a client must not get SHARDQ_NODE_KEY (only nodes hold the node key)"
+                        .into(),
+                );
             }
             if !strings(&demo["profiles"]).iter().any(|p| p == "demo")
                 && demo["restart"].as_str() != Some("no")
@@ -463,13 +563,19 @@ fn env_example_covers_every_compose_variable() {
             }
         }
     }
-    if !example
-        .lines()
-        .any(|line| line.trim() == "SHARDQ_PSK=" || line.trim() == "SHARDQ_PSK=\"\"")
-    {
-        errors.push(
-            ".env.example: SHARDQ_PSK must be present and empty (no usable default key)".into(),
-        );
+    for secret in ["SHARDQ_PSK", "SHARDQ_NODE_KEY"] {
+        if !example.lines().any(|line| {
+            line.trim() == format!("{secret}=") || line.trim() == format!("{secret}=\"\"")
+        }) {
+            errors.push(format!(
+                ".env.example: {secret} must be present and empty (no usable default key)"
+            ));
+        }
+        if !example.contains(&format!("s/^{secret}=.*/{secret}=$(openssl rand -hex 32)/")) {
+            errors.push(format!(
+                ".env.example: must show how to generate {secret} (openssl rand -hex 32)"
+            ));
+        }
     }
     finish(".env.example", errors);
 }

@@ -5,15 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use shardq_protocol::status::Readiness;
-use shardq_protocol::{Accepts, Credentials, Frame, Nonce, Psk, ServerHandshake};
+use shardq_protocol::{Frame, Psk};
 use shardq_tests::raw::{Received, expect_ack, expect_error, expect_message};
 use shardq_tests::{
     Cluster, LegacyClient, PATIENCE, RawClient, http_get, metric, node_status, wait_metric,
 };
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 
 fn open_queues() -> shardq_protocol::QueueConfig {
     let mut queues = shardq_tests::seed_queues();
@@ -261,35 +260,6 @@ async fn all_consumers_down_is_not_ready_but_the_producer_serves() {
     cluster.shutdown().await;
 }
 
-/// A stand-in for consumer `id` that holds the node key: accepts one link
-/// and completes the handshake.
-async fn impostor_link(
-    listener: TcpListener,
-    node_key: Psk,
-    id: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
-    let credentials = Credentials::new(Psk::generate(), node_key);
-    let server = ServerHandshake::new(credentials, id, Nonce::random(), Accepts::Nodes);
-    socket
-        .send(Message::text(server.hello().encode()))
-        .await
-        .unwrap();
-    let auth = socket.next().await.unwrap().unwrap();
-    let frame = Frame::decode(auth.to_text().unwrap().as_bytes(), 1 << 20).unwrap();
-    let welcome = server.receive(frame).unwrap().welcome;
-    socket.send(Message::text(welcome.encode())).await.unwrap();
-    socket
-}
-
-/// A consumer impostor that completes the handshake, then never reads.
-async fn stalled_consumer(listener: TcpListener, node_key: Psk) {
-    let _socket = impostor_link(listener, node_key, "consumer-1").await;
-    // Hold the socket open without reading it.
-    std::future::pending::<()>().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_stops_reading_never_stops_the_producer_reading() {
     // Defect 5: a hung consumer filled the window and the producer stopped
@@ -308,7 +278,11 @@ async fn a_consumer_that_stops_reading_never_stops_the_producer_reading() {
     cluster.stop_producer(0).await;
     // consumer-1 is the impostor: it shakes hands, then never reads.
     cluster.config.consumers[1].url = format!("ws://{impostor_addr}");
-    tokio::spawn(stalled_consumer(impostor, cluster.node_key.clone()));
+    tokio::spawn(shardq_tests::impostor::stalled_consumer(
+        impostor,
+        cluster.node_key.clone(),
+        "consumer-1",
+    ));
     let sick = [
         "database/create",
         "database/read",
@@ -514,7 +488,7 @@ async fn the_status_route_answers_under_its_old_name_too() {
 /// A consumer impostor that completes the handshake and reads everything
 /// (so its link stays alive: pings are answered) but never answers.
 async fn silent_consumer(listener: TcpListener, node_key: Psk) {
-    let mut socket = impostor_link(listener, node_key, "consumer-0").await;
+    let mut socket = shardq_tests::impostor_link(listener, node_key, "consumer-0").await;
     while let Some(Ok(_)) = socket.next().await {}
 }
 
