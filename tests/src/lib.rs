@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shardq_protocol::auth::ClientEntry;
+use shardq_protocol::auth::{ClientEntry, TokenKeys};
 use shardq_protocol::{
     ClientHandshake, ClusterConfig, Credentials, Limits, NodeEntry, Nonce, Psk, QueueConfig,
 };
@@ -100,6 +100,8 @@ pub struct Cluster {
     pub producers: Vec<Node>,
     /// The admin ports' bearer token, if the builder set one.
     pub admin_token: Option<String>,
+    /// The keys client tokens may be signed with.
+    pub tokens: TokenKeys,
     /// Where consumer `id` keeps its state across graceful restarts
     /// (`<data>/<id>`), when the builder asked for it.
     pub data: Option<std::path::PathBuf>,
@@ -122,6 +124,7 @@ pub struct ClusterBuilder {
     legacy: bool,
     clients: Vec<ClientEntry>,
     admin_token: Option<String>,
+    tokens: TokenKeys,
 }
 
 impl Default for ClusterBuilder {
@@ -135,6 +138,7 @@ impl Default for ClusterBuilder {
             legacy: true,
             clients: Vec::new(),
             admin_token: None,
+            tokens: TokenKeys::default(),
         }
     }
 }
@@ -173,6 +177,12 @@ impl ClusterBuilder {
     /// Declares `[[clients]]`.
     pub fn clients(mut self, clients: Vec<ClientEntry>) -> Self {
         self.clients = clients;
+        self
+    }
+
+    /// Accepts client tokens signed with these keys.
+    pub fn tokens(mut self, keys: TokenKeys) -> Self {
+        self.tokens = keys;
         self
     }
 
@@ -219,16 +229,9 @@ impl ClusterBuilder {
             producer_listeners.push((ws, admin));
         }
         let config = ClusterConfig {
-            consumers: entries,
-            producers: producer_entries,
-            queues: self.queues,
-            limits: self.limits,
-            psk_file: None,
-            node_key_file: None,
-            credentials_file: None,
-            admin_token_file: None,
             legacy: self.legacy,
             clients: self.clients,
+            ..ClusterConfig::new(entries, producer_entries, self.queues, self.limits)
         };
         // The file must survive its own round trip, as nodes would read it.
         let config = ClusterConfig::parse(&config.to_toml()).unwrap();
@@ -244,6 +247,7 @@ impl ClusterBuilder {
             psk,
             node_key,
             admin_token: self.admin_token,
+            tokens: self.tokens,
             consumers: Vec::new(),
             producers: Vec::new(),
             data,
@@ -441,7 +445,9 @@ impl Cluster {
 
     /// The credentials the nodes check, for the cluster file `config`.
     pub fn credentials(&self, config: &ClusterConfig) -> Credentials {
-        Credentials::new(self.psk.clone(), self.node_key.clone()).with_clients(&config.clients)
+        Credentials::new(self.psk.clone(), self.node_key.clone())
+            .with_clients(&config.clients)
+            .with_tokens(self.tokens.clone())
     }
 
     /// Stops every node, producers first (and removes the data directories).

@@ -111,7 +111,9 @@ fn client_env_problems(container: &Value, node_key: (&str, &str)) -> Vec<String>
     }
 }
 
-/// The checks every shardq pod template shares.
+/// The checks every shardq pod template shares (one argument per fact the
+/// manifest must agree on).
+#[allow(clippy::too_many_arguments)]
 fn check_pod(
     label: &str,
     workload: &Value,

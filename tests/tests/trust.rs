@@ -296,3 +296,72 @@ async fn a_secret_rotates_without_a_restart() {
     expect_ack(before.publish(2, "database/create", "2").await);
     cluster.shutdown().await;
 }
+
+const TOKEN_SECRET: &[u8] = b"token-secret-of-at-least-32-bytes!!";
+
+fn token(exp_in: i64, secret: &[u8]) -> String {
+    use shardq_protocol::auth::token::{TokenClaims, mint_hs256};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = TokenClaims {
+        sub: "browser".into(),
+        tenant: "default".into(),
+        publish: vec![],
+        subscribe: vec!["database/*".into()],
+        exp: (now + exp_in) as u64,
+    };
+    mint_hs256(secret, &claims).unwrap()
+}
+
+fn with_token(token: &str) -> ClientHandshake {
+    ClientHandshake::token(token, Nonce::random(), None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_carry_permissions_and_expire() {
+    use shardq_protocol::auth::TokenKeys;
+    init_logging();
+    // This build has no TLS listener yet: plaintext tokens are allowed
+    // explicitly here, as an operator would for development.
+    let keys = TokenKeys::new(&[TOKEN_SECRET.to_vec()], &[], true).unwrap();
+    let cluster = Cluster::builder().tokens(keys).start().await;
+    let url = cluster.consumers[0].url("/v1/subscribe");
+    let mut browser = RawClient::connect_with(&url, with_token(&token(600, TOKEN_SECRET)))
+        .await
+        .unwrap();
+    expect_ack(browser.subscribe(1, "database/*").await);
+    let denied = expect_error(browser.subscribe(2, "files/save").await, "not_authorized");
+    assert_eq!(denied.id, Some(2));
+    // Expired (beyond the leeway), or signed with another secret.
+    let expired = token(-600, TOKEN_SECRET);
+    let forged = token(600, b"another-secret-of-at-least-32-bytes");
+    for token in [expired, forged, "garbage".to_owned()] {
+        assert_eq!(
+            refused_with(RawClient::connect_with(&url, with_token(&token)).await),
+            ErrorCode::AuthFailed
+        );
+    }
+    // A token is no node credential.
+    let node_url = cluster.consumers[0].url("/v1/cluster");
+    assert_eq!(
+        refused_with(
+            RawClient::connect_with(&node_url, with_token(&token(600, TOKEN_SECRET))).await
+        ),
+        ErrorCode::NotAuthorized
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refused_over_plaintext_by_default() {
+    use shardq_protocol::auth::TokenKeys;
+    init_logging();
+    let keys = TokenKeys::new(&[TOKEN_SECRET.to_vec()], &[], false).unwrap();
+    let cluster = Cluster::builder().tokens(keys).start().await;
+    let url = cluster.consumers[0].url("/v1/subscribe");
+    let result = RawClient::connect_with(&url, with_token(&token(600, TOKEN_SECRET))).await;
+    assert_eq!(refused_with(result), ErrorCode::NotAuthorized);
+    cluster.shutdown().await;
+}

@@ -160,7 +160,7 @@ pub async fn authenticate(
     timeout: Duration,
 ) -> Result<String, ConnectError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let Connection { mut socket, server } = connect(url, psk, None, name, timeout).await?;
+    let Connection { mut socket, server } = connect(url, psk, None, None, name, timeout).await?;
     // Close politely: send 1000, then read until the node's close answers it.
     let close = async {
         let normal = tungstenite::protocol::CloseFrame {
@@ -176,16 +176,18 @@ pub async fn authenticate(
 }
 
 /// Connects to `url` (e.g. `ws://host:7100/v1/subscribe`) and authenticates
-/// with `psk` (the secret of the `[[clients]]` entry `client`, if named),
-/// within `timeout`. `name` appears in the node's logs.
+/// with `psk` (the secret of the `[[clients]]` entry `client`, if named)
+/// or, given one, a signed `token`, within `timeout`. `name` appears in
+/// the node's logs.
 pub(crate) async fn connect(
     url: &str,
     psk: &Psk,
     client: Option<&str>,
+    token: Option<&str>,
     name: Option<&str>,
     timeout: Duration,
 ) -> Result<Connection, ConnectError> {
-    tokio::time::timeout(timeout, connect_inner(url, psk, client, name))
+    tokio::time::timeout(timeout, connect_inner(url, psk, client, token, name))
         .await
         .unwrap_or_else(|_| {
             Err(ConnectError::Timeout {
@@ -199,6 +201,7 @@ async fn connect_inner(
     url: &str,
     psk: &Psk,
     client: Option<&str>,
+    token: Option<&str>,
     name: Option<&str>,
 ) -> Result<Connection, ConnectError> {
     if url
@@ -216,8 +219,12 @@ async fn connect_inner(
                 url: url.to_owned(),
                 source: Box::new(source),
             })?;
-    let mut handshake = ClientHandshake::new(psk.clone(), Nonce::random(), name.map(str::to_owned))
-        .named(client.map(str::to_owned));
+    let name = name.map(str::to_owned);
+    let mut handshake = match token {
+        Some(token) => ClientHandshake::token(token, Nonce::random(), name),
+        None => ClientHandshake::new(psk.clone(), Nonce::random(), name)
+            .named(client.map(str::to_owned)),
+    };
     loop {
         let text = match socket.next().await {
             Some(Ok(Message::Text(text))) => text,

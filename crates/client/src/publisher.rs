@@ -26,6 +26,9 @@ pub struct PublisherConfig {
     pub psk: Psk,
     /// The `[[clients]]` name `psk` belongs to; `None` for the psk.
     pub client: Option<String>,
+    /// A signed token to present instead of proving `psk` (accepted over
+    /// TLS only, unless the cluster allows plaintext tokens).
+    pub token: Option<String>,
     /// A name for the producers' logs.
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
@@ -47,6 +50,7 @@ impl PublisherConfig {
             urls: urls.into_iter().map(Into::into).collect(),
             psk,
             client: None,
+            token: None,
             name: None,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),
@@ -309,6 +313,7 @@ async fn connect_any(
             &urls[index],
             &config.psk,
             config.client.as_deref(),
+            config.token.as_deref(),
             config.name.as_deref(),
             config.connect_timeout,
         )

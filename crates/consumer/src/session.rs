@@ -36,7 +36,10 @@ pub(crate) async fn run(
     deadline: Instant,
 ) {
     let Connection {
-        mut reader, outbox, ..
+        mut reader,
+        outbox,
+        tls: connection_tls,
+        ..
     } = connection;
     // Boxed for the same reason as the upgrade: short-lived, large state.
     let accepts = match endpoint {
@@ -49,6 +52,7 @@ pub(crate) async fn run(
         &outbox,
         &credentials,
         accepts,
+        connection_tls,
         &shared.id,
         shared.limits.max_preauth_frame_bytes,
         deadline,

@@ -15,6 +15,7 @@ mod processes;
 mod procstat;
 mod pubsub;
 mod soak;
+mod token;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ enum Command {
     },
     /// Steady load while a test injects faults, then a verdict on every promise.
     Soak(soak::SoakArgs),
+    /// Mint a signed client token (JWT) for browsers and short-lived jobs.
+    Token(token::TokenArgs),
     /// Measure one producer process: acked publishes/s, CPU per publish, latency.
     BenchProducer {
         #[command(flatten)]
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => block_on(cluster_view::run(args)),
         Command::Health { url } => block_on(async move { health::run(&url).await }),
         Command::Soak(args) => block_on(soak::run(args)),
+        Command::Token(args) => token::run(args),
         Command::Bench(args) => {
             let json = args.json;
             block_on(bench::run(args)).map(|report| print_report(&report, json))

@@ -90,6 +90,8 @@ pub struct Connection {
     pub reader: Reader,
     /// The write side: queue complete frames here.
     pub outbox: Arc<Outbox>,
+    /// Whether the connection is over TLS.
+    pub tls: bool,
 }
 
 /// What the reader yields.

@@ -66,12 +66,14 @@ pub async fn accept_shardq(
     outbox: &Outbox,
     credentials: &Credentials,
     accepts: Accepts,
+    tls: bool,
     node: &str,
     preauth_limit: usize,
     deadline: Instant,
     auth_failures: &Counter,
 ) -> Result<Peer, Refused> {
-    let server = ServerHandshake::new(credentials.clone(), node, Nonce::random(), accepts);
+    let server =
+        ServerHandshake::new(credentials.clone(), node, Nonce::random(), accepts).over_tls(tls);
     send(outbox, &server.hello().encode());
     let text = next_text(reader, outbox, deadline).await?;
     let frame = match Frame::decode_str(&text, preauth_limit) {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use shardq_protocol::auth::TokenKeys;
 use shardq_protocol::cluster_file::{self, ClusterFileError};
 use shardq_protocol::status::NodeKind;
 use shardq_protocol::{ClusterConfig, Credentials, NodeEntry, Psk};
@@ -54,6 +55,9 @@ pub enum StartError {
         /// The ids it does declare.
         known: String,
     },
+    /// A `[tokens]` key file could not be read or used.
+    #[error("[tokens]: {0}")]
+    Tokens(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -200,7 +204,45 @@ pub fn credentials(
         );
         psk.clone()
     });
-    Ok(Credentials::new(psk, node_key).with_clients(&cluster.clients))
+    let tokens = token_keys(cluster, cluster_path)?;
+    Ok(Credentials::new(psk, node_key)
+        .with_clients(&cluster.clients)
+        .with_tokens(tokens))
+}
+
+/// The keys of the `[tokens]` section, read from their files.
+fn token_keys(cluster: &ClusterConfig, cluster_path: &Path) -> Result<TokenKeys, StartError> {
+    let read = |file: &String| {
+        let path = cluster_file::beside(cluster_path, file);
+        std::fs::read(&path)
+            .map_err(|source| StartError::Tokens(format!("{}: {source}", path.display())))
+    };
+    let config = &cluster.tokens;
+    let secrets = config
+        .hs256_secret_files
+        .iter()
+        .map(|file| {
+            read(file).map(|mut bytes| {
+                if bytes.last() == Some(&b'\n') {
+                    bytes.pop();
+                }
+                bytes
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let public_keys = config
+        .ed25519_public_key_files
+        .iter()
+        .map(read)
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = TokenKeys::new(&secrets, &public_keys, config.allow_plaintext)
+        .map_err(|error| StartError::Tokens(error.to_string()))?;
+    if config.allow_plaintext && !keys.is_empty() {
+        tracing::warn!(
+            "[tokens] allow_plaintext = true: tokens are accepted over plaintext connections, where anyone on the path can read and replay them (development only)"
+        );
+    }
+    Ok(keys)
 }
 
 /// Installs the `tracing` subscriber: `RUST_LOG` filters (default `info`).

@@ -131,6 +131,7 @@ pub async fn upgrade(
         peer,
         reader: Reader::server(read, decoder, outbox.clone(), read_chunk, limits, admission),
         outbox,
+        tls: false,
     })
 }
 

@@ -32,7 +32,10 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// A shardq/1 publisher on `/v1/publish`.
 pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: Instant) {
     let Connection {
-        mut reader, outbox, ..
+        mut reader,
+        outbox,
+        tls: connection_tls,
+        ..
     } = connection;
     let credentials = shared.credentials.load_full();
     let accepted = Box::pin(handshake::accept_shardq(
@@ -40,6 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
         &outbox,
         &credentials,
         Accepts::Clients,
+        connection_tls,
         &shared.id,
         shared.limits.max_preauth_frame_bytes,
         deadline,

@@ -97,6 +97,7 @@ async fn acking_consumer(listener: TcpListener, credentials: Credentials) {
                 &outbox,
                 &credentials,
                 Accepts::Nodes,
+                false,
                 "consumer-0",
                 preauth,
                 deadline,

@@ -154,6 +154,27 @@ struct ClusterFile {
     limits: Limits,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     clients: Vec<ClientEntry>,
+    #[serde(default, skip_serializing_if = "TokensConfig::is_unset")]
+    tokens: TokensConfig,
+}
+
+/// The `[tokens]` section: the keys client tokens may be signed with,
+/// as files beside the cluster file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Files each holding an HS256 secret (at least 32 bytes).
+    pub hs256_secret_files: Vec<String>,
+    /// Files each holding an Ed25519 public key (PEM).
+    pub ed25519_public_key_files: Vec<String>,
+    /// Accept tokens on plaintext (`ws://`) connections. Development only.
+    pub allow_plaintext: bool,
+}
+
+impl TokensConfig {
+    fn is_unset(&self) -> bool {
+        *self == TokensConfig::default()
+    }
 }
 
 /// A parsed and validated cluster file.
@@ -182,6 +203,8 @@ pub struct ClusterConfig {
     /// The clients declared inline (and, once loaded, those of the
     /// credentials file).
     pub clients: Vec<ClientEntry>,
+    /// The `[tokens]` section.
+    pub tokens: TokensConfig,
 }
 
 impl ClusterConfig {
@@ -204,6 +227,7 @@ impl ClusterConfig {
             admin_token_file: None,
             legacy: false,
             clients: Vec::new(),
+            tokens: TokensConfig::default(),
         }
     }
 
@@ -238,6 +262,7 @@ impl ClusterConfig {
             admin_token_file: file.admin_token_file,
             legacy: file.legacy,
             clients: file.clients,
+            tokens: file.tokens,
         })
     }
 
@@ -251,6 +276,7 @@ impl ClusterConfig {
             credentials_file: self.credentials_file.clone(),
             admin_token_file: self.admin_token_file.clone(),
             clients: self.clients.clone(),
+            tokens: self.tokens.clone(),
             queues: self
                 .queues
                 .queues()

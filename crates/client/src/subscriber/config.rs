@@ -27,6 +27,9 @@ pub struct SubscriberConfig {
     pub psk: Psk,
     /// The `[[clients]]` name `psk` belongs to; `None` for the psk.
     pub client: Option<String>,
+    /// A signed token to present instead of proving `psk` (accepted over
+    /// TLS only, unless the cluster allows plaintext tokens).
+    pub token: Option<String>,
     /// A name for the consumers' logs.
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
@@ -48,6 +51,7 @@ impl SubscriberConfig {
             queues: None,
             psk,
             client: None,
+            token: None,
             name: None,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),

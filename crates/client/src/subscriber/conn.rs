@@ -140,6 +140,7 @@ impl Conn {
                     url,
                     &config.psk,
                     config.client.as_deref(),
+                    config.token.as_deref(),
                     config.name.as_deref(),
                     config.connect_timeout,
                 )

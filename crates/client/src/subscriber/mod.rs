@@ -114,6 +114,7 @@ impl Subscriber {
             &url,
             &config.psk,
             config.client.as_deref(),
+            config.token.as_deref(),
             config.name.as_deref(),
             config.connect_timeout,
         )

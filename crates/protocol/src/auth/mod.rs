@@ -14,6 +14,8 @@
 //!
 //! A cluster without `[[clients]]` has one client credential: the psk,
 //! with every permission in the default tenant (today's deployments).
+//! Clients that cannot hold a secret present a signed token instead
+//! ([`token`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::handshake::Psk;
 use crate::topic::{Topic, TopicFilter};
+
+pub mod token;
+
+pub use token::{TokenClaims, TokenError, TokenKeys};
 
 /// The tenant of the psk and of clients that name none.
 pub const DEFAULT_TENANT: &str = "default";
@@ -49,7 +55,7 @@ pub struct ClientEntry {
     pub subscribe: Vec<String>,
 }
 
-fn default_tenant() -> String {
+pub(crate) fn default_tenant() -> String {
     DEFAULT_TENANT.to_owned()
 }
 
@@ -218,6 +224,8 @@ pub struct Credentials {
     pub node_key: Psk,
     /// Named clients by name.
     pub clients: Arc<HashMap<String, ClientCredential>>,
+    /// The keys tokens may be signed with (none: tokens are refused).
+    pub tokens: Arc<TokenKeys>,
 }
 
 impl Credentials {
@@ -227,6 +235,7 @@ impl Credentials {
             psk,
             node_key,
             clients: Arc::default(),
+            tokens: Arc::default(),
         }
     }
 
@@ -254,6 +263,12 @@ impl Credentials {
         self
     }
 
+    /// Accepts tokens signed with these keys.
+    pub fn with_tokens(mut self, tokens: TokenKeys) -> Credentials {
+        self.tokens = Arc::new(tokens);
+        self
+    }
+
     /// Whether the node key is the psk (no separate node key configured):
     /// then every psk holder can act as a node.
     pub fn node_key_is_psk(&self) -> bool {
@@ -261,7 +276,7 @@ impl Credentials {
     }
 }
 
-fn permissions_of(entry: &ClientEntry) -> Permissions {
+pub(crate) fn permissions_of(entry: &ClientEntry) -> Permissions {
     let parse = |patterns: &[String]| patterns.iter().filter_map(|p| Pattern::parse(p)).collect();
     Permissions {
         publish: parse(&entry.publish),

@@ -171,6 +171,7 @@ struct WireFrame<'a> {
     version: Option<String>,
     node: Option<String>,
     client: Option<String>,
+    token: Option<String>,
     nonce: Option<String>,
     proof: Option<String>,
     id: Option<u64>,
@@ -238,12 +239,23 @@ impl WireFrame<'_> {
                 node: need!("hello", node),
                 nonce: need!("hello", nonce),
             }),
-            "auth" => Frame::Auth(Auth {
-                nonce: need!("auth", nonce),
-                proof: need!("auth", proof),
-                node: self.node,
-                client: self.client,
-            }),
+            "auth" => {
+                let proof = match (&self.token, self.proof) {
+                    (Some(_), proof) => proof.unwrap_or_default(),
+                    (None, proof) => proof.ok_or(DecodeError::MissingField {
+                        kind: "auth",
+                        field: "proof",
+                        id,
+                    })?,
+                };
+                Frame::Auth(Auth {
+                    nonce: need!("auth", nonce),
+                    proof,
+                    token: self.token,
+                    node: self.node,
+                    client: self.client,
+                })
+            }
             "welcome" => Frame::Welcome(Welcome {
                 proof: need!("welcome", proof),
             }),

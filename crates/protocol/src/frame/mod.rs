@@ -155,6 +155,14 @@ mod tests {
                 proof: "22".repeat(32),
                 node: Some("producer-1".into()),
                 client: Some("api".into()),
+                token: None,
+            }),
+            Frame::Auth(Auth {
+                nonce: "11".repeat(32),
+                proof: String::new(),
+                node: None,
+                client: None,
+                token: Some("eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),
             }),
             Frame::Welcome(Welcome {
                 proof: "33".repeat(32),

@@ -48,8 +48,12 @@ pub struct Hello {
 pub struct Auth {
     /// The client's 32-byte nonce, lowercase hex.
     pub nonce: String,
-    /// Lowercase hex HMAC-SHA256 client proof.
+    /// Lowercase hex HMAC-SHA256 client proof (empty with a token).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub proof: String,
+    /// A signed token instead of a proof (client endpoints, over TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// On `/v1/cluster`: the dialling node's id, bound into its proof. On
     /// client endpoints: an optional name for the node's logs.
     #[serde(skip_serializing_if = "Option::is_none")]

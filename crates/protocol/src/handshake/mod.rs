@@ -231,6 +231,9 @@ pub enum HandshakeError {
     /// The peer's proof did not verify (wrong psk, or an attack).
     #[error("authentication failed: the peer's proof does not match this psk")]
     BadProof,
+    /// A token over a plaintext connection (and plaintext is not allowed).
+    #[error("tokens are accepted over TLS only")]
+    TokenNeedsTls,
     /// A client credential on a node endpoint (`/v1/cluster`).
     #[error("client credentials cannot open node endpoints")]
     NotANode,
@@ -262,7 +265,7 @@ impl HandshakeError {
             | HandshakeError::ReflectedNonce
             | HandshakeError::BadProof
             | HandshakeError::WrongNode { .. } => ErrorCode::AuthFailed,
-            HandshakeError::NotANode => ErrorCode::NotAuthorized,
+            HandshakeError::NotANode | HandshakeError::TokenNeedsTls => ErrorCode::NotAuthorized,
             HandshakeError::Refused { code, .. } => code.clone(),
         }
     }

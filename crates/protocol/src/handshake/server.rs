@@ -34,6 +34,7 @@ pub struct ServerHandshake {
     node: String,
     nonce: Nonce,
     accepts: Accepts,
+    tls: bool,
 }
 
 /// A verified peer.
@@ -61,7 +62,15 @@ impl ServerHandshake {
             node: node.into(),
             nonce,
             accepts,
+            tls: false,
         }
+    }
+
+    /// Whether the connection is over TLS (tokens are accepted only then,
+    /// unless the token keys allow plaintext).
+    pub fn over_tls(mut self, tls: bool) -> ServerHandshake {
+        self.tls = tls;
+        self
     }
 
     /// The first frame: `hello`.
@@ -84,7 +93,20 @@ impl ServerHandshake {
         };
         let client_nonce = Nonce::from_hex(&auth.nonce).ok_or(HandshakeError::BadNonce)?;
         let (welcome_proof, peer) = match self.accepts {
+            Accepts::Nodes if auth.token.is_some() => return Err(HandshakeError::NotANode),
             Accepts::Nodes => self.verify_node(&auth, &client_nonce)?,
+            Accepts::Clients if auth.token.is_some() => {
+                let identity = self.verify_token(auth.token.as_deref().unwrap_or_default())?;
+                // Nothing to prove with: a token client trusts the server
+                // through TLS.
+                return Ok(ServerAccepted {
+                    welcome: Frame::Welcome(Welcome {
+                        proof: String::new(),
+                    }),
+                    peer: Peer::Client(identity),
+                    peer_node: auth.node,
+                });
+            }
             Accepts::Clients => {
                 let (secret, identity) = self
                     .verify_client(&auth, &client_nonce)
@@ -104,6 +126,16 @@ impl ServerHandshake {
             peer,
             peer_node: auth.node,
         })
+    }
+
+    /// A token: only over TLS (or when plaintext is allowed), and only if it
+    /// verifies and has not expired.
+    fn verify_token(&self, token: &str) -> Result<ClientIdentity, HandshakeError> {
+        let keys = &self.credentials.tokens;
+        if !self.tls && !keys.allow_plaintext {
+            return Err(HandshakeError::TokenNeedsTls);
+        }
+        keys.verify(token).map_err(|_| HandshakeError::BadProof)
     }
 
     /// A node endpoint: the node key's proof under the claimed id; a valid

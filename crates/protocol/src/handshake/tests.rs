@@ -115,6 +115,7 @@ fn reflection_gets_nothing() {
         )),
         node: None,
         client: None,
+        token: None,
     });
     assert_eq!(server.receive(attempt), Err(HandshakeError::BadProof));
     // Even a proof computed with the real key is refused when the nonces match.
@@ -129,6 +130,7 @@ fn reflection_gets_nothing() {
         proof: hex::encode(client_proof(&key, &server_nonce, &server_nonce)),
         node: None,
         client: None,
+        token: None,
     });
     assert_eq!(
         server.receive(mirrored),
@@ -147,6 +149,7 @@ fn reflection_gets_nothing() {
         proof: hex::encode(server_proof(&key, &server_nonce, &client_nonce)),
         node: None,
         client: None,
+        token: None,
     });
     assert_eq!(server.receive(replayed), Err(HandshakeError::BadProof));
 }
@@ -196,6 +199,7 @@ fn unexpected_frames_and_versions() {
         proof: "00".into(),
         node: None,
         client: None,
+        token: None,
     });
     assert_eq!(server.receive(bad_nonce), Err(HandshakeError::BadNonce));
 }
@@ -389,4 +393,52 @@ fn node_ids_are_bound_into_the_proofs() {
         )),
     });
     assert_eq!(client.receive(forged), Err(HandshakeError::BadProof));
+}
+
+#[test]
+fn tokens_only_over_tls_and_never_on_node_endpoints() {
+    use crate::auth::token::{TokenClaims, mint_hs256};
+    let secret = b"an-hs256-secret-of-32-bytes-or-more!";
+    let keys = crate::auth::TokenKeys::new(&[secret.to_vec()], &[], false).unwrap();
+    let credentials = creds("the-cluster-psk-0").with_tokens(keys);
+    let claims = TokenClaims {
+        sub: "browser".into(),
+        tenant: "default".into(),
+        publish: vec![],
+        subscribe: vec!["database/*".into()],
+        exp: jsonwebtoken::get_current_timestamp() + 600,
+    };
+    let token = mint_hs256(secret, &claims).unwrap();
+    let run = |accepts: Accepts, tls: bool, token: &str| {
+        let mut client = ClientHandshake::token(token, Nonce::random(), None);
+        let server =
+            ServerHandshake::new(credentials.clone(), "consumer-0", Nonce::random(), accepts)
+                .over_tls(tls);
+        let ClientStep::Send(auth) = client.receive(server.hello()).unwrap() else {
+            panic!("no auth")
+        };
+        let accepted = server.receive(auth)?;
+        assert!(matches!(
+            client.receive(accepted.welcome.clone()),
+            Ok(ClientStep::Established { .. })
+        ));
+        Ok::<_, HandshakeError>(accepted.peer)
+    };
+    let Ok(Peer::Client(identity)) = run(Accepts::Clients, true, &token) else {
+        panic!("a valid token over TLS was refused")
+    };
+    assert_eq!(&*identity.name, "browser");
+    assert_eq!(
+        run(Accepts::Clients, false, &token),
+        Err(HandshakeError::TokenNeedsTls)
+    );
+    assert_eq!(
+        run(Accepts::Nodes, true, &token),
+        Err(HandshakeError::NotANode)
+    );
+    let forged = mint_hs256(b"not-the-secret-but-32-bytes-long!!!", &claims).unwrap();
+    assert_eq!(
+        run(Accepts::Clients, true, &forged),
+        Err(HandshakeError::BadProof)
+    );
 }
