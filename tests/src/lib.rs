@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod http;
 pub mod impostor;
+pub mod pki;
 pub mod proxy;
 pub mod raw;
 
@@ -20,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub use http::{http_get, metric, node_status, wait_metric, wait_ready};
 pub use impostor::impostor_link;
 pub use raw::{LegacyClient, RawClient};
 
@@ -54,6 +57,8 @@ pub struct Node {
     pub id: String,
     /// Its WebSocket address.
     pub addr: SocketAddr,
+    /// Whether it serves TLS.
+    pub tls: bool,
     /// Its admin HTTP address.
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -67,9 +72,10 @@ impl Node {
         self.updates.send_replace(Arc::new(config.clone()));
     }
 
-    /// `ws://127.0.0.1:port` + `path`.
+    /// `ws://127.0.0.1:port` (`wss://` with TLS) + `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     /// Whether it is running.
@@ -102,6 +108,8 @@ pub struct Cluster {
     pub admin_token: Option<String>,
     /// The keys client tokens may be signed with.
     pub tokens: TokenKeys,
+    /// The certificates, when the nodes serve TLS (`wss://` urls).
+    pub pki: Option<pki::TestPki>,
     /// Where consumer `id` keeps its state across graceful restarts
     /// (`<data>/<id>`), when the builder asked for it.
     pub data: Option<std::path::PathBuf>,
@@ -125,6 +133,7 @@ pub struct ClusterBuilder {
     clients: Vec<ClientEntry>,
     admin_token: Option<String>,
     tokens: TokenKeys,
+    tls: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -139,6 +148,7 @@ impl Default for ClusterBuilder {
             clients: Vec::new(),
             admin_token: None,
             tokens: TokenKeys::default(),
+            tls: false,
         }
     }
 }
@@ -180,6 +190,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Every node serves TLS (`wss://` urls) with a certificate of a CA
+    /// made for the test ([`Cluster::pki`]).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Accepts client tokens signed with these keys.
     pub fn tokens(mut self, keys: TokenKeys) -> Self {
         self.tokens = keys;
@@ -202,6 +219,8 @@ impl ClusterBuilder {
     /// Binds every node on port 0, writes the cluster file with the real
     /// ports, and starts them.
     pub async fn start(self) -> Cluster {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let pki = self.tls.then(pki::TestPki::new);
         let mut listeners = Vec::new();
         let mut entries = Vec::new();
         for i in 0..self.consumers {
@@ -209,7 +228,7 @@ impl ClusterBuilder {
             let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
             entries.push(NodeEntry {
                 id: format!("consumer-{i}"),
-                url: format!("ws://{}", ws.local_addr().unwrap()),
+                url: format!("{scheme}://{}", ws.local_addr().unwrap()),
                 admin: Some(format!("http://{}", admin.local_addr().unwrap())),
                 listen: None,
             });
@@ -222,7 +241,7 @@ impl ClusterBuilder {
             let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
             producer_entries.push(NodeEntry {
                 id: format!("producer-{i}"),
-                url: format!("ws://{}", ws.local_addr().unwrap()),
+                url: format!("{scheme}://{}", ws.local_addr().unwrap()),
                 admin: Some(format!("http://{}", admin.local_addr().unwrap())),
                 listen: None,
             });
@@ -248,6 +267,7 @@ impl ClusterBuilder {
             node_key,
             admin_token: self.admin_token,
             tokens: self.tokens,
+            pki,
             consumers: Vec::new(),
             producers: Vec::new(),
             data,
@@ -291,6 +311,7 @@ impl Cluster {
             cluster: cluster.clone(),
             credentials: self.credentials(cluster),
             admin_token: self.admin_token.clone(),
+            tls: self.node_tls(),
             updates: Some(updates),
             data_dir: data_dir.clone(),
         };
@@ -336,7 +357,7 @@ impl Cluster {
         let mut grown = self.config.clone();
         grown.consumers.push(NodeEntry {
             id: id.to_owned(),
-            url: format!("ws://{addr}"),
+            url: format!("{}://{addr}", self.scheme()),
             admin: Some(format!("http://{admin}")),
             listen: None,
         });
@@ -368,6 +389,7 @@ impl Cluster {
             cluster: self.config.clone(),
             credentials: self.credentials(&self.config),
             admin_token: self.admin_token.clone(),
+            tls: self.node_tls(),
             updates: Some(updates),
         };
         spawn_node(
@@ -389,9 +411,23 @@ impl Cluster {
 
     /// A shardq/1 client on producer `index`'s `/v1/publish`.
     pub async fn publisher(&self, index: usize) -> RawClient {
-        RawClient::connect(&self.producers[index].url("/v1/publish"), &self.psk)
+        self.psk_client(&self.producers[index].url("/v1/publish"))
+            .await
+    }
+
+    /// A shardq/1 client proving the psk at `url` (over TLS when the
+    /// cluster serves it).
+    pub async fn psk_client(&self, url: &str) -> RawClient {
+        let handshake =
+            ClientHandshake::new(self.psk.clone(), Nonce::random(), Some("test".into()));
+        RawClient::connect_tls(url, handshake, self.client_tls().as_ref())
             .await
             .unwrap()
+    }
+
+    /// The rustls configuration trusting the test CA, when there is one.
+    pub fn client_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.pki.as_ref().map(pki::TestPki::client)
     }
 
     /// Stops producer `index` and waits until it has shut down.
@@ -423,9 +459,8 @@ impl Cluster {
 
     /// A shardq/1 client on consumer `index`'s `/v1/subscribe`.
     pub async fn subscriber(&self, index: usize) -> RawClient {
-        RawClient::connect(&self.consumers[index].url("/v1/subscribe"), &self.psk)
+        self.psk_client(&self.consumers[index].url("/v1/subscribe"))
             .await
-            .unwrap()
     }
 
     /// A shardq/1 client on consumer `index`'s `/v1/cluster`, proving the
@@ -438,9 +473,27 @@ impl Cluster {
             "producer-test",
             consumer.id.clone(),
         );
-        RawClient::connect_with(&consumer.url("/v1/cluster"), handshake)
-            .await
-            .unwrap()
+        RawClient::connect_tls(
+            &consumer.url("/v1/cluster"),
+            handshake,
+            self.client_tls().as_ref(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// `wss` when the nodes serve TLS, else `ws`.
+    pub fn scheme(&self) -> &'static str {
+        if self.pki.is_some() { "wss" } else { "ws" }
+    }
+
+    /// What a node runs with for TLS: the test PKI's, when the builder
+    /// asked for TLS.
+    fn node_tls(&self) -> shardq_net::tls::NodeTls {
+        self.pki
+            .as_ref()
+            .map(|pki| pki.node_tls())
+            .unwrap_or_default()
     }
 
     /// The credentials the nodes check, for the cluster file `config`.
@@ -498,6 +551,11 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (addr, admin_addr) = (ws.local_addr().unwrap(), admin.local_addr().unwrap());
+    let tls = cluster
+        .consumers
+        .iter()
+        .chain(&cluster.producers)
+        .any(|entry| entry.id == id && entry.url.starts_with("wss://"));
     let (stop, stopped) = oneshot::channel::<()>();
     let (updates, watching) = watch::channel(Arc::new(cluster.clone()));
     let task = tokio::spawn(start(
@@ -511,6 +569,7 @@ where
     Node {
         id,
         addr,
+        tls,
         admin: admin_addr,
         stop: Some(stop),
         task: Some(task),
@@ -530,87 +589,5 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
             }
             Err(error) => panic!("cannot bind {addr} again: {error}"),
         }
-    }
-}
-
-/// `GET http://addr/path` over a plain socket: the status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of a metric line `name value` (or `name{labels} value`) in a
-/// Prometheus text body.
-pub fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| {
-            line.starts_with(name)
-                && matches!(line.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
-/// Polls `GET http://addr/metrics` until `name` reads `value`; panics with
-/// the last body after [`PATIENCE`].
-pub async fn wait_metric(addr: SocketAddr, name: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, body) = http_get(addr, "/metrics").await;
-        if metric(&body, name) == Some(value) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never read {value}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A node's `GET /v1/status`, parsed.
-pub async fn node_status(addr: SocketAddr) -> shardq_protocol::status::NodeStatus {
-    let (code, body) = http_get(addr, "/v1/status").await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"))
-}
-
-/// Polls a producer's `GET /readyz` until `done` holds for it; panics with
-/// the last answer after [`PATIENCE`].
-pub async fn wait_ready(
-    admin: SocketAddr,
-    done: impl Fn(&shardq_protocol::status::Readiness) -> bool,
-) -> shardq_protocol::status::Readiness {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, body) = http_get(admin, "/readyz").await;
-        let readiness: shardq_protocol::status::Readiness =
-            serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"));
-        if done(&readiness) {
-            return readiness;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{admin}/readyz never got there: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

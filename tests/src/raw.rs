@@ -1,19 +1,59 @@
 //! Raw protocol clients for tests: frames in, frames out, nothing hidden.
 
+use std::sync::Arc;
+
 use futures_util::{SinkExt, StreamExt};
 use shardq::ConnectError;
 use shardq::connection::MAX_INCOMING_FRAME;
 use shardq_protocol::legacy::{self, AnswerPolicy, LegacyFrame, LegacyHandshake};
 use shardq_protocol::{ClientHandshake, ClientStep, CloseCode, Frame, Nonce, Psk, RawValue};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::either::Either;
 
 use crate::PATIENCE;
 
+/// A test connection's TCP or TLS stream.
+pub type TestStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 /// The socket of a test connection.
-pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type WsStream = WebSocketStream<TestStream>;
+
+/// Opens `url` (`ws://` or `wss://`, checked against `tls`).
+pub async fn open(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> std::io::Result<TestStream> {
+    let secure = url.starts_with("wss://");
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    if !secure {
+        return Ok(Either::Left(stream));
+    }
+    let config = tls.ok_or_else(|| std::io::Error::other("wss:// without a CA"))?;
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
+    let stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, stream)
+        .await?;
+    Ok(Either::Right(stream))
+}
+
+/// A WebSocket to `url` (`ws://`), not authenticated: the test speaks the
+/// handshake itself.
+pub async fn websocket(url: &str) -> WsStream {
+    let stream = open(url, None).await.unwrap();
+    tokio_tungstenite::client_async(url, stream)
+        .await
+        .unwrap()
+        .0
+}
 
 /// Connects to `url` and runs the client side of the shardq/1 handshake,
 /// as the `shardq` client does (same WebSocket settings, same errors),
@@ -33,7 +73,16 @@ pub async fn connect_with(
     url: &str,
     handshake: ClientHandshake,
 ) -> Result<(WsStream, String), ConnectError> {
-    tokio::time::timeout(PATIENCE, run_handshake(url, handshake))
+    connect_tls(url, handshake, None).await
+}
+
+/// [`connect_with`], checking a `wss://` node against `tls`.
+pub async fn connect_tls(
+    url: &str,
+    handshake: ClientHandshake,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(WsStream, String), ConnectError> {
+    tokio::time::timeout(PATIENCE, run_handshake(url, handshake, tls))
         .await
         .unwrap_or_else(|_| {
             Err(ConnectError::Timeout {
@@ -46,6 +95,7 @@ pub async fn connect_with(
 async fn run_handshake(
     url: &str,
     mut handshake: ClientHandshake,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(WsStream, String), ConnectError> {
     let unreachable = |source: tungstenite::Error| ConnectError::Unreachable {
         url: url.to_owned(),
@@ -56,7 +106,13 @@ async fn run_handshake(
         .write_buffer_size(0)
         .max_message_size(Some(MAX_INCOMING_FRAME))
         .max_frame_size(Some(MAX_INCOMING_FRAME));
-    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    let stream = open(url, tls)
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            url: url.to_owned(),
+            source: Box::new(source),
+        })?;
+    let (mut socket, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(unreachable)?;
     loop {
@@ -154,7 +210,16 @@ impl RawClient {
         url: &str,
         handshake: ClientHandshake,
     ) -> Result<RawClient, ConnectError> {
-        let (socket, server) = connect_with(url, handshake).await?;
+        RawClient::connect_tls(url, handshake, None).await
+    }
+
+    /// Connects with `handshake`, checking a `wss://` node against `tls`.
+    pub async fn connect_tls(
+        url: &str,
+        handshake: ClientHandshake,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<RawClient, ConnectError> {
+        let (socket, server) = connect_tls(url, handshake, tls).await?;
         Ok(RawClient { socket, server })
     }
 
@@ -283,7 +348,8 @@ pub enum LegacyFailure {
 impl LegacyClient {
     /// Connects to `url` and completes the legacy handshake.
     pub async fn connect(url: &str, psk: &Psk) -> Result<LegacyClient, LegacyFailure> {
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let stream = open(url, None).await.unwrap();
+        let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
         let mut handshake = LegacyHandshake::new(
             psk.clone(),
             legacy::random_challenge(),

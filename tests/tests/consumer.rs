@@ -154,10 +154,7 @@ async fn a_silent_peer_is_closed_at_the_handshake_timeout() {
         .limits(|limits| limits.handshake_timeout_ms = 300)
         .start()
         .await;
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(cluster.consumers[0].url("/v1/subscribe"))
-            .await
-            .unwrap();
+    let mut socket = shardq_tests::raw::websocket(&cluster.consumers[0].url("/v1/subscribe")).await;
     let mut silent = RawClient {
         socket: {
             // Read the hello, then say nothing.
@@ -187,10 +184,7 @@ async fn oversize_frames_close_with_1009() {
         .start()
         .await;
     // Before the handshake: more than 4 KiB.
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(cluster.consumers[0].url("/v1/subscribe"))
-            .await
-            .unwrap();
+    let mut socket = shardq_tests::raw::websocket(&cluster.consumers[0].url("/v1/subscribe")).await;
     socket.send(Message::text("x".repeat(5000))).await.unwrap();
     let mut early = RawClient {
         socket,
@@ -557,7 +551,7 @@ async fn a_peer_that_stops_answering_pings_is_closed_4009() {
     let mut quiet = cluster.subscriber(0).await;
     expect_ack(quiet.subscribe(1, "files/save").await);
     // Take the bare socket: nothing answers the node's pings any more.
-    let tokio_tungstenite::MaybeTlsStream::Plain(mut tcp) = quiet.socket.into_inner() else {
+    let tokio_util::either::Either::Left(mut tcp) = quiet.socket.into_inner() else {
         panic!("plain TCP expected")
     };
     let mut received = Vec::new();

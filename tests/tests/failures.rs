@@ -289,10 +289,8 @@ async fn defect_10_handshake_errors_concern_the_connection_and_carry_no_id() {
         r#"{"type":"zzz","id":3}"#,
         r#"{"type":"publish","id":3,"topic":"a/b","payload":1}"#,
     ] {
-        let (mut socket, _) =
-            tokio_tungstenite::connect_async(cluster.consumers[0].url("/v1/subscribe"))
-                .await
-                .unwrap();
+        let mut socket =
+            shardq_tests::raw::websocket(&cluster.consumers[0].url("/v1/subscribe")).await;
         let _hello = socket.next().await.unwrap().unwrap();
         socket.send(Message::text(frame)).await.unwrap();
         let mut client = RawClient {
@@ -309,10 +307,7 @@ async fn defect_10_handshake_errors_concern_the_connection_and_carry_no_id() {
 #[tokio::test]
 async fn defect_10_a_bad_nonce_is_auth_failed_and_4001() {
     let cluster = Cluster::builder().start().await;
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(cluster.consumers[0].url("/v1/subscribe"))
-            .await
-            .unwrap();
+    let mut socket = shardq_tests::raw::websocket(&cluster.consumers[0].url("/v1/subscribe")).await;
     let _hello = socket.next().await.unwrap().unwrap();
     socket
         .send(Message::text(

@@ -355,11 +355,11 @@ async fn a_links_window_is_bounded_in_bytes_too() {
     assert!(refused.message.contains("bytes"), "{}", refused.message);
     // Small publishes still fit beside them.
     publisher.publish_nowait(4, "database/create", "1").await;
-    let body = metrics(cluster.producers[0].admin).await;
-    assert_eq!(
-        metric(&body, "shardq_producer_link_in_flight"),
-        Some(4.0),
-        "{body}"
-    );
+    wait_metric(
+        cluster.producers[0].admin,
+        "shardq_producer_link_in_flight",
+        4.0,
+    )
+    .await;
     cluster.shutdown().await;
 }

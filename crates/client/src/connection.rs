@@ -10,13 +10,14 @@ use futures_util::{SinkExt, StreamExt};
 use shardq_protocol::{
     ClientHandshake, ClientStep, CloseCode, ErrorCode, Frame, HandshakeError, Nonce, Psk,
 };
-use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::tls::{ClientStream, Tls};
 
 /// The socket type of a client connection.
-pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type WsStream = WebSocketStream<ClientStream>;
 
 /// Largest frame a client accepts from a node.
 pub const MAX_INCOMING_FRAME: usize = 16 << 20;
@@ -34,12 +35,10 @@ pub enum ConnectError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The URL is `wss://`: this build has no TLS. Put a TLS-terminating
-    /// proxy in front of the node and connect to it with `ws://`.
-    #[error(
-        "{url}: wss:// needs TLS, which this build of shardq does not have yet: use ws:// behind a TLS-terminating proxy"
-    )]
-    TlsUnsupported {
+    /// The URL is `wss://` and no CA was given to check the node against
+    /// (`tls` in the configuration; `[tls] ca_file` in a cluster file).
+    #[error("{url}: wss:// needs the cluster's CA to check the node's certificate against")]
+    TlsUnconfigured {
         /// The URL.
         url: String,
     },
@@ -132,8 +131,8 @@ pub(crate) fn ws_config() -> WebSocketConfig {
 /// # Errors
 ///
 /// [`ConnectError`]: a wrong psk on either side is
-/// [`is_auth_failure`](ConnectError::is_auth_failure); a `wss://` URL is
-/// [`ConnectError::TlsUnsupported`]; no handshake in time is
+/// [`is_auth_failure`](ConnectError::is_auth_failure); a `wss://` URL
+/// without a CA is [`ConnectError::TlsUnconfigured`]; no handshake in time is
 /// [`ConnectError::Timeout`].
 ///
 /// # Examples
@@ -159,8 +158,26 @@ pub async fn authenticate(
     name: Option<&str>,
     timeout: Duration,
 ) -> Result<String, ConnectError> {
+    authenticate_tls(url, psk, name, timeout, None).await
+}
+
+/// [`authenticate`], checking a `wss://` node's certificate against `tls`.
+pub async fn authenticate_tls(
+    url: &str,
+    psk: &Psk,
+    name: Option<&str>,
+    timeout: Duration,
+    tls: Option<&Tls>,
+) -> Result<String, ConnectError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let Connection { mut socket, server } = connect(url, psk, None, None, name, timeout).await?;
+    let options = ConnectOptions {
+        psk,
+        client: None,
+        token: None,
+        name,
+        tls,
+    };
+    let Connection { mut socket, server } = connect(url, &options, timeout).await?;
     // Close politely: send 1000, then read until the node's close answers it.
     let close = async {
         let normal = tungstenite::protocol::CloseFrame {
@@ -175,19 +192,28 @@ pub async fn authenticate(
     Ok(server)
 }
 
+/// How a connection authenticates.
+pub(crate) struct ConnectOptions<'a> {
+    /// The psk, or the secret of the `[[clients]]` entry `client`.
+    pub psk: &'a Psk,
+    /// The `[[clients]]` name, if any.
+    pub client: Option<&'a str>,
+    /// A signed token instead of a proof.
+    pub token: Option<&'a str>,
+    /// A name for the node's logs.
+    pub name: Option<&'a str>,
+    /// The CA `wss://` nodes are checked against.
+    pub tls: Option<&'a Tls>,
+}
+
 /// Connects to `url` (e.g. `ws://host:7100/v1/subscribe`) and authenticates
-/// with `psk` (the secret of the `[[clients]]` entry `client`, if named)
-/// or, given one, a signed `token`, within `timeout`. `name` appears in
-/// the node's logs.
+/// as `options` say, within `timeout`.
 pub(crate) async fn connect(
     url: &str,
-    psk: &Psk,
-    client: Option<&str>,
-    token: Option<&str>,
-    name: Option<&str>,
+    options: &ConnectOptions<'_>,
     timeout: Duration,
 ) -> Result<Connection, ConnectError> {
-    tokio::time::timeout(timeout, connect_inner(url, psk, client, token, name))
+    tokio::time::timeout(timeout, connect_inner(url, options))
         .await
         .unwrap_or_else(|_| {
             Err(ConnectError::Timeout {
@@ -199,31 +225,21 @@ pub(crate) async fn connect(
 
 async fn connect_inner(
     url: &str,
-    psk: &Psk,
-    client: Option<&str>,
-    token: Option<&str>,
-    name: Option<&str>,
+    options: &ConnectOptions<'_>,
 ) -> Result<Connection, ConnectError> {
-    if url
-        .get(..6)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("wss://"))
-    {
-        return Err(ConnectError::TlsUnsupported {
-            url: url.to_owned(),
-        });
-    }
+    let stream = crate::tls::open(url, options.tls).await?;
     let (mut socket, _) =
-        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true)
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
             .await
             .map_err(|source| ConnectError::Unreachable {
                 url: url.to_owned(),
                 source: Box::new(source),
             })?;
-    let name = name.map(str::to_owned);
-    let mut handshake = match token {
+    let name = options.name.map(str::to_owned);
+    let mut handshake = match options.token {
         Some(token) => ClientHandshake::token(token, Nonce::random(), name),
-        None => ClientHandshake::new(psk.clone(), Nonce::random(), name)
-            .named(client.map(str::to_owned)),
+        None => ClientHandshake::new(options.psk.clone(), Nonce::random(), name)
+            .named(options.client.map(str::to_owned)),
     };
     loop {
         let text = match socket.next().await {

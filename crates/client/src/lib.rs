@@ -25,6 +25,7 @@
 //!   (a [`Message`] or a [`Gap`] a resume could not fill).
 //! - [`error`]: [`PublishError`], [`SubscribeError`].
 //! - [`cluster_file`]: read a cluster file and its psk.
+//! - [`tls`]: [`Tls`], the CA `wss://` nodes are checked against.
 //! - [`connection`]: [`authenticate`] (check a node and hang up) and
 //!   [`ConnectError`], why a connection could not be opened.
 
@@ -33,11 +34,13 @@ pub mod connection;
 pub mod error;
 pub mod publisher;
 pub mod subscriber;
+pub mod tls;
 
-pub use connection::{ConnectError, authenticate};
+pub use connection::{ConnectError, authenticate, authenticate_tls};
 pub use error::{PublishError, SubscribeError};
 pub use publisher::{Ack, Publisher, PublisherConfig};
 pub use shardq_protocol as protocol;
 pub use subscriber::{
     ConsumerAddress, Event, Gap, Message, Subscriber, SubscriberConfig, Subscription,
 };
+pub use tls::Tls;

@@ -9,6 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use shardq_protocol::frame::{encode_publish_into, is_valid_key};
 use shardq_protocol::{ClusterConfig, ErrorCode, Frame, Psk, RawValue, Topic};
+
+use crate::tls::Tls;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -29,6 +31,9 @@ pub struct PublisherConfig {
     /// A signed token to present instead of proving `psk` (accepted over
     /// TLS only, unless the cluster allows plaintext tokens).
     pub token: Option<String>,
+    /// The CA `wss://` nodes are checked against (`None`: `wss://` URLs
+    /// are refused).
+    pub tls: Option<Tls>,
     /// A name for the producers' logs.
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
@@ -44,6 +49,17 @@ pub struct PublisherConfig {
 }
 
 impl PublisherConfig {
+    /// How its connections authenticate.
+    pub(crate) fn connect_options(&self) -> crate::connection::ConnectOptions<'_> {
+        crate::connection::ConnectOptions {
+            psk: &self.psk,
+            client: self.client.as_deref(),
+            token: self.token.as_deref(),
+            name: self.name.as_deref(),
+            tls: self.tls.as_ref(),
+        }
+    }
+
     /// A configuration for these producer URLs.
     pub fn new(urls: impl IntoIterator<Item = impl Into<String>>, psk: Psk) -> PublisherConfig {
         PublisherConfig {
@@ -51,6 +67,7 @@ impl PublisherConfig {
             psk,
             client: None,
             token: None,
+            tls: None,
             name: None,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),
@@ -311,10 +328,7 @@ async fn connect_any(
         let index = (start + step) % urls.len();
         match connection::connect(
             &urls[index],
-            &config.psk,
-            config.client.as_deref(),
-            config.token.as_deref(),
-            config.name.as_deref(),
+            &config.connect_options(),
             config.connect_timeout,
         )
         .await

@@ -210,11 +210,11 @@ async fn authenticate_refuses_a_wrong_psk_and_wss() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, ConnectError::TlsUnsupported { .. }),
+        matches!(error, ConnectError::TlsUnconfigured { .. }),
         "{error:?}"
     );
     assert_eq!(
         error.to_string(),
-        "wss://127.0.0.1:1/v1/subscribe: wss:// needs TLS, which this build of shardq does not have yet: use ws:// behind a TLS-terminating proxy"
+        "wss://127.0.0.1:1/v1/subscribe: wss:// needs the cluster's CA to check the node's certificate against"
     );
 }

@@ -41,6 +41,7 @@ async fn start(args: NodeArgs) -> Result<(), StartError> {
         cluster: node.cluster,
         credentials: node.credentials,
         admin_token: node.admin_token,
+        tls: node.tls,
         updates: Some(node.updates),
         data_dir: node.data_dir,
     };

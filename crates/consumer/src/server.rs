@@ -12,6 +12,7 @@ use shardq_net::admin;
 use shardq_net::conn::{self, ConnLimits};
 use shardq_net::gate::{Admission, Caps, Gate};
 use shardq_net::link::{LinkMetrics, LinkOptions, Links};
+use shardq_net::tls::{NodeTls, ServerTls};
 use shardq_net::upgrade::{self, UpgradeError};
 use shardq_protocol::status::{NodeKind, NodeStatus};
 use shardq_protocol::{ClusterConfig, Credentials, Limits, QueueConfig};
@@ -43,6 +44,9 @@ pub struct ConsumerConfig {
     pub credentials: Credentials,
     /// The admin port's bearer token, if any.
     pub admin_token: Option<String>,
+    /// TLS: the certificate served (when its url is `wss://`) and the
+    /// roots links check `wss://` consumers against.
+    pub tls: NodeTls,
     /// New cluster files to follow (reloads); `None` to keep this one.
     pub updates: Option<watch::Receiver<Arc<ClusterConfig>>>,
     /// Where the owned topics' state is kept across a graceful restart
@@ -111,6 +115,8 @@ pub(crate) struct Shared {
     pub credentials: ArcSwap<Credentials>,
     /// The connection caps.
     pub gate: Arc<Gate>,
+    /// The certificate served, if any.
+    pub tls: Option<Arc<ServerTls>>,
     pub queues: ArcSwap<QueueConfig>,
     pub limits: Limits,
     pub topics: Arc<TopicTable>,
@@ -195,6 +201,7 @@ pub async fn run(
         LinkOptions {
             own_id: Some(config.id.clone()),
             node_key: config.credentials.node_key.clone(),
+            tls: config.tls.client.clone(),
             node: config.id.clone(),
             metrics: peer_metrics,
             handler: Some(Arc::new(PeerHandler::new(&topics))),
@@ -209,6 +216,7 @@ pub async fn run(
         id: config.id,
         credentials: ArcSwap::from_pointee(config.credentials.clone()),
         gate: Gate::new(Caps::from(&config.cluster.limits)),
+        tls: config.tls.server.clone(),
         queues: ArcSwap::from_pointee(config.cluster.queues.clone()),
         cluster: ArcSwap::from_pointee(config.cluster.clone()),
         limits,
@@ -369,6 +377,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
         },
         &shared.tasks,
         Some(admission),
+        shared.tls.as_deref(),
     ))
     .await
     {

@@ -111,6 +111,7 @@ impl Embedded {
                 cluster: config.clone(),
                 credentials: credentials.clone(),
                 admin_token: None,
+                tls: Default::default(),
                 updates: None,
                 data_dir: None,
             };
@@ -127,6 +128,7 @@ impl Embedded {
                 cluster: config.clone(),
                 credentials: credentials.clone(),
                 admin_token: None,
+                tls: Default::default(),
                 updates: None,
             };
             tasks.push(tokio::spawn(shardq_producer::run(

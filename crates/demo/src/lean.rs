@@ -9,11 +9,11 @@ use std::io;
 
 use bytes::{Buf, BytesMut};
 use shardq_net::codec::{FrameHeader, OP_CLOSE, OP_PING, OP_TEXT, Role, encode};
+use shardq_net::tls::{ReadHalf, WriteHalf, split_plain};
 use shardq_net::upgrade::upgrade_client;
 use shardq_protocol::{ClientHandshake, ClientStep, Frame, Nonce, Psk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Room reserved for each read.
 const READ_CHUNK: usize = 64 << 10;
@@ -25,12 +25,12 @@ pub struct LeanConn {
     /// The read side.
     pub reader: LeanReader,
     /// The write side: append frames with [`LeanConn::encode_text`].
-    pub writer: OwnedWriteHalf,
+    pub writer: WriteHalf,
 }
 
 /// The read side of a [`LeanConn`]: frames parsed in place from one buffer.
 pub struct LeanReader {
-    read: OwnedReadHalf,
+    read: ReadHalf,
     buffer: BytesMut,
     /// Length of the frame [`next_text`](Self::next_text) returned last, still
     /// at the head of the buffer.
@@ -51,7 +51,8 @@ impl LeanConn {
     /// Connects to `host:port` and upgrades `path`.
     pub async fn connect(addr: &str, path: &str) -> io::Result<LeanConn> {
         let stream = TcpStream::connect(addr).await?;
-        let upgraded = upgrade_client(stream, addr, path)
+        stream.set_nodelay(true)?;
+        let upgraded = upgrade_client(split_plain(stream), addr, path)
             .await
             .map_err(|e| invalid(format!("upgrade: {e}")))?;
         Ok(LeanConn {

@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
 use shardq_protocol::{CloseCode, ErrorCode, Frame, Limits};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -19,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::codec::{Decoder, Text, WsError, WsMessage, encode};
 use crate::gate::{Admission, Gate};
 use crate::outbox::Outbox;
+use crate::tls::ReadHalf;
 use crate::writer::WriteLimit;
 
 /// Per-connection limits.
@@ -130,7 +130,7 @@ const PREAUTH_READ_CHUNK: usize = 1024;
 /// buffer. Pings are answered and a peer's close is echoed through the
 /// outbox, so the writer task stays the only one writing the socket.
 pub struct Reader {
-    read: OwnedReadHalf,
+    read: ReadHalf,
     decoder: Decoder,
     outbox: Arc<Outbox>,
     /// Room reserved before a read.
@@ -236,7 +236,7 @@ impl Reader {
     /// upgrade: pre-auth limits until [`authenticated`](Self::authenticated),
     /// then `read_chunk` bytes of room per read.
     pub(crate) fn server(
-        read: OwnedReadHalf,
+        read: ReadHalf,
         decoder: Decoder,
         outbox: Arc<Outbox>,
         read_chunk: usize,
@@ -262,7 +262,7 @@ impl Reader {
     /// head): frames from the server are unmasked, and pongs go to
     /// `outbox`, which must have the client role.
     pub fn client(
-        read: OwnedReadHalf,
+        read: ReadHalf,
         buffered: BytesMut,
         outbox: Arc<Outbox>,
         max_frame_bytes: usize,

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::codec::{Role, encode};
 use crate::conn::{Incoming, Reader};
 use crate::outbox::Outbox;
+use crate::tls::{split_plain, split_tls};
 use crate::upgrade::{UpgradeError, upgrade_client};
 use crate::writer::{WriteLimit, spawn_writer};
 
@@ -31,6 +32,9 @@ pub struct DialOptions {
     pub outbox_bytes: usize,
     /// The writer's write timeout.
     pub write: WriteLimit,
+    /// The roots `wss://` servers are checked against (`None`: `wss://`
+    /// URLs are refused).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Who dials: a client with a client credential, or a node with the node key.
@@ -91,11 +95,20 @@ pub enum DialError {
         /// The URL.
         url: String,
     },
-    /// A `wss://` URL: TLS is not built in yet.
-    #[error("{url}: wss:// needs TLS, which this build of shardq does not have yet")]
-    TlsUnsupported {
+    /// A `wss://` URL, and no CA to check the server against.
+    #[error("{url}: wss:// needs the cluster's CA ([tls] ca_file)")]
+    TlsUnconfigured {
         /// The URL.
         url: String,
+    },
+    /// The TLS handshake failed (an untrusted or mismatched certificate…).
+    #[error("TLS with {url} failed: {source}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
     /// TCP connect failed.
     #[error("cannot reach {url}: {source}")]
@@ -159,16 +172,15 @@ fn close_reason(code: Option<u16>) -> String {
 }
 
 /// `host:port` and the path of a `ws://` URL.
-fn split_url(url: &str) -> Result<(&str, &str), DialError> {
-    if url.starts_with("wss://") {
-        return Err(DialError::TlsUnsupported {
-            url: url.to_owned(),
-        });
-    }
+/// `(tls, authority, path)` of a `ws://` or `wss://` URL.
+fn split_url(url: &str) -> Result<(bool, &str, &str), DialError> {
     let bad = || DialError::BadUrl {
         url: url.to_owned(),
     };
-    let rest = url.strip_prefix("ws://").ok_or_else(bad)?;
+    let (tls, rest) = match url.strip_prefix("wss://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("ws://").ok_or_else(bad)?),
+    };
     let (authority, path) = match rest.find('/') {
         Some(at) => rest.split_at(at),
         None => (rest, "/"),
@@ -176,7 +188,7 @@ fn split_url(url: &str) -> Result<(&str, &str), DialError> {
     if authority.is_empty() || shardq_protocol::config::url_port(url).is_none() {
         return Err(bad());
     }
-    Ok((authority, path))
+    Ok((tls, authority, path))
 }
 
 /// Connects to `url` (`ws://host:port/path`), upgrades, and authenticates
@@ -187,10 +199,21 @@ pub async fn dial(
     options: &DialOptions,
     tasks: &TaskTracker,
 ) -> Result<Dialed, DialError> {
-    let (authority, path) = split_url(url)?;
+    let (tls, authority, path) = split_url(url)?;
+    let tls_config = match (tls, &options.tls) {
+        (false, _) => None,
+        (true, Some(config)) => Some(config),
+        (true, None) => {
+            return Err(DialError::TlsUnconfigured {
+                url: url.to_owned(),
+            });
+        }
+    };
     let attempt = async {
         let address = if authority.contains(':') {
             authority.to_owned()
+        } else if tls {
+            format!("{authority}:443")
         } else {
             format!("{authority}:80")
         };
@@ -201,7 +224,26 @@ pub async fn dial(
                     url: url.to_owned(),
                     source,
                 })?;
-        let upgraded = upgrade_client(stream, authority, path)
+        stream
+            .set_nodelay(true)
+            .map_err(|source| DialError::Unreachable {
+                url: url.to_owned(),
+                source,
+            })?;
+        let halves = match tls_config {
+            None => split_plain(stream),
+            Some(config) => {
+                let host = host_of(authority);
+                let stream = crate::tls::connect(config, host, stream)
+                    .await
+                    .map_err(|source| DialError::Tls {
+                        url: url.to_owned(),
+                        source,
+                    })?;
+                split_tls(stream)
+            }
+        };
+        let upgraded = upgrade_client(halves, authority, path)
             .await
             .map_err(|source| DialError::Upgrade {
                 url: url.to_owned(),
@@ -245,6 +287,16 @@ pub async fn dial(
                 timeout: options.timeout,
             })
         })
+}
+
+/// The host of `host:port` (IPv6 literals without their brackets).
+fn host_of(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    }
 }
 
 /// Finishes an outbox when dropped, unless disarmed: a dial abandoned
@@ -327,13 +379,15 @@ mod tests {
     fn urls() {
         assert_eq!(
             split_url("ws://127.0.0.1:7100/v1/cluster").unwrap(),
-            ("127.0.0.1:7100", "/v1/cluster")
+            (false, "127.0.0.1:7100", "/v1/cluster")
         );
-        assert_eq!(split_url("ws://c:1").unwrap(), ("c:1", "/"));
-        assert!(matches!(
-            split_url("wss://c:1/v1/cluster"),
-            Err(DialError::TlsUnsupported { .. })
-        ));
+        assert_eq!(split_url("ws://c:1").unwrap(), (false, "c:1", "/"));
+        assert_eq!(
+            split_url("wss://c:1/v1/cluster").unwrap(),
+            (true, "c:1", "/v1/cluster")
+        );
+        assert_eq!(host_of("c:1"), "c");
+        assert_eq!(host_of("[::1]:7"), "::1");
         assert!(matches!(
             split_url("http://c:1"),
             Err(DialError::BadUrl { .. })

@@ -10,6 +10,8 @@
 //! - [`log_summary`]: peer-caused failures logged as periodic summaries.
 //! - [`outbox`]: the bounded, never-waiting queue of frames per connection.
 //! - [`writer`]: the writer task, the only code that writes a socket.
+//! - [`tls`]: rustls for client ports and links (plain or TLS halves,
+//!   certificates reloaded on SIGHUP).
 //! - [`channel`]: an authenticated connection's read loop (keepalive,
 //!   backpressure, the stop signal).
 //! - [`handshake`]: the server side of the shardq/1 and legacy handshakes.
@@ -37,5 +39,6 @@ pub mod link;
 pub mod log_summary;
 pub mod node;
 pub mod outbox;
+pub mod tls;
 pub mod upgrade;
 pub mod writer;

@@ -12,6 +12,7 @@ use shardq_protocol::{ClusterConfig, Credentials, NodeEntry, Psk};
 use tokio::sync::watch;
 
 use crate::cluster_watch::watch_cluster_file;
+use crate::tls::{NodeTls, ServerTls};
 
 /// Options every node takes, as flags or `SHARDQ_*` environment variables.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +36,13 @@ pub struct NodeArgs {
     /// loses no history. Without it, a restart starts new epochs.
     #[arg(long, env = "SHARDQ_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// This node's TLS certificate chain (PEM), served when its url is
+    /// `wss://` (default: the cluster file's `[tls] cert_file`).
+    #[arg(long, env = "SHARDQ_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM) (default: `[tls] key_file`).
+    #[arg(long, env = "SHARDQ_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A node refused to start. The message is one line naming what is wrong.
@@ -55,6 +63,9 @@ pub enum StartError {
         /// The ids it does declare.
         known: String,
     },
+    /// TLS is needed and not configured, or its files are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A `[tokens]` key file could not be read or used.
     #[error("[tokens]: {0}")]
     Tokens(String),
@@ -110,6 +121,8 @@ pub struct Prepared {
     pub updates: watch::Receiver<Arc<ClusterConfig>>,
     /// The data directory, if any.
     pub data_dir: Option<PathBuf>,
+    /// Its TLS, server and client side.
+    pub tls: NodeTls,
 }
 
 /// Loads the cluster file and the psk, finds this node's entry, binds both
@@ -141,6 +154,7 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
         |path| std::fs::read(path),
     )?
     .map(|token| String::from_utf8_lossy(&token).trim().to_owned());
+    let tls = node_tls(&entry, &cluster, &args)?;
     let listen = args.listen.unwrap_or_else(|| entry.listen_addr());
     let admin_listen = args
         .admin_listen
@@ -159,6 +173,7 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
         admin,
         updates,
         data_dir: args.data_dir,
+        tls,
     })
 }
 
@@ -208,6 +223,56 @@ pub fn credentials(
     Ok(Credentials::new(psk, node_key)
         .with_clients(&cluster.clients)
         .with_tokens(tokens))
+}
+
+/// The node's TLS: a server certificate when its own url is `wss://`,
+/// client roots when the `[tls] ca_file` is set (required when any
+/// consumer's url is `wss://`). The server certificate reloads on SIGHUP.
+fn node_tls(
+    entry: &NodeEntry,
+    cluster: &ClusterConfig,
+    args: &NodeArgs,
+) -> Result<NodeTls, StartError> {
+    let beside = |file: &Option<String>| {
+        file.as_ref()
+            .map(|file| cluster_file::beside(&args.config, file))
+    };
+    let error = |e: crate::tls::TlsError| StartError::Tls(e.to_string());
+    let server = if entry.url.starts_with("wss://") {
+        let cert = args
+            .tls_cert
+            .clone()
+            .or_else(|| beside(&cluster.tls.cert_file));
+        let key = args
+            .tls_key
+            .clone()
+            .or_else(|| beside(&cluster.tls.key_file));
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Err(StartError::Tls(format!(
+                "{} is wss://: give --tls-cert and --tls-key (or [tls] cert_file and key_file)",
+                entry.url
+            )));
+        };
+        let tls = ServerTls::load(cert, key).map_err(error)?;
+        tls.reload_on_hangup();
+        Some(tls)
+    } else {
+        None
+    };
+    let client = match beside(&cluster.tls.ca_file) {
+        Some(ca) => Some(crate::tls::client_config(&ca).map_err(error)?),
+        None if cluster
+            .consumers
+            .iter()
+            .any(|c| c.url.starts_with("wss://")) =>
+        {
+            return Err(StartError::Tls(
+                "consumers have wss:// urls: give [tls] ca_file to check them against".into(),
+            ));
+        }
+        None => None,
+    };
+    Ok(NodeTls { server, client })
 }
 
 /// The keys of the `[tokens]` section, read from their files.

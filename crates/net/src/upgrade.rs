@@ -13,14 +13,15 @@ use bytes::{Buf, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 
 use crate::codec::Decoder;
 use crate::conn::{ConnLimits, Connection, Reader};
 use crate::gate::Admission;
+use crate::log_summary::HANDSHAKE_FAILURES;
 use crate::outbox::Outbox;
+use crate::tls::{ReadHalf, ServerTls, WriteHalf, split_plain, split_tls};
 use crate::writer::run_writer;
 
 /// Most bytes an HTTP request or response head may take.
@@ -89,10 +90,21 @@ pub async fn upgrade(
     route: impl Fn(&str) -> Option<usize>,
     tasks: &TaskTracker,
     admission: Option<Admission>,
+    tls: Option<&ServerTls>,
 ) -> Result<Connection, UpgradeError> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
-    let (mut read, write) = stream.into_split();
+    let (mut read, write) = match tls {
+        None => split_plain(stream),
+        Some(tls) => match timeout_at(deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => split_tls(stream),
+            Ok(Err(error)) => {
+                HANDSHAKE_FAILURES.note(&format!("TLS handshake failed: {error}"));
+                return Err(UpgradeError::Io(error));
+            }
+            Err(_) => return Err(UpgradeError::Timeout),
+        },
+    };
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
     tasks.spawn(run_writer(write, outbox.clone(), limits.write.clone()));
     let mut buffer = BytesMut::with_capacity(1024);
@@ -131,7 +143,7 @@ pub async fn upgrade(
         peer,
         reader: Reader::server(read, decoder, outbox.clone(), read_chunk, limits, admission),
         outbox,
-        tls: false,
+        tls: tls.is_some(),
     })
 }
 
@@ -143,7 +155,7 @@ const REFUSAL_DISCARD: usize = 64 << 10;
 /// Sends the refusal and closes. The peer's unread input is read and
 /// dropped for a moment first: closing a socket with unread input resets
 /// it, and the reset can destroy the refusal on its way.
-async fn refuse(mut read: OwnedReadHalf, outbox: &Outbox, refusal: Refusal) -> UpgradeError {
+async fn refuse(mut read: ReadHalf, outbox: &Outbox, refusal: Refusal) -> UpgradeError {
     let _ = outbox.push_unbounded(refusal.response());
     outbox.finish();
     let _ = tokio::time::timeout(REFUSAL_GRACE, async {
@@ -161,7 +173,7 @@ async fn refuse(mut read: OwnedReadHalf, outbox: &Outbox, refusal: Refusal) -> U
 }
 
 /// Reads until `buffer` holds a complete HTTP head; its length.
-async fn read_head(read: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<usize, UpgradeError> {
+async fn read_head(read: &mut ReadHalf, buffer: &mut BytesMut) -> Result<usize, UpgradeError> {
     // Where the search resumes: a terminator may straddle two reads.
     let mut from = 0usize;
     loop {
@@ -258,9 +270,9 @@ impl Headers<'_, '_> {
 /// that came behind the server's response head (the first frames).
 pub struct ClientUpgraded {
     /// The read half.
-    pub read: OwnedReadHalf,
+    pub read: ReadHalf,
     /// The write half.
-    pub write: OwnedWriteHalf,
+    pub write: WriteHalf,
     /// Bytes already read past the response head.
     pub buffered: BytesMut,
 }
@@ -269,18 +281,17 @@ pub struct ClientUpgraded {
 /// at `path`, as the client: sends the request with a fresh random key
 /// and checks the server switched protocols with the matching accept.
 pub async fn upgrade_client(
-    stream: TcpStream,
+    (mut read, mut write): (ReadHalf, WriteHalf),
     host: &str,
     path: &str,
 ) -> Result<ClientUpgraded, UpgradeError> {
-    stream.set_nodelay(true)?;
-    let (mut read, mut write) = stream.into_split();
     let key = BASE64.encode(rand::random::<[u8; 16]>());
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     write.write_all(request.as_bytes()).await?;
+    write.flush().await?;
     let mut buffered = BytesMut::with_capacity(1024);
     let head = match read_head(&mut read, &mut buffered).await {
         Ok(head) => head,

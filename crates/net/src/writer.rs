@@ -8,14 +8,15 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::task::TaskTracker;
 
 use crate::codec::{FrameHeader, Role};
 use crate::outbox::{Chunk, Drained, Outbox};
+use crate::tls::WriteHalf;
 
 /// How long a closing connection may take to send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -43,7 +44,7 @@ impl Default for WriteLimit {
 
 /// Starts the writer task of a connection on `tasks`.
 pub fn spawn_writer(
-    socket: OwnedWriteHalf,
+    socket: WriteHalf,
     outbox: Arc<Outbox>,
     limit: WriteLimit,
     tasks: &TaskTracker,
@@ -53,12 +54,16 @@ pub fn spawn_writer(
 
 /// The writer task: drains the outbox into the socket, coalescing each
 /// batch into as few writes as possible, until the outbox closes.
-pub(crate) async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, limit: WriteLimit) {
+pub(crate) async fn run_writer(mut socket: WriteHalf, outbox: Arc<Outbox>, limit: WriteLimit) {
     let mut spare = VecDeque::new();
     loop {
         match outbox.drain(spare).await {
             Drained::Frames { mut frames, bytes } => {
-                let written = write_batch(&mut socket, &frames, bytes, &outbox, &limit).await;
+                let written = match write_batch(&mut socket, &frames, bytes, &outbox, &limit).await
+                {
+                    Ok(true) => flush_tls(&mut socket, &limit).await.map(|()| true),
+                    other => other,
+                };
                 outbox.written(bytes);
                 match written {
                     Ok(true) => {}
@@ -99,6 +104,18 @@ pub(crate) async fn run_writer(mut socket: OwnedWriteHalf, outbox: Arc<Outbox>, 
     }
 }
 
+/// Sends what TLS still holds of the batch (records it buffered); plain
+/// sockets hold nothing. Fails with `TimedOut` after the write timeout.
+async fn flush_tls(socket: &mut WriteHalf, limit: &WriteLimit) -> io::Result<()> {
+    if matches!(socket, tokio_util::either::Either::Left(_)) {
+        return Ok(());
+    }
+    match tokio::time::timeout(limit.timeout, socket.flush()).await {
+        Ok(result) => result,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
 /// Most bytes coalesced into one write.
 const MAX_WRITE: usize = 64 << 10;
 
@@ -114,7 +131,7 @@ const MAX_WRITE: usize = 64 << 10;
 /// within [`SLOW_CLOSE_GRACE`]. A write that makes no progress for the
 /// write timeout fails with `TimedOut`.
 async fn write_batch(
-    socket: &mut OwnedWriteHalf,
+    socket: &mut WriteHalf,
     chunks: &VecDeque<Chunk>,
     bytes: usize,
     outbox: &Outbox,
@@ -145,10 +162,13 @@ async fn write_batch(
         let mut closed_seen = false;
         // The fast path: the socket takes the whole buffer at once, and no
         // timer is armed.
-        match socket.try_write(&buffer) {
-            Ok(n) => written = n,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error),
+        // (A write that is not ready at once writes nothing: dropping it
+        // is safe.)
+        match socket.write(&buffer).now_or_never() {
+            Some(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => written = n,
+            Some(Err(error)) => return Err(error),
+            None => {}
         }
         let mut stalled_at = Instant::now() + limit.timeout;
         while written < end {

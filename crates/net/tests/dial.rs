@@ -30,6 +30,7 @@ fn options(psk: &Psk) -> DialOptions {
         max_frame_bytes: 1 << 20,
         outbox_bytes: 1 << 20,
         write: WriteLimit::default(),
+        tls: None,
     }
 }
 

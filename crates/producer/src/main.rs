@@ -39,6 +39,7 @@ async fn start(args: NodeArgs) -> Result<(), StartError> {
         cluster: node.cluster,
         credentials: node.credentials,
         admin_token: node.admin_token,
+        tls: node.tls,
         updates: Some(node.updates),
     };
     run(node.listener, Some(node.admin), config, node::stop_signal()).await;

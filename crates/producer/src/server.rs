@@ -12,6 +12,7 @@ use shardq_net::admin;
 use shardq_net::conn::{self, ConnLimits};
 use shardq_net::gate::{Admission, Caps, Gate};
 use shardq_net::link::{LinkOptions, Links};
+use shardq_net::tls::{NodeTls, ServerTls};
 use shardq_net::upgrade;
 use shardq_protocol::status::{self, NodeKind, NodeStatus, Readiness};
 use shardq_protocol::{ClusterConfig, Credentials, Limits, QueueConfig};
@@ -36,6 +37,9 @@ pub struct ProducerConfig {
     pub credentials: Credentials,
     /// The admin port's bearer token, if any.
     pub admin_token: Option<String>,
+    /// TLS: the certificate served (when its url is `wss://`) and the
+    /// roots links check `wss://` consumers against.
+    pub tls: NodeTls,
     /// New cluster files to follow (reloads); `None` to keep this one.
     pub updates: Option<watch::Receiver<Arc<ClusterConfig>>>,
 }
@@ -52,6 +56,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<ProducerMetrics>,
     /// The connection caps.
     pub gate: Arc<Gate>,
+    /// The certificate served, if any.
+    pub tls: Option<Arc<ServerTls>>,
     /// Publisher connections stop reading and finish what is in flight.
     pub draining: CancellationToken,
     pub tasks: TaskTracker,
@@ -99,6 +105,7 @@ pub async fn run(
     let options = LinkOptions {
         own_id: None,
         node_key: config.credentials.node_key.clone(),
+        tls: config.tls.client.clone(),
         node: config.id.clone(),
         metrics: metrics.links.clone(),
         handler: None,
@@ -109,6 +116,7 @@ pub async fn run(
         id: config.id,
         credentials: ArcSwap::from_pointee(config.credentials.clone()),
         gate: Gate::new(Caps::from(&config.cluster.limits)),
+        tls: config.tls.server.clone(),
         queues: ArcSwap::from_pointee(config.cluster.queues.clone()),
         cluster: ArcSwap::from_pointee(config.cluster.clone()),
         limits: config.cluster.limits.clone(),
@@ -227,6 +235,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
         route,
         &shared.tasks,
         Some(admission),
+        shared.tls.as_deref(),
     ))
     .await
     {

@@ -82,6 +82,7 @@ async fn acking_consumer(listener: TcpListener, credentials: Credentials) {
                 |_| Some(64 << 10),
                 &tasks,
                 None,
+                None,
             )
             .await
             else {
@@ -148,6 +149,7 @@ impl Publisher {
             max_frame_bytes: 1 << 20,
             outbox_bytes: 64 << 20,
             write: shardq_net::writer::WriteLimit::default(),
+            tls: None,
         };
         let dialed = dial(url, &options, tasks).await.ok()?;
         Some(Publisher {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use shardq_protocol::{ClusterConfig, Psk, QueueConfig};
 
+use crate::tls::Tls;
+
 /// One consumer a subscriber may connect to.
 #[derive(Debug, Clone)]
 pub struct ConsumerAddress {
@@ -30,6 +32,9 @@ pub struct SubscriberConfig {
     /// A signed token to present instead of proving `psk` (accepted over
     /// TLS only, unless the cluster allows plaintext tokens).
     pub token: Option<String>,
+    /// The CA `wss://` nodes are checked against (`None`: `wss://` URLs
+    /// are refused).
+    pub tls: Option<Tls>,
     /// A name for the consumers' logs.
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
@@ -41,6 +46,17 @@ pub struct SubscriberConfig {
 }
 
 impl SubscriberConfig {
+    /// How its connections authenticate.
+    pub(crate) fn connect_options(&self) -> crate::connection::ConnectOptions<'_> {
+        crate::connection::ConnectOptions {
+            psk: &self.psk,
+            client: self.client.as_deref(),
+            token: self.token.as_deref(),
+            name: self.name.as_deref(),
+            tls: self.tls.as_ref(),
+        }
+    }
+
     /// One consumer URL: every subscription goes there.
     pub fn new(url: impl Into<String>, psk: Psk) -> SubscriberConfig {
         SubscriberConfig {
@@ -52,6 +68,7 @@ impl SubscriberConfig {
             psk,
             client: None,
             token: None,
+            tls: None,
             name: None,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),

@@ -136,15 +136,8 @@ impl Conn {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 let config = &self.config;
                 let url = &self.urls[current];
-                match connection::connect(
-                    url,
-                    &config.psk,
-                    config.client.as_deref(),
-                    config.token.as_deref(),
-                    config.name.as_deref(),
-                    config.connect_timeout,
-                )
-                .await
+                match connection::connect(url, &config.connect_options(), config.connect_timeout)
+                    .await
                 {
                     Ok(conn) => {
                         backoff = Duration::from_millis(100);

@@ -110,15 +110,8 @@ impl Subscriber {
         }
         let config = &self.inner.config;
         let url = config.consumers[index].url.clone();
-        let first = connection::connect(
-            &url,
-            &config.psk,
-            config.client.as_deref(),
-            config.token.as_deref(),
-            config.name.as_deref(),
-            config.connect_timeout,
-        )
-        .await?;
+        let first =
+            connection::connect(&url, &config.connect_options(), config.connect_timeout).await?;
         // Its own consumer first, then the others in list order.
         let urls = (0..config.consumers.len())
             .map(|offset| {

@@ -43,6 +43,7 @@ impl ConsumerLink {
                 timeout: self.limits.write_timeout(),
                 timeouts: self.metrics.write_timeouts.clone(),
             },
+            tls: ctx.tls.clone(),
         };
         let mut backoff = BACKOFF_START;
         let mut connected_before = false;

@@ -89,6 +89,7 @@ struct LinkState {
 #[derive(Clone)]
 struct LinkContext {
     node_key: Psk,
+    tls: Option<Arc<rustls::ClientConfig>>,
     node: String,
     stop: CancellationToken,
     tasks: TaskTracker,

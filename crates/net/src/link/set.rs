@@ -69,6 +69,8 @@ pub struct LinkOptions {
     pub own_id: Option<String>,
     /// The node key the links prove.
     pub node_key: Psk,
+    /// The roots `wss://` consumers are checked against.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// This node's id, bound into the links' handshakes.
     pub node: String,
     /// Where the links count.
@@ -106,6 +108,7 @@ impl Links {
             update: Mutex::new(()),
             ctx: LinkContext {
                 node_key: options.node_key,
+                tls: options.tls,
                 node: options.node,
                 stop,
                 tasks: tasks.clone(),
