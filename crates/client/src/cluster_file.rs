@@ -8,6 +8,8 @@ use std::path::Path;
 use shardq_protocol::cluster_file as rules;
 use shardq_protocol::{ClusterConfig, Psk};
 
+use crate::tls::{Tls, TlsError};
+
 pub use shardq_protocol::cluster_file::ClusterFileError;
 
 /// Reads and validates a cluster file.
@@ -24,6 +26,17 @@ pub fn load_psk(
     cluster_path: &Path,
 ) -> Result<Psk, ClusterFileError> {
     rules::load_psk(env_value, cluster, cluster_path, read)
+}
+
+/// The CA of the cluster file's `[tls] ca_file` (beside the file), for
+/// `wss://` nodes; `None` when it names none.
+pub fn load_tls(cluster: &ClusterConfig, cluster_path: &Path) -> Result<Option<Tls>, TlsError> {
+    cluster
+        .tls
+        .ca_file
+        .as_ref()
+        .map(|file| Tls::from_ca_file(&rules::beside(cluster_path, file)))
+        .transpose()
 }
 
 /// Reads a file from disk (`std::fs::read` for a path of any lifetime).

@@ -24,6 +24,11 @@ impl ClusterArgs {
     pub fn load(&self) -> Result<(ClusterConfig, Psk), String> {
         shardq::cluster_file::load(&self.config).map_err(|e| e.to_string())
     }
+
+    /// The CA `wss://` nodes are checked against (`[tls] ca_file`), if any.
+    pub fn tls(&self, config: &ClusterConfig) -> Result<Option<shardq::Tls>, String> {
+        shardq::cluster_file::load_tls(config, &self.config).map_err(|e| e.to_string())
+    }
 }
 
 /// The seeds' queues: `database` {create, read, update, delete, error} and

@@ -67,7 +67,12 @@ fn check(name: impl Into<String>, result: Result<String, String>) -> Check {
 }
 
 /// Runs every check against the cluster.
-pub async fn run_checks(config: &ClusterConfig, psk: &Psk, plan: Plan) -> Vec<Check> {
+pub async fn run_checks(
+    config: &ClusterConfig,
+    psk: &Psk,
+    tls: Option<&shardq::Tls>,
+    plan: Plan,
+) -> Vec<Check> {
     let mut checks = Vec::new();
     let nodes = config
         .producers
@@ -76,7 +81,7 @@ pub async fn run_checks(config: &ClusterConfig, psk: &Psk, plan: Plan) -> Vec<Ch
         .chain(config.consumers.iter().map(|e| (e, "/v1/subscribe")));
     for (entry, path) in nodes.clone() {
         let url = entry.endpoint(path);
-        let result = shardq::authenticate(&url, psk, Some("e2e"), PATIENCE).await;
+        let result = shardq::authenticate_tls(&url, psk, Some("e2e"), PATIENCE, tls).await;
         checks.push(check(
             format!("{} authenticates ({url})", entry.id),
             match result {
@@ -86,11 +91,11 @@ pub async fn run_checks(config: &ClusterConfig, psk: &Psk, plan: Plan) -> Vec<Ch
             },
         ));
     }
-    checks.extend(round_trips(config, psk, plan).await);
+    checks.extend(round_trips(config, &Access { psk, tls }, plan).await);
     let wrong = Psk::generate();
     for (entry, path) in nodes {
         let url = entry.endpoint(path);
-        let result = shardq::authenticate(&url, &wrong, Some("e2e"), PATIENCE).await;
+        let result = shardq::authenticate_tls(&url, &wrong, Some("e2e"), PATIENCE, tls).await;
         checks.push(check(
             format!("{} refuses a wrong psk", entry.id),
             match result {
@@ -114,7 +119,13 @@ fn declared_topics(config: &ClusterConfig) -> Vec<Topic> {
         .collect()
 }
 
-async fn round_trips(config: &ClusterConfig, psk: &Psk, plan: Plan) -> Vec<Check> {
+/// How the checks' clients authenticate and check `wss://` nodes.
+struct Access<'a> {
+    psk: &'a Psk,
+    tls: Option<&'a shardq::Tls>,
+}
+
+async fn round_trips(config: &ClusterConfig, access: &Access<'_>, plan: Plan) -> Vec<Check> {
     let router = Router::new(&config.consumer_ids());
     let topics = declared_topics(config);
     let mut rng = rand::rng();
@@ -169,7 +180,7 @@ async fn round_trips(config: &ClusterConfig, psk: &Psk, plan: Plan) -> Vec<Check
         );
         let result = round_trip(
             config,
-            psk,
+            access,
             producer,
             owner,
             &topic,
@@ -194,7 +205,7 @@ async fn round_trips(config: &ClusterConfig, psk: &Psk, plan: Plan) -> Vec<Check
 #[allow(clippy::too_many_arguments)]
 async fn round_trip(
     config: &ClusterConfig,
-    psk: &Psk,
+    access: &Access<'_>,
     producer: usize,
     owner: usize,
     topic: &Topic,
@@ -209,9 +220,12 @@ async fn round_trip(
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
                     let url = config.consumers[owner].url.clone();
-                    let subscriber = Subscriber::connect(SubscriberConfig::new(url, psk.clone()))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let subscriber = Subscriber::connect(SubscriberConfig {
+                        tls: access.tls.cloned(),
+                        ..SubscriberConfig::new(url, access.psk.clone())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
                     entry.insert(subscriber)
                 }
             };
@@ -226,9 +240,12 @@ async fn round_trip(
         Entry::Occupied(entry) => entry.into_mut(),
         Entry::Vacant(entry) => {
             let url = config.producers[producer].url.clone();
-            let publisher = Publisher::connect(PublisherConfig::new([url], psk.clone()))
-                .await
-                .map_err(|e| e.to_string())?;
+            let publisher = Publisher::connect(PublisherConfig {
+                tls: access.tls.cloned(),
+                ..PublisherConfig::new([url], access.psk.clone())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             entry.insert(publisher)
         }
     };
@@ -304,6 +321,7 @@ pub fn report(checks: &[Check], json: bool) -> Result<(), String> {
 /// `shardq-demo e2e`.
 pub async fn run(args: E2eArgs) -> Result<(), String> {
     let (config, psk) = args.cluster.load()?;
-    let checks = run_checks(&config, &psk, Plan::Random(args.topics)).await;
+    let tls = args.cluster.tls(&config)?;
+    let checks = run_checks(&config, &psk, tls.as_ref(), Plan::Random(args.topics)).await;
     report(&checks, args.json)
 }

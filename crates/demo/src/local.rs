@@ -37,7 +37,7 @@ pub async fn run(args: LocalArgs) -> Result<(), String> {
         }
         println!();
     }
-    let checks = e2e::run_checks(&cluster.config, &cluster.psk, Plan::EveryPair).await;
+    let checks = e2e::run_checks(&cluster.config, &cluster.psk, None, Plan::EveryPair).await;
     let verdict = e2e::report(&checks, args.json);
     if !args.json {
         let mut latencies: Vec<f64> = checks.iter().filter_map(|c| c.latency_ms).collect();

@@ -75,9 +75,13 @@ pub async fn publish(args: PubArgs) -> Result<(), String> {
         ));
     }
     let topic = Topic::new(&args.queue, &args.event).map_err(|e| e.to_string())?;
-    let publisher = Publisher::connect(PublisherConfig::new(urls, psk))
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls = args.cluster.tls(&cluster)?;
+    let publisher = Publisher::connect(PublisherConfig {
+        tls,
+        ..PublisherConfig::new(urls, psk)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let payloads: Vec<String> = match args.json {
         Some(json) => vec![json],
         None => std::io::stdin()
@@ -130,9 +134,13 @@ pub async fn publish(args: PubArgs) -> Result<(), String> {
 /// `shardq-demo sub`: prints each message as a JSON line.
 pub async fn subscribe(args: SubArgs) -> Result<(), String> {
     let (cluster, psk) = args.cluster.load()?;
-    let subscriber = Subscriber::connect(SubscriberConfig::from_cluster(&cluster, psk))
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls = args.cluster.tls(&cluster)?;
+    let subscriber = Subscriber::connect(SubscriberConfig {
+        tls,
+        ..SubscriberConfig::from_cluster(&cluster, psk)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let (events, mut inbox) = tokio::sync::mpsc::channel(1024);
     for event in &args.events {
         let mut subscription = subscriber
