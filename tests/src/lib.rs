@@ -51,6 +51,18 @@ pub fn seed_queues() -> QueueConfig {
     queues
 }
 
+/// Topics of the seeds' queues, for tests that need one owned by a given
+/// consumer ([`Cluster::topic_owned_by`]).
+pub const SEED_TOPICS: [&str; 7] = [
+    "database/create",
+    "database/read",
+    "database/update",
+    "database/delete",
+    "database/error",
+    "files/save",
+    "files/error",
+];
+
 /// A node running in this process.
 pub struct Node {
     /// Its id.
@@ -501,6 +513,14 @@ impl Cluster {
         Credentials::new(self.psk.clone(), self.node_key.clone())
             .with_clients(&config.clients)
             .with_tokens(self.tokens.clone())
+    }
+
+    /// A seed topic consumer `index` owns; panics if it owns none.
+    pub fn topic_owned_by(&self, index: usize) -> &'static str {
+        SEED_TOPICS
+            .into_iter()
+            .find(|topic| self.owner(topic) == index)
+            .unwrap_or_else(|| panic!("consumer {index} owns no seed topic"))
     }
 
     /// Stops every node, producers first (and removes the data directories).

@@ -9,22 +9,6 @@ use std::time::Duration;
 use shardq_tests::raw::{expect_ack, expect_error, expect_message};
 use shardq_tests::{Cluster, LegacyClient, PATIENCE, http_get, metric};
 
-/// A topic of the seed queues owned by consumer `owner`.
-fn topic_owned_by(cluster: &Cluster, owner: usize) -> &'static str {
-    [
-        "database/create",
-        "database/read",
-        "database/update",
-        "database/delete",
-        "database/error",
-        "files/save",
-        "files/error",
-    ]
-    .into_iter()
-    .find(|topic| cluster.owner(topic) == owner)
-    .expect("each of 2 consumers owns one of the 7 seed topics")
-}
-
 async fn consumer_metric(admin: SocketAddr, name: &str) -> f64 {
     let (_, body) = http_get(admin, "/metrics").await;
     metric(&body, name).unwrap_or(0.0)
@@ -61,7 +45,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_holds_one_upstream_subscription_until_its_last_subscriber_leaves() {
     let cluster = Cluster::builder().consumers(2).producers(1).start().await;
-    let topic = topic_owned_by(&cluster, 0);
+    let topic = cluster.topic_owned_by(0);
     let (owner, edge) = (cluster.consumers[0].admin, cluster.consumers[1].admin);
     let mut subscribers = Vec::new();
     for _ in 0..3 {
@@ -101,7 +85,7 @@ async fn an_edge_holds_one_upstream_subscription_until_its_last_subscriber_leave
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_subscriber_at_an_edge_gets_the_owners_messages() {
     let cluster = Cluster::builder().consumers(2).producers(1).start().await;
-    let topic = topic_owned_by(&cluster, 0);
+    let topic = cluster.topic_owned_by(0);
     let path = format!("/subscribe/{}", topic.replace('/', "%2F"));
     // The handshake completes only once the edge's upstream is live, so a
     // publish right after it arrives.
@@ -117,7 +101,7 @@ async fn a_legacy_subscriber_at_an_edge_gets_the_owners_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_at_a_non_owner_is_forwarded_once() {
     let cluster = Cluster::builder().consumers(2).producers(1).start().await;
-    let topic = topic_owned_by(&cluster, 0);
+    let topic = cluster.topic_owned_by(0);
     let mut subscriber = cluster.subscriber(0).await;
     expect_ack(subscriber.subscribe(1, topic).await);
     // A producer with a stale view sends to consumer 1, which does not own it.

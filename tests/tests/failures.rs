@@ -15,21 +15,6 @@ use shardq_tests::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-/// A topic the consumer `owner` owns among `consumers` consumers.
-fn topic_owned_by(cluster: &Cluster, owner: usize) -> &'static str {
-    [
-        "database/create",
-        "database/read",
-        "database/update",
-        "database/delete",
-        "files/save",
-        "files/error",
-    ]
-    .into_iter()
-    .find(|topic| cluster.owner(topic) == owner)
-    .unwrap()
-}
-
 /// Publishes `count` messages with payloads `first..` on the owner's
 /// `/v1/cluster`; their positions.
 async fn publish_at_owner(
@@ -68,7 +53,7 @@ async fn subscribe_since(
 #[tokio::test]
 async fn defect_1_a_resume_at_a_non_owner_replays_what_the_owner_holds() {
     let cluster = Cluster::builder().consumers(2).start().await;
-    let topic = topic_owned_by(&cluster, 0);
+    let topic = cluster.topic_owned_by(0);
     let positions = publish_at_owner(&cluster, topic, 1..=5).await;
     // At the edge, which has no state for the topic yet.
     let mut subscriber = cluster.subscriber(1).await;
@@ -102,7 +87,7 @@ async fn defect_1_an_edge_reports_what_the_owners_history_no_longer_holds() {
         .limits(|limits| limits.history_messages_per_topic = 3)
         .start()
         .await;
-    let topic = topic_owned_by(&cluster, 0);
+    let topic = cluster.topic_owned_by(0);
     let positions = publish_at_owner(&cluster, topic, 1..=6).await;
     let mut subscriber = cluster.subscriber(1).await;
     let ack = subscribe_since(&mut subscriber, 1, topic, positions[0]).await;
@@ -129,8 +114,8 @@ async fn next_notice(client: &mut RawClient) -> Frame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defect_2_an_owner_that_loses_its_history_is_a_gap_on_its_topics_only() {
     let mut cluster = Cluster::builder().consumers(2).start().await;
-    let lost = topic_owned_by(&cluster, 0);
-    let kept = topic_owned_by(&cluster, 1);
+    let lost = cluster.topic_owned_by(0);
+    let kept = cluster.topic_owned_by(1);
     let mut subscriber = cluster.subscriber(1).await;
     expect_ack(subscriber.subscribe(1, lost).await);
     expect_ack(subscriber.subscribe(2, kept).await);
@@ -375,7 +360,7 @@ async fn defect_10_a_slow_consumer_reads_whole_frames_then_4008() {
 async fn defect_8_a_payload_at_the_limit_goes_through_an_edge_and_one_byte_over_is_refused_alone() {
     let cluster = Cluster::builder().consumers(2).producers(1).start().await;
     let limit = cluster.config.limits.max_payload_bytes();
-    let topic = topic_owned_by(&cluster, 0);
+    let topic = cluster.topic_owned_by(0);
     let mut at_edge = cluster.subscriber(1).await;
     expect_ack(at_edge.subscribe(1, topic).await);
     let mut publisher = cluster.publisher(0).await;
@@ -443,7 +428,7 @@ async fn defect_6_a_consumer_that_comes_back_is_reached_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_keeps_epochs_history_and_keys_so_nothing_is_a_gap() {
     let mut cluster = Cluster::builder().consumers(2).data_dirs().start().await;
-    let topic = topic_owned_by(&cluster, 0);
+    let topic = cluster.topic_owned_by(0);
     let mut at_edge = cluster.subscriber(1).await;
     expect_ack(at_edge.subscribe(1, topic).await);
     let mut owner_link = cluster.cluster_client(0).await;

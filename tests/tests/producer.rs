@@ -283,26 +283,8 @@ async fn a_consumer_that_stops_reading_never_stops_the_producer_reading() {
         cluster.node_key.clone(),
         "consumer-1",
     ));
-    let sick = [
-        "database/create",
-        "database/read",
-        "database/update",
-        "database/delete",
-        "files/save",
-    ]
-    .into_iter()
-    .find(|topic| cluster.owner(topic) == 1)
-    .unwrap();
-    let healthy = [
-        "database/create",
-        "database/read",
-        "database/update",
-        "database/delete",
-        "files/save",
-    ]
-    .into_iter()
-    .find(|topic| cluster.owner(topic) == 0)
-    .unwrap();
+    let sick = cluster.topic_owned_by(1);
+    let healthy = cluster.topic_owned_by(0);
     cluster.restart_producer(0).await;
     let admin_addr = cluster.producers[0].admin;
     let mut publisher = cluster.publisher(0).await;

@@ -11,14 +11,6 @@ use shardq_tests::pki::TestPki;
 use shardq_tests::raw::{RawClient, expect_ack};
 use shardq_tests::{Cluster, init_logging};
 
-const TOPICS: [&str; 5] = [
-    "database/create",
-    "database/read",
-    "database/update",
-    "database/delete",
-    "files/save",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_end_to_end_through_links_and_the_client_library() {
     init_logging();
@@ -34,7 +26,7 @@ async fn wss_end_to_end_through_links_and_the_client_library() {
     let tls = Tls::from_ca_file(&pki.ca).unwrap();
     // A topic owned by consumer-1, subscribed at consumer-0: the edge's
     // upstream link to the owner is TLS too.
-    let topic = TOPICS.into_iter().find(|t| cluster.owner(t) == 1).unwrap();
+    let topic = cluster.topic_owned_by(1);
     let (queue, event) = topic.split_once('/').unwrap();
     let subscriber = Subscriber::connect(SubscriberConfig {
         tls: Some(tls.clone()),

@@ -153,16 +153,7 @@ async fn links_refuse_a_consumer_that_cannot_prove_the_node_key() {
         "{link:?}"
     );
     // Its topics are refused, not acked by the rogue.
-    let topic = [
-        "database/create",
-        "database/read",
-        "database/update",
-        "database/delete",
-        "files/save",
-    ]
-    .into_iter()
-    .find(|topic| cluster.owner(topic) == 1)
-    .unwrap();
+    let topic = cluster.topic_owned_by(1);
     let mut publisher = cluster.publisher(0).await;
     expect_error(publisher.publish(7, topic, "1").await, "unavailable");
     cluster.shutdown().await;

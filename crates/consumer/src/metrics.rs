@@ -41,10 +41,6 @@ pub struct ConsumerMetrics {
     pub forwarded: Counter,
     /// Node-list reloads applied.
     pub reloads: Counter,
-    /// Connections cut because the peer took nothing within the write timeout.
-    pub write_timeouts: Counter,
-    /// Admin connections closed at accept (over `max_admin_connections`).
-    pub admin_refused: Counter,
     /// Per-topic `gap` notices sent: an edge's upstream could not replay
     /// what it missed (local subscribers of that topic were told).
     pub gaps_reported: Counter,
@@ -77,8 +73,6 @@ impl ConsumerMetrics {
             history_messages: Gauge::default(),
             forwarded: Counter::default(),
             reloads: Counter::default(),
-            write_timeouts: Counter::default(),
-            admin_refused: Counter::default(),
             gaps_reported: Counter::default(),
             resumes_not_recovered: Counter::default(),
             duplicates_absorbed: Counter::default(),
@@ -150,16 +144,6 @@ impl ConsumerMetrics {
             "reloads",
             "Node-list reloads applied",
             metrics.reloads.clone(),
-        );
-        registry.register(
-            "write_timeouts",
-            "Connections cut because the peer took nothing within the write timeout",
-            metrics.write_timeouts.clone(),
-        );
-        registry.register(
-            "admin_connections_refused",
-            "Admin connections closed at accept (over max_admin_connections)",
-            metrics.admin_refused.clone(),
         );
         registry.register(
             "gaps_reported",

@@ -268,7 +268,7 @@ pub async fn run(
             node_status(&status)
         });
         let options = admin::AdminOptions::new(&shared.limits, config.admin_token.clone());
-        let refused = shared.metrics.admin_refused.clone();
+        let refused = shared.gate.admin_refused.clone();
         link_tasks.spawn(admin::serve(
             admin,
             router,
@@ -361,7 +361,7 @@ fn node_status(shared: &Shared) -> NodeStatus {
 async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
     let mut limits = ConnLimits::from(&shared.limits);
-    limits.write.timeouts = shared.metrics.write_timeouts.clone();
+    limits.write.timeouts = shared.gate.write_timeouts.clone();
     let legacy = shared.cluster.load().legacy;
     // Boxed: the upgrade's state is large and only needed for a moment, so
     // it must not stay part of every connection's long-lived future.

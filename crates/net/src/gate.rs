@@ -2,6 +2,8 @@
 //! IP address, and not yet authenticated. An [`Admission`] holds a
 //! connection's places and gives them back when dropped; a connection over
 //! a cap is closed at once, counted by reason, and logged in summaries.
+//! The gate also holds the node's other guard counters: peers cut by the
+//! write timeout, admin connections over their cap.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -73,6 +75,10 @@ pub struct Gate {
     caps: Caps,
     counts: Mutex<Counts>,
     refused: Family<CapLabel, Counter>,
+    /// Connections cut because the peer took nothing within the write timeout.
+    pub write_timeouts: Counter,
+    /// Admin connections closed at accept (over `max_admin_connections`).
+    pub admin_refused: Counter,
 }
 
 impl Gate {
@@ -82,15 +88,28 @@ impl Gate {
             caps,
             counts: Mutex::default(),
             refused: Family::default(),
+            write_timeouts: Counter::default(),
+            admin_refused: Counter::default(),
         })
     }
 
-    /// Registers `connections_refused{cap}`.
+    /// Registers `connections_refused{cap}`, `write_timeouts` and
+    /// `admin_connections_refused`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "connections_refused",
             "Connections closed at accept because a cap was reached, by cap",
             self.refused.clone(),
+        );
+        registry.register(
+            "write_timeouts",
+            "Connections cut because the peer took nothing within the write timeout",
+            self.write_timeouts.clone(),
+        );
+        registry.register(
+            "admin_connections_refused",
+            "Admin connections closed at accept (over max_admin_connections)",
+            self.admin_refused.clone(),
         );
     }
 

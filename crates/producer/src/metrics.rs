@@ -29,10 +29,6 @@ pub struct ProducerMetrics {
     pub links: Arc<LinkMetrics>,
     /// Node-list reloads applied.
     pub reloads: Counter,
-    /// Connections cut because the peer took nothing within the write timeout.
-    pub write_timeouts: Counter,
-    /// Admin connections closed at accept (over `max_admin_connections`).
-    pub admin_refused: Counter,
 }
 
 impl ProducerMetrics {
@@ -44,20 +40,8 @@ impl ProducerMetrics {
             auth_failures: Counter::default(),
             links: Arc::new(LinkMetrics::default()),
             reloads: Counter::default(),
-            write_timeouts: Counter::default(),
-            admin_refused: Counter::default(),
         };
         let mut registry = Registry::with_prefix("shardq_producer");
-        registry.register(
-            "write_timeouts",
-            "Connections cut because the peer took nothing within the write timeout",
-            metrics.write_timeouts.clone(),
-        );
-        registry.register(
-            "admin_connections_refused",
-            "Admin connections closed at accept (over max_admin_connections)",
-            metrics.admin_refused.clone(),
-        );
         registry.register(
             "connections",
             "Open publisher connections by endpoint",

@@ -166,7 +166,7 @@ pub async fn run(
             }),
         );
         let options = admin::AdminOptions::new(&shared.limits, config.admin_token.clone());
-        let refused = shared.metrics.admin_refused.clone();
+        let refused = shared.gate.admin_refused.clone();
         link_tasks.spawn(admin::serve(
             admin_listener,
             router,
@@ -219,7 +219,7 @@ fn node_status(shared: &Shared) -> NodeStatus {
 async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
     let deadline = Instant::now() + shared.limits.handshake_timeout();
     let mut limits = ConnLimits::from(&shared.limits);
-    limits.write.timeouts = shared.metrics.write_timeouts.clone();
+    limits.write.timeouts = shared.gate.write_timeouts.clone();
     let legacy = shared.cluster.load().legacy;
     // Publishers send in bulk: a large read buffer. The legacy path is
     // not found while the dialect is off.
