@@ -137,7 +137,7 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
-                tracing::error!(%error, "admin accept failed");
+                crate::log_summary::ACCEPT_FAILURES.note(&format!("admin: {error}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

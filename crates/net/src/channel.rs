@@ -211,7 +211,7 @@ impl Channel {
                 Some(Err(Ended::Peer))
             }
             Incoming::Violation(code, why) => {
-                tracing::info!(%why, "closing connection: the peer broke the protocol");
+                crate::log_summary::PROTOCOL_BREACHES.note(&why);
                 Some(Err(self.close(code)))
             }
         }

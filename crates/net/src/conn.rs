@@ -73,7 +73,7 @@ pub async fn accept_loop<F, Fut>(
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "accept failed");
+                crate::log_summary::ACCEPT_FAILURES.note(&error.to_string());
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

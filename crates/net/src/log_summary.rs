@@ -61,6 +61,10 @@ pub static HANDSHAKE_FAILURES: Summary = Summary::new("failed handshakes");
 /// undeliverable): the dialect has no error frames, so only the log and
 /// the metrics tell.
 pub static LEGACY_DROPPED: Summary = Summary::new("legacy frames dropped");
+/// Authenticated connections closed for breaking the protocol.
+pub static PROTOCOL_BREACHES: Summary = Summary::new("connections closed for breaking the protocol");
+/// Failed accepts (out of file descriptors and the like).
+pub static ACCEPT_FAILURES: Summary = Summary::new("failed accepts (file descriptors?)");
 /// Connections refused by a connection cap.
 pub static REFUSED_CONNECTIONS: Summary = Summary::new("connections refused by a cap");
 
