@@ -51,6 +51,8 @@ impl TestPki {
     pub fn node_tls(&self) -> NodeTls {
         NodeTls {
             server: Some(ServerTls::load(self.cert.clone(), self.key.clone()).unwrap()),
+            // The harness reads the admin ports over plain HTTP.
+            admin: None,
             client: Some(self.client()),
         }
     }

@@ -267,7 +267,10 @@ pub async fn run(
         let router = admin::with_status(admin::base_routes(Arc::new(registry)), move || {
             node_status(&status)
         });
-        let options = admin::AdminOptions::new(&shared.limits, config.admin_token.clone());
+        let options = admin::AdminOptions {
+            tls: config.tls.admin.clone(),
+            ..admin::AdminOptions::new(&shared.limits, config.admin_token.clone())
+        };
         let refused = shared.gate.admin_refused.clone();
         link_tasks.spawn(admin::serve(
             admin,

@@ -84,6 +84,8 @@ pub struct AdminOptions {
     /// Time one connection may take, from accept to the end of its answer.
     /// One request per connection.
     pub request_timeout: Duration,
+    /// Serve HTTPS with this certificate (`[tls] admin = true`).
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl AdminOptions {
@@ -93,6 +95,7 @@ impl AdminOptions {
             token,
             max_connections: limits.max_admin_connections,
             request_timeout: limits.admin_request_timeout(),
+            tls: None,
         }
     }
 }
@@ -150,6 +153,7 @@ pub async fn serve(
         let router = router.clone();
         let token = token.clone();
         let timeout = options.request_timeout;
+        let tls = options.tls.clone();
         let stop = stop.clone();
         connections.spawn(async move {
             let _slot = slot;
@@ -169,11 +173,26 @@ pub async fn serve(
                         router.oneshot(request.map(axum::body::Body::new)).await
                     }
                 });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
+            // The whole exchange, a TLS handshake included, within the timeout.
+            let exchange = async move {
+                let stream = match &tls {
+                    None => tokio_util::either::Either::Left(stream),
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => tokio_util::either::Either::Right(stream),
+                        Err(error) => {
+                            crate::log_summary::HANDSHAKE_FAILURES
+                                .note(&format!("admin TLS handshake failed: {error}"));
+                            return;
+                        }
+                    },
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            };
             tokio::select! {
-                _ = tokio::time::timeout(timeout, connection) => {}
+                _ = tokio::time::timeout(timeout, exchange) => {}
                 () = stop.cancelled() => {}
             }
         });

@@ -62,7 +62,8 @@ pub static HANDSHAKE_FAILURES: Summary = Summary::new("failed handshakes");
 /// the metrics tell.
 pub static LEGACY_DROPPED: Summary = Summary::new("legacy frames dropped");
 /// Authenticated connections closed for breaking the protocol.
-pub static PROTOCOL_BREACHES: Summary = Summary::new("connections closed for breaking the protocol");
+pub static PROTOCOL_BREACHES: Summary =
+    Summary::new("connections closed for breaking the protocol");
 /// Failed accepts (out of file descriptors and the like).
 pub static ACCEPT_FAILURES: Summary = Summary::new("failed accepts (file descriptors?)");
 /// Connections refused by a connection cap.

@@ -238,7 +238,7 @@ fn node_tls(
             .map(|file| cluster_file::beside(&args.config, file))
     };
     let error = |e: crate::tls::TlsError| StartError::Tls(e.to_string());
-    let server = if entry.url.starts_with("wss://") {
+    let server = if entry.url.starts_with("wss://") || cluster.tls.admin {
         let cert = args
             .tls_cert
             .clone()
@@ -249,7 +249,7 @@ fn node_tls(
             .or_else(|| beside(&cluster.tls.key_file));
         let (Some(cert), Some(key)) = (cert, key) else {
             return Err(StartError::Tls(format!(
-                "{} is wss://: give --tls-cert and --tls-key (or [tls] cert_file and key_file)",
+                "{} is wss:// (or [tls] admin = true): give --tls-cert and --tls-key (or [tls] cert_file and key_file)",
                 entry.url
             )));
         };
@@ -272,7 +272,13 @@ fn node_tls(
         }
         None => None,
     };
-    Ok(NodeTls { server, client })
+    let admin = server.clone().filter(|_| cluster.tls.admin);
+    let server = server.filter(|_| entry.url.starts_with("wss://"));
+    Ok(NodeTls {
+        server,
+        admin,
+        client,
+    })
 }
 
 /// The keys of the `[tokens]` section, read from their files.

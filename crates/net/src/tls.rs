@@ -137,6 +137,8 @@ pub async fn connect(
 pub struct NodeTls {
     /// Served on the node's WebSocket port.
     pub server: Option<Arc<ServerTls>>,
+    /// Served on its admin port (`[tls] admin = true`).
+    pub admin: Option<Arc<ServerTls>>,
     /// For its links to `wss://` consumers.
     pub client: Option<Arc<ClientConfig>>,
 }
@@ -145,6 +147,7 @@ impl std::fmt::Debug for NodeTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeTls")
             .field("server", &self.server.is_some())
+            .field("admin", &self.admin.is_some())
             .field("client", &self.client.is_some())
             .finish()
     }
@@ -156,6 +159,15 @@ pub struct ServerTls {
     cert: PathBuf,
     key: PathBuf,
     acceptor: ArcSwap<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
 }
 
 impl ServerTls {

@@ -147,3 +147,51 @@ async fn links_check_the_certificate_and_a_reload_serves_the_new_one() {
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_serves_https_when_asked() {
+    use shardq_net::admin::{self, AdminOptions};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = std::env::temp_dir().join(format!("shardq-net-admin-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    issue(&dir, "admin");
+    let tls = ServerTls::load(dir.join("node.pem"), dir.join("node.key")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registry = Arc::new(prometheus_client::registry::Registry::default());
+    let options = AdminOptions {
+        tls: Some(tls),
+        ..AdminOptions::new(&Limits::default(), None)
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(admin::serve(
+        listener,
+        admin::base_routes(registry),
+        options,
+        Counter::default(),
+        stop.clone(),
+    ));
+    let config = client_config(&dir.join("admin-ca.pem")).unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = shardq_net::tls::connect(&config, "127.0.0.1", stream)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // Plain HTTP to it gets no answer.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(!answer.starts_with(b"HTTP/1.1 200"));
+    stop.cancel();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -165,7 +165,10 @@ pub async fn run(
                 }
             }),
         );
-        let options = admin::AdminOptions::new(&shared.limits, config.admin_token.clone());
+        let options = admin::AdminOptions {
+            tls: config.tls.admin.clone(),
+            ..admin::AdminOptions::new(&shared.limits, config.admin_token.clone())
+        };
         let refused = shared.gate.admin_refused.clone();
         link_tasks.spawn(admin::serve(
             admin_listener,

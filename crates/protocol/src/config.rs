@@ -173,6 +173,9 @@ pub struct TlsConfig {
     pub cert_file: Option<String>,
     /// This node's private key (PEM).
     pub key_file: Option<String>,
+    /// Serve the admin port over HTTPS too, with the node's certificate
+    /// (its `admin` url is then `https://`).
+    pub admin: bool,
 }
 
 impl TlsConfig {
@@ -384,9 +387,14 @@ fn validate_entry(entry: &NodeEntry) -> Result<(), ConfigError> {
         return Err(bad("url", &entry.url, "needs a host and a valid port"));
     }
     if let Some(admin) = &entry.admin
-        && (!admin.starts_with("http://") || url_port(admin).is_none())
+        && (!(admin.starts_with("http://") || admin.starts_with("https://"))
+            || url_port(admin).is_none())
     {
-        return Err(bad("admin", admin, "must be http://host:port"));
+        return Err(bad(
+            "admin",
+            admin,
+            "must be http://host:port or https://host:port",
+        ));
     }
     if let Some(listen) = &entry.listen
         && listen.parse::<std::net::SocketAddr>().is_err()
