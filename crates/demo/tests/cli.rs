@@ -333,3 +333,44 @@ fn cluster_reports_unreachable_and_unchecked_nodes_and_exits_1() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(no_admin_dir);
 }
+
+#[test]
+fn token_mints_what_the_nodes_accept() {
+    use shardq_protocol::auth::TokenKeys;
+    let secret = "token-secret-of-at-least-32-bytes!!";
+    let (dir, path) = cluster_file(
+        "token",
+        "[tokens]\nhs256_secret_files = [\"token.key\"]\n[[consumers]]\nid = \"c\"\nurl = \"ws://127.0.0.1:1\"\n",
+    );
+    std::fs::write(dir.join("token.key"), format!("{secret}\n")).unwrap();
+    let output = demo(
+        &[
+            "token",
+            "--config",
+            &path,
+            "--name",
+            "dashboard",
+            "--subscribe",
+            "database/*",
+            "--ttl",
+            "600",
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let token = text(&output.stdout).trim().to_owned();
+    let keys = TokenKeys::new(&[secret.as_bytes().to_vec()], &[], false).unwrap();
+    let identity = keys.verify(&token).unwrap();
+    assert_eq!(&*identity.name, "dashboard");
+    let filter = shardq_protocol::TopicFilter::parse("database/*").unwrap();
+    assert!(identity.permissions.may_subscribe(&filter));
+    assert!(!identity.permissions.may_publish_text("database/create"));
+    // Without a key to sign with: one clear line.
+    let output = demo(&["token", "--name", "x"], None);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("--config"),
+        "{}",
+        text(&output.stderr)
+    );
+}
