@@ -240,14 +240,14 @@ impl WireFrame<'_> {
                 nonce: need!("hello", nonce),
             }),
             "auth" => {
-                let proof = match (&self.token, self.proof) {
-                    (Some(_), proof) => proof.unwrap_or_default(),
-                    (None, proof) => proof.ok_or(DecodeError::MissingField {
+                if self.token.is_none() && self.proof.is_none() {
+                    return Err(DecodeError::MissingField {
                         kind: "auth",
                         field: "proof",
                         id,
-                    })?,
-                };
+                    });
+                }
+                let proof = self.proof;
                 Frame::Auth(Auth {
                     nonce: need!("auth", nonce),
                     proof,

@@ -152,14 +152,14 @@ mod tests {
             }),
             Frame::Auth(Auth {
                 nonce: "11".repeat(32),
-                proof: "22".repeat(32),
+                proof: Some("22".repeat(32)),
                 node: Some("producer-1".into()),
                 client: Some("api".into()),
                 token: None,
             }),
             Frame::Auth(Auth {
                 nonce: "11".repeat(32),
-                proof: String::new(),
+                proof: None,
                 node: None,
                 client: None,
                 token: Some("eyJhbGciOiJIUzI1NiJ9.e30.sig".into()),

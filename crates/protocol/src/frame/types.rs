@@ -48,9 +48,9 @@ pub struct Hello {
 pub struct Auth {
     /// The client's 32-byte nonce, lowercase hex.
     pub nonce: String,
-    /// Lowercase hex HMAC-SHA256 client proof (empty with a token).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub proof: String,
+    /// Lowercase hex HMAC-SHA256 client proof (absent with a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
     /// A signed token instead of a proof (client endpoints, over TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

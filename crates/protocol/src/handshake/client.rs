@@ -132,12 +132,16 @@ impl ClientHandshake {
                 let mut token = None;
                 let (proof, client) = match &self.role {
                     As::Client { client } => (
-                        hex::encode(client_proof(&self.key, &server_nonce, &self.nonce)),
+                        Some(hex::encode(client_proof(
+                            &self.key,
+                            &server_nonce,
+                            &self.nonce,
+                        ))),
                         client.clone(),
                     ),
                     As::Token { token: own } => {
                         token = Some(own.clone());
-                        (String::new(), None)
+                        (None, None)
                     }
                     As::Node { own, expected } => {
                         if hello.node != *expected {
@@ -151,7 +155,7 @@ impl ClientHandshake {
                             server: expected,
                         };
                         let proof = node_client_proof(&self.key, ids, &server_nonce, &self.nonce);
-                        (hex::encode(proof), None)
+                        (Some(hex::encode(proof)), None)
                     }
                 };
                 let auth = Frame::Auth(Auth {

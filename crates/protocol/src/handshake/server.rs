@@ -152,7 +152,7 @@ impl ServerHandshake {
             };
             let key = &self.credentials.node_key;
             let expected = node_client_proof(key, ids, &self.nonce, client_nonce);
-            if proof_matches(&auth.proof, &expected) {
+            if proof_matches(auth.proof.as_deref().unwrap_or_default(), &expected) {
                 let proof = node_server_proof(key, ids, &self.nonce, client_nonce);
                 return Ok((proof, Peer::Node(id.to_owned())));
             }
@@ -182,7 +182,9 @@ impl ServerHandshake {
         let mut verified = None;
         for (secret, identity) in candidates {
             let expected = client_proof(secret, &self.nonce, client_nonce);
-            if proof_matches(&auth.proof, &expected) && verified.is_none() {
+            if proof_matches(auth.proof.as_deref().unwrap_or_default(), &expected)
+                && verified.is_none()
+            {
                 verified = Some((secret, identity));
             }
         }

@@ -108,11 +108,11 @@ fn reflection_gets_nothing() {
     // The attacker echoes the server nonce and guesses a proof.
     let attempt = Frame::Auth(Auth {
         nonce: server_nonce.to_hex(),
-        proof: hex::encode(server_proof(
+        proof: Some(hex::encode(server_proof(
             &psk("attacker-guess-00"),
             &server_nonce,
             &server_nonce,
-        )),
+        ))),
         node: None,
         client: None,
         token: None,
@@ -127,7 +127,11 @@ fn reflection_gets_nothing() {
     );
     let mirrored = Frame::Auth(Auth {
         nonce: server_nonce.to_hex(),
-        proof: hex::encode(client_proof(&key, &server_nonce, &server_nonce)),
+        proof: Some(hex::encode(client_proof(
+            &key,
+            &server_nonce,
+            &server_nonce,
+        ))),
         node: None,
         client: None,
         token: None,
@@ -146,7 +150,11 @@ fn reflection_gets_nothing() {
     );
     let replayed = Frame::Auth(Auth {
         nonce: client_nonce.to_hex(),
-        proof: hex::encode(server_proof(&key, &server_nonce, &client_nonce)),
+        proof: Some(hex::encode(server_proof(
+            &key,
+            &server_nonce,
+            &client_nonce,
+        ))),
         node: None,
         client: None,
         token: None,
@@ -196,7 +204,7 @@ fn unexpected_frames_and_versions() {
     );
     let bad_nonce = Frame::Auth(Auth {
         nonce: "zz".into(),
-        proof: "00".into(),
+        proof: Some("00".into()),
         node: None,
         client: None,
         token: None,
