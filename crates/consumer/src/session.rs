@@ -62,9 +62,9 @@ pub(crate) async fn run(
     drop(credentials);
     // Nodes may do anything their endpoint allows; clients what their
     // credential allows.
-    let permissions = match accepted {
-        Ok(Peer::Client(identity)) => identity.permissions,
-        Ok(Peer::Node(_)) => Arc::new(Permissions::all()),
+    let (permissions, tenant) = match accepted {
+        Ok(Peer::Client(identity)) => (identity.permissions.clone(), identity.tenant_key()),
+        Ok(Peer::Node(_)) => (Arc::new(Permissions::all()), None),
         Err(_) => return,
     };
     // Node-to-node connections are watched as closely as links are.
@@ -85,6 +85,7 @@ pub(crate) async fn run(
         subscriptions: BTreeSet::new(),
         in_flight: Arc::new(InFlight::default()),
         permissions,
+        tenant,
     };
     // Boxed so that only the loop's own state stays allocated while it runs.
     let ended = Box::pin(session.serve(&mut channel)).await;
@@ -120,6 +121,8 @@ struct Session {
     in_flight: Arc<InFlight>,
     /// What the peer may subscribe to.
     permissions: Arc<Permissions>,
+    /// A client's tenant outside the default one: its topics' keys name it.
+    tenant: Option<Arc<str>>,
 }
 
 /// One frame of a burst, decoded.
@@ -269,7 +272,7 @@ impl Session {
             let len = rest.iter().take_while(|p| p.topic == topic).count();
             let (group, after) = rest.split_at(len);
             rest = after;
-            if let Err(error) = self.shared.queues.load().check_text(topic) {
+            if let Err(error) = self.shared.queues.load().check_key(topic) {
                 for publish in group {
                     let refusal = Frame::error(Some(publish.id), error.code(), error.to_string());
                     answers.push(refusal.encode().as_bytes());
@@ -366,16 +369,28 @@ impl Session {
         batches.flush();
     }
 
+    /// A filter as the peer named it (`queue/event`) and in its namespace:
+    /// a client's tenant (whatever `tenant` it wrote), a node's as sent.
+    fn scoped(&self, filter: &TopicFilter) -> (TopicFilter, TopicFilter) {
+        let named = filter.in_tenant(None);
+        let scoped = match self.endpoint {
+            Endpoint::Cluster => filter.clone(),
+            _ => filter.in_tenant(self.tenant.as_deref()),
+        };
+        (named, scoped)
+    }
+
     async fn subscribe(&mut self, subscribe: Subscribe) -> Option<Frame> {
         let id = subscribe.id;
-        if !self.permissions.may_subscribe(&subscribe.topic) {
+        let (named, scoped) = self.scoped(&subscribe.topic);
+        if !self.permissions.may_subscribe(&named) {
             return Some(Frame::error(
                 Some(id),
                 ErrorCode::NotAuthorized,
-                format!("this client may not subscribe to {}", subscribe.topic),
+                format!("this client may not subscribe to {named}"),
             ));
         }
-        let topics = match self.shared.queues.load().expand(&subscribe.topic) {
+        let topics = match self.shared.queues.load().expand(&scoped) {
             Ok(topics) => topics,
             Err(error) => return Some(Frame::error(Some(id), error.code(), error.to_string())),
         };
@@ -387,7 +402,7 @@ impl Session {
             return Some(Frame::error(
                 Some(id),
                 ErrorCode::AlreadySubscribed,
-                format!("already subscribed to {}", subscribe.topic),
+                format!("already subscribed to {named}"),
             ));
         }
         let cap = self.shared.limits.max_subscriptions_per_connection;
@@ -433,8 +448,9 @@ impl Session {
 
     fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Option<Frame> {
         let id = unsubscribe.id;
+        let (named, scoped) = self.scoped(&unsubscribe.topic);
         // An exact topic needs no check: it is either held or not.
-        let topics = match &unsubscribe.topic {
+        let topics = match &scoped {
             TopicFilter::Exact(topic) => vec![topic.clone()],
             wildcard => match self.shared.queues.load().expand(wildcard) {
                 Ok(topics) => topics,
@@ -451,7 +467,7 @@ impl Session {
             return Some(Frame::error(
                 Some(id),
                 ErrorCode::NotSubscribed,
-                format!("not subscribed to {}", unsubscribe.topic),
+                format!("not subscribed to {named}"),
             ));
         }
         for topic in held {

@@ -178,7 +178,8 @@ mod tests {
             version: VERSION,
             node: "consumer-0".into(),
             topics: vec![TopicSnapshot {
-                topic: Topic::parse("a/b").unwrap(),
+                // A tenant's topic: its key survives the file.
+                topic: Topic::parse("a/b").unwrap().in_tenant(Some("acme")),
                 epoch: 9,
                 offset: 2,
                 sealed: vec![Position {
@@ -212,6 +213,7 @@ mod tests {
             "{\"x\" :\n [1, 2]}"
         );
         assert_eq!(back.topics[0].keys[0].key, "k");
+        assert_eq!(back.topics[0].topic.as_str(), "acme~a/b");
         // Used once: gone after it was read.
         assert!(take(&dir).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();

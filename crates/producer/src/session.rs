@@ -17,6 +17,7 @@ use shardq_net::link::{self, Batches, Body, InFlight, Reply, Request};
 use shardq_net::outbox::FrameBatch;
 use shardq_protocol::frame::{parse_publish_parts, request_id_of};
 use shardq_protocol::legacy::{self, LegacyFrame};
+use shardq_protocol::topic::TENANT_SEPARATOR;
 use shardq_protocol::{
     Accepts, CloseCode, ENVELOPE_BYTES, ErrorCode, Frame, Limits, Peer, Permissions, Topic,
 };
@@ -51,8 +52,8 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
     ))
     .await;
     drop(credentials);
-    let permissions = match accepted {
-        Ok(Peer::Client(identity)) => identity.permissions,
+    let (permissions, tenant) = match accepted {
+        Ok(Peer::Client(identity)) => (identity.permissions.clone(), identity.tenant_key()),
         // Client endpoints accept clients only.
         Ok(Peer::Node(_)) | Err(_) => return,
     };
@@ -63,7 +64,14 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
         shared.draining.clone(),
     );
     let in_flight = Arc::new(InFlight::default());
-    let ended = Box::pin(serve(&shared, &mut channel, &in_flight, &permissions)).await;
+    let ended = Box::pin(serve(
+        &shared,
+        &mut channel,
+        &in_flight,
+        &permissions,
+        tenant.as_deref(),
+    ))
+    .await;
     if ended == Ended::Stopped {
         // Answer everything in flight before saying goodbye, and every
         // frame the publisher still sends meanwhile (not processed).
@@ -96,6 +104,7 @@ async fn serve(
     channel: &mut Channel,
     in_flight: &Arc<InFlight>,
     permissions: &Permissions,
+    tenant: Option<&str>,
 ) -> Ended {
     let mut burst: Vec<Text> = Vec::new();
     loop {
@@ -119,10 +128,12 @@ async fn serve(
                 Some(parts) => (parts.id, Body::in_frame(text.clone(), &parts)),
                 None => match Frame::decode_str(&text, shared.limits.max_frame_bytes) {
                     // `forwarded` means nothing coming from a publisher; it is not passed on.
+                    // A `tenant` field from a publisher means nothing
+                    // either: its tenant is the one it authenticated in.
                     Ok(Frame::Publish(publish)) => (
                         publish.id,
                         Body::new(
-                            publish.topic.as_str(),
+                            publish.topic.name(),
                             publish.key.as_deref(),
                             &publish.payload,
                         ),
@@ -158,6 +169,12 @@ async fn serve(
                 answers.push(refusal(shared, id, ErrorCode::NotAuthorized, &why));
                 continue;
             }
+            // Outside the default tenant the topic's key names the tenant.
+            let body = match tenant {
+                Some(tenant) => body.with_topic(&format!("{tenant}{TENANT_SEPARATOR}{topic}")),
+                None => body,
+            };
+            let topic = body.topic();
             let Some(link) = links.owner(topic) else {
                 answers.push(refusal(
                     shared,

@@ -229,7 +229,7 @@ impl Conn {
                         }
                         Some(Ok(_)) => continue,
                     };
-                    let frame = Frame::decode_str(text.as_str(), usize::MAX);
+                    let frame = Frame::decode_str(text.as_str(), usize::MAX).map(Frame::without_tenant);
                     if let Ok(Frame::Message(message)) = frame {
                         if self.deliver(message, socket).await.is_err() {
                             return Ok(());

@@ -72,7 +72,7 @@ impl TopicTable {
         let mut cell = match self.existing(topic) {
             Some(cell) => cell,
             None => {
-                let topic = Topic::parse(topic).map_err(|_| NotSequenced::BadTopic)?;
+                let topic = Topic::parse_key(topic).map_err(|_| NotSequenced::BadTopic)?;
                 let view = self.view.load();
                 if !view.owns(&topic) {
                     return Err(NotSequenced::of(&view, &topic));

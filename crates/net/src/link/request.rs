@@ -109,7 +109,22 @@ impl Body {
         }
     }
 
-    /// The topic (valid, see [`Topic`](shardq_protocol::Topic)).
+    /// The same publish to the topic whose key is `topic` (a tenant's):
+    /// one copy.
+    pub fn with_topic(&self, topic: &str) -> Body {
+        let payload = self.payload();
+        let key = self.key().unwrap_or_default();
+        let key_at = topic.len();
+        let payload_at = key_at + key.len();
+        Body {
+            text: Text::from(format!("{topic}{key}{payload}")),
+            topic: 0..topic.len(),
+            key: key_at..payload_at,
+            payload: payload_at..payload_at + payload.len(),
+        }
+    }
+
+    /// The topic's key (valid, see [`Topic::as_str`](shardq_protocol::Topic::as_str)).
     pub fn topic(&self) -> &str {
         self.text.get(self.topic.clone()).unwrap_or_default()
     }

@@ -79,11 +79,6 @@ pub enum ClientEntryError {
         /// The pattern.
         pattern: String,
     },
-    /// A tenant other than the default: namespaces are not built yet.
-    #[error(
-        "client {0:?}: only tenant \"default\" is supported in this release (tenant namespaces are not built yet)"
-    )]
-    TenantUnsupported(String),
 }
 
 /// One permission: every topic, every event of a queue, or one topic.
@@ -196,6 +191,12 @@ pub struct ClientIdentity {
 }
 
 impl ClientIdentity {
+    /// Its tenant, unless it is the default one (the topics' keys name
+    /// only other tenants).
+    pub fn tenant_key(&self) -> Option<Arc<str>> {
+        (&*self.tenant != DEFAULT_TENANT).then(|| self.tenant.clone())
+    }
+
     /// The psk's identity: the default tenant, every permission.
     pub fn psk_holder() -> ClientIdentity {
         ClientIdentity {
@@ -299,9 +300,6 @@ pub fn validate_clients(entries: &[ClientEntry]) -> Result<(), ClientEntryError>
         if !valid_name(&entry.name) || !valid_name(&entry.tenant) {
             return Err(ClientEntryError::BadName(entry.name.clone()));
         }
-        if entry.tenant != DEFAULT_TENANT {
-            return Err(ClientEntryError::TenantUnsupported(entry.name.clone()));
-        }
         if !seen.insert(entry.name.as_str()) {
             return Err(ClientEntryError::Duplicate(entry.name.clone()));
         }
@@ -403,9 +401,11 @@ mod tests {
         ));
         let mut tenant = entry(&[], &[]);
         tenant.tenant = "acme".into();
+        assert_eq!(validate_clients(&[tenant.clone()]), Ok(()));
+        tenant.tenant = "ac~me".into();
         assert!(matches!(
             validate_clients(&[tenant]),
-            Err(ClientEntryError::TenantUnsupported(_))
+            Err(ClientEntryError::BadName(_))
         ));
     }
 }

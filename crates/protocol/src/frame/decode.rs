@@ -177,6 +177,7 @@ struct WireFrame<'a> {
     id: Option<u64>,
     #[serde(borrow)]
     topic: Option<Cow<'a, str>>,
+    tenant: Option<String>,
     since: Option<Position>,
     after: Option<Position>,
     #[serde(default, deserialize_with = "present")]
@@ -228,11 +229,14 @@ impl WireFrame<'_> {
                 }
             };
         }
+        let tenant = self.tenant.as_deref();
         let topic_filter = |topic: &str| {
-            TopicFilter::parse(topic).map_err(|error| DecodeError::BadTopic { id, error })
+            TopicFilter::from_wire(topic, tenant)
+                .map_err(|error| DecodeError::BadTopic { id, error })
         };
-        let exact_topic =
-            |topic: &str| Topic::parse(topic).map_err(|error| DecodeError::BadTopic { id, error });
+        let exact_topic = |topic: &str| {
+            Topic::from_wire(topic, tenant).map_err(|error| DecodeError::BadTopic { id, error })
+        };
         let frame = match &*self.kind {
             "hello" => Frame::Hello(Hello {
                 version: need!("hello", version),

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use super::types::{Position, Publish};
 use crate::topic::Topic;
+use crate::topic::write_topic_key;
 
 fn push_number(out: &mut Vec<u8>, value: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
@@ -18,12 +19,12 @@ fn push_number(out: &mut Vec<u8>, value: u64) {
 /// Appends the JSON of a `message` frame to `out`, byte-identical to
 /// `Frame::Message(..).encode()` but without building a `Frame`.
 ///
-/// `topic` must be valid (see [`Topic`]): topics never need escaping, so it
-/// is written verbatim.
+/// `topic` must be a valid key (see [`Topic::as_str`]): topics never need
+/// escaping, so its name (and tenant) are written verbatim.
 pub fn encode_message_into(out: &mut Vec<u8>, topic: &str, at: Position, payload: &RawValue) {
-    out.extend_from_slice(b"{\"type\":\"message\",\"topic\":\"");
-    out.extend_from_slice(topic.as_bytes());
-    out.extend_from_slice(b"\",\"epoch\":");
+    out.extend_from_slice(b"{\"type\":\"message\",");
+    write_topic_key(out, topic);
+    out.extend_from_slice(b",\"epoch\":");
     push_number(out, at.epoch);
     out.extend_from_slice(b",\"offset\":");
     push_number(out, at.offset);
@@ -35,8 +36,8 @@ pub fn encode_message_into(out: &mut Vec<u8>, topic: &str, at: Position, payload
 /// Appends the JSON of a `publish` frame, byte-identical to
 /// `Frame::Publish(..).encode()`; the payload is copied verbatim.
 ///
-/// `topic` must be valid (see [`Topic`]) and `payload` valid JSON: both are
-/// written verbatim.
+/// `topic` must be a valid key (see [`Topic::as_str`]) and `payload` valid
+/// JSON: both are written verbatim.
 ///
 /// `key`, when given, must be valid ([`is_valid_key`]): keys never need
 /// escaping either.
@@ -52,9 +53,8 @@ pub fn encode_publish_into(
 ) {
     out.extend_from_slice(b"{\"type\":\"publish\",\"id\":");
     push_number(out, id);
-    out.extend_from_slice(b",\"topic\":\"");
-    out.extend_from_slice(topic.as_bytes());
-    out.push(b'"');
+    out.push(b',');
+    write_topic_key(out, topic);
     if let Some(key) = key {
         out.extend_from_slice(b",\"key\":\"");
         out.extend_from_slice(key.as_bytes());

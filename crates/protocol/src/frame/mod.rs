@@ -13,6 +13,8 @@
 
 use serde::Serialize;
 
+use crate::topic::Topic;
+
 mod codes;
 mod decode;
 mod fast;
@@ -65,6 +67,44 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The frame with every topic by its name alone: what a client sees
+    /// (a client is in one tenant; the `tenant` field nodes add outside
+    /// the default tenant tells it nothing new).
+    pub fn without_tenant(self) -> Frame {
+        let name = |topic: Topic| topic.in_tenant(None);
+        match self {
+            Frame::Message(mut m) => {
+                m.topic = name(m.topic);
+                Frame::Message(m)
+            }
+            Frame::Gap(mut g) => {
+                g.topic = name(g.topic);
+                Frame::Gap(g)
+            }
+            Frame::Stalled(mut s) => {
+                s.topic = name(s.topic);
+                Frame::Stalled(s)
+            }
+            Frame::Resumed(mut r) => {
+                r.topic = name(r.topic);
+                Frame::Resumed(r)
+            }
+            Frame::Moved(mut m) => {
+                m.topic = name(m.topic);
+                Frame::Moved(m)
+            }
+            Frame::Ack(mut ack) => {
+                if let Some(topics) = &mut ack.topics {
+                    for position in topics {
+                        position.topic = position.topic.in_tenant(None);
+                    }
+                }
+                Frame::Ack(ack)
+            }
+            other => other,
+        }
+    }
+
     /// The `"type"` of the frame.
     pub fn kind(&self) -> &'static str {
         match self {

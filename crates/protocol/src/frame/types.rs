@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::codes::ErrorCode;
-use crate::topic::{Topic, TopicFilter};
+use crate::topic::{Topic, TopicFilter, filter_fields, topic_fields};
 
 /// A place in a topic's sequence: the epoch (made when a node created the
 /// topic's state) and the offset of a message within it (the first is 1).
@@ -21,15 +21,37 @@ pub struct Position {
 }
 
 /// One topic's position as reported in a `subscribe` ack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TopicPosition {
-    /// The topic.
+    /// The topic (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "topic_fields")]
     pub topic: Topic,
     /// Its current epoch.
     pub epoch: u64,
     /// The offset of the last message sequenced before the subscription went
     /// live: every message with a greater offset will be delivered.
     pub offset: u64,
+}
+
+/// A [`TopicPosition`] as it arrives: name, tenant, position.
+#[derive(Deserialize)]
+struct WireTopicPosition {
+    topic: String,
+    tenant: Option<String>,
+    epoch: u64,
+    offset: u64,
+}
+
+impl<'de> Deserialize<'de> for TopicPosition {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = WireTopicPosition::deserialize(deserializer)?;
+        Ok(TopicPosition {
+            topic: Topic::from_wire(&wire.topic, wire.tenant.as_deref())
+                .map_err(serde::de::Error::custom)?,
+            epoch: wire.epoch,
+            offset: wire.offset,
+        })
+    }
 }
 
 /// Server → client, first frame of the handshake.
@@ -75,7 +97,8 @@ pub struct Welcome {
 pub struct Subscribe {
     /// Client-chosen id, echoed by the answer.
     pub id: u64,
-    /// `queue/event` or `queue/*`.
+    /// `queue/event` or `queue/*` (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "filter_fields")]
     pub topic: TopicFilter,
     /// Resume after this position (exact topics only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,7 +110,8 @@ pub struct Subscribe {
 pub struct Unsubscribe {
     /// Client-chosen id, echoed by the answer.
     pub id: u64,
-    /// `queue/event` or `queue/*`.
+    /// `queue/event` or `queue/*` (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "filter_fields")]
     pub topic: TopicFilter,
 }
 
@@ -109,7 +133,8 @@ pub fn is_valid_key(key: &str) -> bool {
 pub struct Publish {
     /// Client-chosen id, echoed by the answer.
     pub id: u64,
-    /// The topic.
+    /// The topic (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "topic_fields")]
     pub topic: Topic,
     /// The publisher's idempotency key: a retry with the same key is
     /// answered with the first one's position instead of being sequenced
@@ -212,7 +237,8 @@ pub struct ErrorFrame {
 /// Server → client: one delivered message.
 #[derive(Debug, Clone, Serialize)]
 pub struct Message {
-    /// The topic it was published to.
+    /// The topic it was published to (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "topic_fields")]
     pub topic: Topic,
     /// The epoch it was sequenced in.
     pub epoch: u64,
@@ -260,7 +286,8 @@ impl Message {
 /// peer until the peer re-points at the new owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Moved {
-    /// The topic.
+    /// The topic (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "topic_fields")]
     pub topic: Topic,
     /// The epoch that ended.
     pub epoch: u64,
@@ -276,7 +303,8 @@ pub struct Moved {
 /// next message delivered has a greater offset in that epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gap {
-    /// The topic.
+    /// The topic (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "topic_fields")]
     pub topic: Topic,
     /// The last position delivered before the gap (epoch 0: none).
     pub after: Position,
@@ -291,7 +319,8 @@ pub struct Gap {
 /// The subscription stays.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stalled {
-    /// The topic.
+    /// The topic (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "topic_fields")]
     pub topic: Topic,
     /// The owner that cannot be reached.
     pub owner: String,
@@ -301,6 +330,7 @@ pub struct Stalled {
 /// (a [`Gap`] comes first if something could not be replayed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resumed {
-    /// The topic.
+    /// The topic (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "topic_fields")]
     pub topic: Topic,
 }

@@ -9,6 +9,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::frame::ErrorCode;
 
+mod tenant;
+
+pub use tenant::{TENANT_SEPARATOR, filter_fields, topic_fields, write_topic_key};
+
 /// Longest queue or event name, in bytes (all allowed characters are ASCII).
 pub const MAX_PART_LEN: usize = 64;
 
@@ -78,8 +82,12 @@ fn check_name(part: &'static str, name: &str) -> Result<(), TopicError> {
 /// `[A-Za-z0-9_.-]`, which also means a topic never needs JSON escaping.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Topic {
+    /// `queue/event`, or `tenant~queue/event` outside the default tenant.
     text: Arc<str>,
+    /// Index of the `/` in `text`.
     slash: u8,
+    /// Index right after the `~` (0 in the default tenant).
+    name_at: u8,
 }
 
 impl Topic {
@@ -89,6 +97,7 @@ impl Topic {
         Ok(Topic {
             text: Arc::from(text),
             slash,
+            name_at: 0,
         })
     }
 
@@ -113,12 +122,13 @@ impl Topic {
         Ok(Topic {
             text: Arc::from(format!("{queue}/{event}")),
             slash: queue.len() as u8,
+            name_at: 0,
         })
     }
 
     /// The queue part.
     pub fn queue(&self) -> &str {
-        &self.text[..self.slash as usize]
+        &self.text[self.name_at as usize..self.slash as usize]
     }
 
     /// The event part.
@@ -126,9 +136,20 @@ impl Topic {
         &self.text[self.slash as usize + 1..]
     }
 
-    /// The whole `queue/event` string.
+    /// The whole key: `queue/event`, or `tenant~queue/event` outside the
+    /// default tenant (what routing hashes and every map is keyed by).
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// `queue/event`, without the tenant (what the topic's clients see).
+    pub fn name(&self) -> &str {
+        &self.text[self.name_at as usize..]
+    }
+
+    /// The tenant, outside the default one.
+    pub fn tenant(&self) -> Option<&str> {
+        (self.name_at > 0).then(|| &self.text[..self.name_at as usize - 1])
     }
 }
 
@@ -179,7 +200,7 @@ impl Serialize for Topic {
 impl<'de> Deserialize<'de> for Topic {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
-        Topic::parse(&text).map_err(serde::de::Error::custom)
+        Topic::parse_key(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -188,7 +209,8 @@ impl<'de> Deserialize<'de> for Topic {
 pub enum TopicFilter {
     /// One `queue/event` topic.
     Exact(Topic),
-    /// `queue/*`: every event the configuration declares for the queue.
+    /// `queue/*`: every event the configuration declares for the queue
+    /// (`tenant~queue` outside the default tenant).
     AllEvents(String),
 }
 
@@ -271,7 +293,16 @@ impl QueueConfig {
 
     /// Whether a topic may be published to or subscribed to.
     pub fn check(&self, topic: &Topic) -> Result<(), TopicError> {
-        self.check_text(topic.as_str())
+        self.check_text(topic.name())
+    }
+
+    /// [`check`](Self::check) for a topic's key ([`Topic::as_str`]: its
+    /// tenant, if any, is not part of what is declared).
+    pub fn check_key(&self, key: &str) -> Result<(), TopicError> {
+        let name = key
+            .split_once(TENANT_SEPARATOR)
+            .map_or(key, |(_, name)| name);
+        self.check_text(name)
     }
 
     /// [`check`](Self::check) for a topic's text, valid as
@@ -290,20 +321,27 @@ impl QueueConfig {
     }
 
     /// The topics a filter names, each checked: an exact topic gives itself,
-    /// `queue/*` every declared event of the queue in sorted order.
+    /// `queue/*` every declared event of the queue in sorted order (in the
+    /// filter's tenant). Queues are declared once for every tenant.
     pub fn expand(&self, filter: &TopicFilter) -> Result<Vec<Topic>, TopicError> {
         match filter {
             TopicFilter::Exact(topic) => {
                 self.check(topic)?;
                 Ok(vec![topic.clone()])
             }
-            TopicFilter::AllEvents(queue) => match self.queues.get(queue) {
-                Some(events) => events
-                    .iter()
-                    .map(|event| Topic::new(queue, event))
-                    .collect(),
-                None => Err(TopicError::WildcardUndeclared(queue.clone())),
-            },
+            TopicFilter::AllEvents(key) => {
+                let (tenant, queue) = match key.split_once(TENANT_SEPARATOR) {
+                    Some((tenant, queue)) => (Some(tenant), queue),
+                    None => (None, key.as_str()),
+                };
+                match self.queues.get(queue) {
+                    Some(events) => events
+                        .iter()
+                        .map(|event| Topic::new(queue, event).map(|t| t.in_tenant(tenant)))
+                        .collect(),
+                    None => Err(TopicError::WildcardUndeclared(queue.to_owned())),
+                }
+            }
         }
     }
 }
