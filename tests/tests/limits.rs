@@ -223,12 +223,10 @@ async fn an_admin_flood_does_not_stop_the_websocket_port() {
     cluster.shutdown().await;
 }
 
-/// `GET path` with an optional bearer token: the status code.
-async fn get_with_token(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+/// `GET path` with an optional `Authorization` value: the status code.
+async fn get_with_authorization(addr: SocketAddr, path: &str, value: Option<String>) -> u16 {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let authorization = token.map_or(String::new(), |token| {
-        format!("Authorization: Bearer {token}\r\n")
-    });
+    let authorization = value.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: x\r\n{authorization}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -238,6 +236,11 @@ async fn get_with_token(addr: SocketAddr, path: &str, token: Option<&str>) -> u1
         .unwrap()
         .unwrap();
     response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `GET path` with an optional bearer token: the status code.
+async fn get_with_token(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    get_with_authorization(addr, path, token.map(|token| format!("Bearer {token}"))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,6 +270,12 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     }
     assert_eq!(
         get_with_token(cluster.producers[0].admin, "/readyz", None).await,
+        200
+    );
+    // The scheme is case-insensitive.
+    let lower = Some(format!("bearer {TOKEN}"));
+    assert_eq!(
+        get_with_authorization(cluster.consumers[0].admin, "/metrics", lower).await,
         200
     );
     cluster.shutdown().await;
@@ -360,6 +369,41 @@ async fn a_links_window_is_bounded_in_bytes_too() {
         "shardq_producer_link_in_flight",
         4.0,
     )
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_whose_peer_never_says_hello_reports_why() {
+    init_logging();
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let mut cluster = Cluster::builder()
+        .consumers(1)
+        .producers(1)
+        .limits(|limits| limits.handshake_timeout_ms = 300)
+        .start()
+        .await;
+    // Upgrades every connection, then says nothing.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            if let Ok(socket) = tokio_tungstenite::accept_async(stream).await {
+                held.push(socket);
+            }
+        }
+    });
+    let mut moved = cluster.config.clone();
+    moved.consumers[0].url = format!("ws://{silent_addr}");
+    cluster.reload(moved);
+    let admin = cluster.producers[0].admin;
+    eventually("last_error names the silent peer's timeout", || async {
+        let status = shardq_tests::node_status(admin).await;
+        status.links[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains(&silent_addr.to_string()))
+    })
     .await;
     cluster.shutdown().await;
 }

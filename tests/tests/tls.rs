@@ -86,6 +86,27 @@ async fn an_untrusted_certificate_is_refused() {
         .replacen("wss://", "ws://", 1);
     let handshake = ClientHandshake::new(cluster.psk.clone(), Nonce::random(), None);
     assert!(RawClient::connect_with(&plain, handshake).await.is_err());
+    // Both failed TLS handshakes are counted where they failed.
+    for (admin, name) in [
+        (
+            cluster.producers[0].admin,
+            "shardq_producer_tls_handshake_failures_total",
+        ),
+        (
+            cluster.consumers[0].admin,
+            "shardq_consumer_tls_handshake_failures_total",
+        ),
+    ] {
+        let deadline = tokio::time::Instant::now() + shardq_tests::PATIENCE;
+        loop {
+            let (_, body) = shardq_tests::http_get(admin, "/metrics").await;
+            if shardq_tests::metric(&body, name).is_some_and(|count| count >= 1.0) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name}: {body}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     cluster.shutdown().await;
 }
 

@@ -52,6 +52,7 @@ pub fn plan(consumers: usize, producers: usize) -> Result<ClusterConfig, String>
             // Every benchmark client comes from 127.0.0.1.
             max_connections_per_address: 1_000_000,
             max_unauthenticated_connections: 1_000_000,
+            max_unauthenticated_per_address: 1_000_000,
             max_connections: 1_000_000,
             ..Limits::default()
         },

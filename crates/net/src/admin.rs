@@ -113,7 +113,11 @@ fn authorized<B>(request: &axum::http::Request<B>, token: Option<&str>) -> bool 
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        // The scheme is case-insensitive (RFC 7235).
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .unwrap_or_default();
     given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }

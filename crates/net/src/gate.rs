@@ -24,6 +24,8 @@ pub struct Caps {
     pub per_address: usize,
     /// Connections that have not authenticated yet.
     pub unauthenticated: usize,
+    /// Of those, from one IP address.
+    pub unauthenticated_per_address: usize,
 }
 
 impl From<&Limits> for Caps {
@@ -32,6 +34,7 @@ impl From<&Limits> for Caps {
             total: limits.max_connections,
             per_address: limits.max_connections_per_address,
             unauthenticated: limits.max_unauthenticated_connections,
+            unauthenticated_per_address: limits.max_unauthenticated_per_address,
         }
     }
 }
@@ -45,6 +48,8 @@ pub enum Refusal {
     PerAddress,
     /// `max_unauthenticated_connections`.
     Unauthenticated,
+    /// `max_unauthenticated_per_address`.
+    UnauthenticatedPerAddress,
 }
 
 impl Refusal {
@@ -54,6 +59,7 @@ impl Refusal {
             Refusal::Total => "max_connections",
             Refusal::PerAddress => "max_connections_per_address",
             Refusal::Unauthenticated => "max_unauthenticated_connections",
+            Refusal::UnauthenticatedPerAddress => "max_unauthenticated_per_address",
         }
     }
 }
@@ -67,7 +73,8 @@ struct CapLabel {
 struct Counts {
     total: usize,
     unauthenticated: usize,
-    per_address: HashMap<IpAddr, usize>,
+    /// Per address: connections, and of those not authenticated yet.
+    per_address: HashMap<IpAddr, (usize, usize)>,
 }
 
 /// A node's connection caps and their counts.
@@ -79,6 +86,8 @@ pub struct Gate {
     pub write_timeouts: Counter,
     /// Admin connections closed at accept (over `max_admin_connections`).
     pub admin_refused: Counter,
+    /// TLS handshakes that failed on the WebSocket port.
+    pub tls_failures: Counter,
 }
 
 impl Gate {
@@ -90,11 +99,12 @@ impl Gate {
             refused: Family::default(),
             write_timeouts: Counter::default(),
             admin_refused: Counter::default(),
+            tls_failures: Counter::default(),
         })
     }
 
-    /// Registers `connections_refused{cap}`, `write_timeouts` and
-    /// `admin_connections_refused`.
+    /// Registers `connections_refused{cap}`, `write_timeouts`,
+    /// `tls_handshake_failures` and `admin_connections_refused`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "connections_refused",
@@ -105,6 +115,11 @@ impl Gate {
             "write_timeouts",
             "Connections cut because the peer took nothing within the write timeout",
             self.write_timeouts.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed on the WebSocket port",
+            self.tls_failures.clone(),
         );
         registry.register(
             "admin_connections_refused",
@@ -122,17 +137,22 @@ impl Gate {
     pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Admission, Refusal> {
         let refusal = {
             let mut counts = self.lock();
-            let from_addr = counts.per_address.get(&addr).copied().unwrap_or(0);
+            let (from_addr, unauthenticated_from_addr) =
+                counts.per_address.get(&addr).copied().unwrap_or((0, 0));
             if counts.total >= self.caps.total {
                 Some(Refusal::Total)
             } else if from_addr >= self.caps.per_address {
                 Some(Refusal::PerAddress)
+            } else if unauthenticated_from_addr >= self.caps.unauthenticated_per_address {
+                Some(Refusal::UnauthenticatedPerAddress)
             } else if counts.unauthenticated >= self.caps.unauthenticated {
                 Some(Refusal::Unauthenticated)
             } else {
                 counts.total += 1;
                 counts.unauthenticated += 1;
-                *counts.per_address.entry(addr).or_insert(0) += 1;
+                let entry = counts.per_address.entry(addr).or_insert((0, 0));
+                entry.0 += 1;
+                entry.1 += 1;
                 None
             }
         };
@@ -169,11 +189,20 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The connection's TLS handshake failed (counted).
+    pub fn tls_failed(&self) {
+        self.gate.tls_failures.inc();
+    }
+
     /// The connection authenticated: its unauthenticated place is freed.
     pub fn authenticated(&mut self) {
         if !self.authenticated {
             self.authenticated = true;
-            self.gate.lock().unauthenticated -= 1;
+            let mut counts = self.gate.lock();
+            counts.unauthenticated -= 1;
+            if let Some(entry) = counts.per_address.get_mut(&self.addr) {
+                entry.1 -= 1;
+            }
         }
     }
 }
@@ -185,9 +214,12 @@ impl Drop for Admission {
         if !self.authenticated {
             counts.unauthenticated -= 1;
         }
-        if let Some(count) = counts.per_address.get_mut(&self.addr) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(entry) = counts.per_address.get_mut(&self.addr) {
+            entry.0 -= 1;
+            if !self.authenticated {
+                entry.1 -= 1;
+            }
+            if entry.0 == 0 {
                 counts.per_address.remove(&self.addr);
             }
         }
@@ -217,6 +249,7 @@ mod tests {
             total: 4,
             per_address: 2,
             unauthenticated: 3,
+            unauthenticated_per_address: 2,
         });
         let mut a1 = gate.admit(ip(1)).unwrap();
         let a2 = gate.admit(ip(1)).unwrap();
@@ -233,6 +266,22 @@ mod tests {
         drop(a1);
         assert_eq!(gate.counts(), (0, 0));
         assert!(gate.lock().per_address.is_empty());
+        // One address cannot hold more unauthenticated places than its share.
+        let gate_b = Gate::new(Caps {
+            total: 100,
+            per_address: 100,
+            unauthenticated: 100,
+            unauthenticated_per_address: 2,
+        });
+        let mut first = gate_b.admit(ip(9)).unwrap();
+        let _second = gate_b.admit(ip(9)).unwrap();
+        assert_eq!(
+            gate_b.admit(ip(9)).unwrap_err(),
+            Refusal::UnauthenticatedPerAddress
+        );
+        let _other = gate_b.admit(ip(8)).unwrap();
+        first.authenticated();
+        let _third = gate_b.admit(ip(9)).unwrap();
         // Refusals are counted by cap.
         let mut registry = Registry::default();
         gate.register(&mut registry);

@@ -36,9 +36,8 @@ impl Summary {
             tracing::warn!(
                 count,
                 last = %detail,
-                "{count} {} in the last {}s or less (logged at most every {}s)",
+                "{count} {} since the last report (reported at most every {}s)",
                 self.what,
-                SUMMARY_EVERY.as_secs(),
                 SUMMARY_EVERY.as_secs()
             );
         }

@@ -213,6 +213,7 @@ pub fn credentials(
         cluster_path,
         |path| std::fs::read(path),
     )?;
+    let configured = node_key.is_some();
     let node_key = node_key.unwrap_or_else(|| {
         tracing::warn!(
             "no node key (SHARDQ_NODE_KEY or node_key_file): nodes prove the psk to each other, so every psk holder can act as a node; see docs/SECURITY.md"
@@ -220,7 +221,13 @@ pub fn credentials(
         psk.clone()
     });
     let tokens = token_keys(cluster, cluster_path)?;
-    Ok(Credentials::new(psk, node_key)
+    let credentials = Credentials::new(psk, node_key);
+    if configured && credentials.node_key_is_psk() {
+        tracing::warn!(
+            "the node key is the psk: every psk holder can act as a node; give nodes a key of their own (docs/SECURITY.md)"
+        );
+    }
+    Ok(credentials
         .with_clients(&cluster.clients)
         .with_tokens(tokens))
 }

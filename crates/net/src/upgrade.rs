@@ -100,6 +100,9 @@ pub async fn upgrade(
             Ok(Ok(stream)) => split_tls(stream),
             Ok(Err(error)) => {
                 HANDSHAKE_FAILURES.note(&format!("TLS handshake failed: {error}"));
+                if let Some(admission) = &admission {
+                    admission.tls_failed();
+                }
                 return Err(UpgradeError::Io(error));
             }
             Err(_) => return Err(UpgradeError::Timeout),

@@ -57,7 +57,7 @@ pub enum ClusterFileError {
         source: io::Error,
     },
     /// The psk is too short.
-    #[error("SHARDQ_PSK: {0}")]
+    #[error("psk: {0}")]
     WeakPsk(#[from] PskError),
     /// A secret file (node key, admin token) could not be read.
     #[error("cannot read {what} {path}: {source}")]
@@ -260,7 +260,7 @@ mod tests {
         let weak = load_psk(Some("short".into()), &none, here, no_file).unwrap_err();
         assert_eq!(
             weak.to_string(),
-            "SHARDQ_PSK: the psk is 5 bytes long; it must be at least 16 bytes"
+            "psk: the key is 5 bytes long; it must be at least 16 bytes"
         );
         assert!(load_psk(Some("0123456789abcdef".into()), &none, here, no_file).is_ok());
     }

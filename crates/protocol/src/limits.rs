@@ -61,6 +61,10 @@ pub struct Limits {
     /// Connections that have not completed their handshake, at once.
     /// Default 1,024.
     pub max_unauthenticated_connections: usize,
+    /// Connections from one IP address that have not completed their
+    /// handshake, at once (so one address cannot take every place of
+    /// `max_unauthenticated_connections`). Default 128.
+    pub max_unauthenticated_per_address: usize,
     /// Admin HTTP connections at once. Default 64.
     pub max_admin_connections: usize,
     /// Time an admin HTTP request (head to answer) may take. Default 5,000 ms.
@@ -97,6 +101,7 @@ impl Default for Limits {
             max_connections: 100_000,
             max_connections_per_address: 1_024,
             max_unauthenticated_connections: 1_024,
+            max_unauthenticated_per_address: 128,
             max_admin_connections: 64,
             admin_request_timeout_ms: 5_000,
         }
@@ -191,6 +196,10 @@ impl Limits {
             (
                 "max_unauthenticated_connections",
                 self.max_unauthenticated_connections as u64,
+            ),
+            (
+                "max_unauthenticated_per_address",
+                self.max_unauthenticated_per_address as u64,
             ),
             ("max_admin_connections", self.max_admin_connections as u64),
             ("admin_request_timeout_ms", self.admin_request_timeout_ms),

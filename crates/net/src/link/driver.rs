@@ -78,13 +78,7 @@ impl ConsumerLink {
                     tracing::warn!(link = %self.id, %reason, "consumer link lost; reconnecting");
                     self.down(reason, ErrorCode::Unavailable);
                 }
-                Err(error) => {
-                    let reason = error.to_string();
-                    if self.lock().last_error.as_deref() != Some(reason.as_str()) {
-                        tracing::warn!(link = %self.id, %reason, "cannot connect to consumer; retrying");
-                    }
-                    self.lock().last_error = Some(reason);
-                }
+                Err(error) => self.dial_failed(&error),
             }
             // Exponential backoff with ±50% jitter, so nodes do not
             // reconnect in lockstep; never above the cap, so a node that
@@ -146,13 +140,25 @@ impl ConsumerLink {
                 Some(result) = attempts.next() => match result {
                     Ok(conn) => return Ok(conn),
                     Err(error) if attempts.is_empty() => return Err(error),
-                    Err(_) => {}
+                    // Others still run; the status says why this one failed.
+                    Err(error) => self.dial_failed(&error),
                 },
                 _ = overlap.tick(), if attempts.len() < OVERLAPPING_DIALS => {
                     attempts.push(dial(&self.url, options, tasks));
                 }
             }
         }
+    }
+
+    /// Records why a dial failed (`last_error`), logging it when the reason
+    /// changed.
+    fn dial_failed(&self, error: &DialError) {
+        let reason = error.to_string();
+        let mut state = self.lock();
+        if state.last_error.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(link = %self.id, %reason, "cannot connect to consumer; retrying");
+        }
+        state.last_error = Some(reason);
     }
 
     /// Serves one connection until it breaks, `stop` or retirement; returns

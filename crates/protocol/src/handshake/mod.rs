@@ -62,7 +62,7 @@ pub struct Psk(Arc<[u8]>);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PskError {
     /// Fewer than [`Psk::MIN_LEN`] bytes.
-    #[error("the psk is {0} bytes long; it must be at least 16 bytes")]
+    #[error("the key is {0} bytes long; it must be at least 16 bytes")]
     TooShort(usize),
 }
 
@@ -229,7 +229,7 @@ pub enum HandshakeError {
     #[error("client nonce equals the server's nonce")]
     ReflectedNonce,
     /// The peer's proof did not verify (wrong psk, or an attack).
-    #[error("authentication failed: the peer's proof does not match this psk")]
+    #[error("authentication failed: the peer's proof does not match our key")]
     BadProof,
     /// A token over a plaintext connection (and plaintext is not allowed).
     #[error("tokens are accepted over TLS only")]

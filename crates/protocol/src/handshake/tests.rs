@@ -270,6 +270,8 @@ fn named_clients_and_rotation() {
         ("logger", "logger-secret-00000", Some("logger")),
         ("nobody", "api-secret-new-0000", None),
         ("api", "the-cluster-psk-0", None),
+        // An empty name is a name nobody has, not the psk.
+        ("", "the-cluster-psk-0", None),
     ];
     for (name, secret, accepted) in cases {
         let verdict = client_against(named_credentials(), Accepts::Clients, named(name, secret));
