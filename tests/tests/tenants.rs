@@ -123,6 +123,7 @@ async fn a_tenants_history_and_the_client_library_stay_in_the_tenant() {
     // The client library, named in tenant acme.
     let subscriber = Subscriber::connect(SubscriberConfig {
         client: Some("acme-app".into()),
+        tenant: Some("acme".into()),
         ..SubscriberConfig::from_cluster(&cluster.config, acme("acme-secret-0123456"))
     })
     .await

@@ -35,6 +35,10 @@ pub struct SubscriberConfig {
     /// The CA `wss://` nodes are checked against (`None`: `wss://` URLs
     /// are refused).
     pub tls: Option<Tls>,
+    /// The client's tenant (its `[[clients]]` entry's or token's), so each
+    /// topic is subscribed at its owner in that tenant; `None`: the
+    /// default tenant. Only a hint: a wrong one costs a hop, not a message.
+    pub tenant: Option<String>,
     /// A name for the consumers' logs.
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
@@ -69,6 +73,7 @@ impl SubscriberConfig {
             client: None,
             token: None,
             tls: None,
+            tenant: None,
             name: None,
             connect_timeout: Duration::from_secs(5),
             answer_timeout: Duration::from_secs(10),

@@ -127,7 +127,9 @@ impl Subscriber {
     }
 
     fn owner(&self, topic: &Topic) -> usize {
-        self.inner.router.owner(topic).unwrap_or(0)
+        // The cluster routes a tenant's topics by their key.
+        let key = topic.in_tenant(self.inner.config.tenant.as_deref());
+        self.inner.router.owner(&key).unwrap_or(0)
     }
 
     /// Subscribes to `queue/event`, or to every declared event of `queue`
