@@ -20,7 +20,7 @@ use crate::topics::{NotSequenced, Subscriber};
 pub(crate) async fn run(
     shared: Arc<Shared>,
     id: u64,
-    connection: Connection,
+    connection: Box<Connection>,
     endpoint: Endpoint,
     deadline: Instant,
 ) {
@@ -28,7 +28,7 @@ pub(crate) async fn run(
     serve(
         &shared,
         id,
-        connection,
+        *connection,
         &endpoint,
         deadline,
         &mut subscriptions,

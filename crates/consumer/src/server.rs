@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use shardq_net::admin;
-use shardq_net::conn::{self, ConnLimits};
+use shardq_net::conn::{self, ConnLimits, Connection};
 use shardq_net::gate::{Admission, Caps, Gate};
 use shardq_net::link::{LinkMetrics, LinkOptions, Links};
 use shardq_net::tls::{NodeTls, ServerTls};
@@ -361,14 +361,19 @@ fn node_status(shared: &Shared) -> NodeStatus {
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
-    let deadline = Instant::now() + shared.limits.handshake_timeout();
+/// The WebSocket upgrade of an accepted socket, the connection boxed for
+/// the session to take apart (a future keeps its arguments whole, so an
+/// unboxed one would stay in every idle connection's state twice).
+async fn upgrade_boxed(
+    shared: &Shared,
+    stream: TcpStream,
+    admission: Admission,
+    deadline: Instant,
+) -> Result<Box<Connection>, UpgradeError> {
     let mut limits = ConnLimits::from(&shared.limits);
     limits.write.timeouts = shared.gate.write_timeouts.clone();
     let legacy = shared.cluster.load().legacy;
-    // Boxed: the upgrade's state is large and only needed for a moment, so
-    // it must not stay part of every connection's long-lived future.
-    let connection = match Box::pin(upgrade::upgrade(
+    upgrade::upgrade(
         stream,
         &limits,
         deadline,
@@ -381,9 +386,17 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
         &shared.tasks,
         Some(admission),
         shared.tls.as_deref(),
-    ))
+    )
     .await
-    {
+    .map(Box::new)
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream, admission: Admission) {
+    let deadline = Instant::now() + shared.limits.handshake_timeout();
+    // Boxed: the upgrade's state is large and only needed for a moment, so
+    // it must not stay part of every connection's long-lived future.
+    let upgraded = Box::pin(upgrade_boxed(&shared, stream, admission, deadline)).await;
+    let connection = match upgraded {
         Ok(connection) => connection,
         Err(UpgradeError::Refused(error)) => {
             tracing::debug!(%error, "upgrade refused");

@@ -27,65 +27,22 @@ const BURST: usize = 64;
 /// How long a closed connection waits for the peer's close.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs the handshake and, if it succeeds, the connection.
+/// Runs the handshake and, if it succeeds, the connection. The connection
+/// comes boxed and the handshake runs in a boxed future of its own, so the
+/// long-lived state of an idle connection holds only its channel and
+/// session (a future keeps every argument and every local live across an
+/// await; see docs/PERFORMANCE.md on memory per idle subscriber).
 pub(crate) async fn run(
     shared: Arc<Shared>,
     id: u64,
-    connection: Connection,
+    connection: Box<Connection>,
     endpoint: Endpoint,
     deadline: Instant,
 ) {
-    let Connection {
-        mut reader,
-        outbox,
-        tls: connection_tls,
-        ..
-    } = connection;
-    // Boxed for the same reason as the upgrade: short-lived, large state.
-    let accepts = match endpoint {
-        Endpoint::Cluster => Accepts::Nodes,
-        _ => Accepts::Clients,
-    };
-    let credentials = shared.credentials.load_full();
-    let accepted = Box::pin(handshake::accept_shardq(
-        &mut reader,
-        &outbox,
-        &credentials,
-        accepts,
-        connection_tls,
-        &shared.id,
-        shared.limits.max_preauth_frame_bytes,
-        deadline,
-        &shared.metrics.auth_failures,
-    ))
-    .await;
-    drop(credentials);
-    // Nodes may do anything their endpoint allows; clients what their
-    // credential allows.
-    let (permissions, tenant) = match accepted {
-        Ok(Peer::Client(identity)) => (identity.permissions.clone(), identity.tenant_key()),
-        Ok(Peer::Node(_)) => (Arc::new(Permissions::all()), None),
-        Err(_) => return,
-    };
-    // Node-to-node connections are watched as closely as links are.
-    let liveness = match endpoint {
-        Endpoint::Cluster => Liveness::links(&shared.limits),
-        _ => Liveness::clients(&shared.limits),
-    };
-    let mut channel = Channel::new(reader, outbox.clone(), liveness, shared.stop.clone());
-    let mut session = Session {
-        subscriber: Subscriber {
-            conn: id,
-            outbox,
-            legacy_name: None,
-            peer: endpoint == Endpoint::Cluster,
-        },
-        shared,
-        endpoint,
-        subscriptions: BTreeSet::new(),
-        in_flight: Arc::new(InFlight::default()),
-        permissions,
-        tenant,
+    let Some((mut channel, mut session)) =
+        Box::pin(open(shared, id, connection, endpoint, deadline)).await
+    else {
+        return;
     };
     // Boxed so that only the loop's own state stays allocated while it runs.
     let ended = Box::pin(session.serve(&mut channel)).await;
@@ -110,6 +67,69 @@ pub(crate) async fn run(
     }
     tracing::debug!(?ended, "connection ended");
     session.unsubscribe_all();
+}
+
+/// The handshake; then the connection's channel and session.
+async fn open(
+    shared: Arc<Shared>,
+    id: u64,
+    connection: Box<Connection>,
+    endpoint: Endpoint,
+    deadline: Instant,
+) -> Option<(Channel, Session)> {
+    let Connection {
+        mut reader,
+        outbox,
+        tls: connection_tls,
+        ..
+    } = *connection;
+    let accepts = match endpoint {
+        Endpoint::Cluster => Accepts::Nodes,
+        _ => Accepts::Clients,
+    };
+    let credentials = shared.credentials.load_full();
+    // Boxed for the same reason as the upgrade: short-lived, large state.
+    let accepted = Box::pin(handshake::accept_shardq(
+        &mut reader,
+        &outbox,
+        &credentials,
+        accepts,
+        connection_tls,
+        &shared.id,
+        shared.limits.max_preauth_frame_bytes,
+        deadline,
+        &shared.metrics.auth_failures,
+    ))
+    .await;
+    drop(credentials);
+    // Nodes may do anything their endpoint allows; clients what their
+    // credential allows.
+    let (permissions, tenant) = match accepted {
+        Ok(Peer::Client(identity)) => (identity.permissions.clone(), identity.tenant_key()),
+        Ok(Peer::Node(_)) => (Arc::new(Permissions::all()), None),
+        Err(_) => return None,
+    };
+    // Node-to-node connections are watched as closely as links are.
+    let liveness = match endpoint {
+        Endpoint::Cluster => Liveness::links(&shared.limits),
+        _ => Liveness::clients(&shared.limits),
+    };
+    let channel = Channel::new(reader, outbox.clone(), liveness, shared.stop.clone());
+    let session = Session {
+        subscriber: Subscriber {
+            conn: id,
+            outbox,
+            legacy_name: None,
+            peer: endpoint == Endpoint::Cluster,
+        },
+        shared,
+        endpoint,
+        subscriptions: BTreeSet::new(),
+        in_flight: Arc::new(InFlight::default()),
+        permissions,
+        tenant,
+    };
+    Some((channel, session))
 }
 
 struct Session {

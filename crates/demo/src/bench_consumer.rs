@@ -213,9 +213,15 @@ async fn fanout(
         });
     }
 
-    let mut publisher = LeanConn::open(&consumer.addr, "/v1/cluster", &consumer.psk)
-        .await
-        .map_err(|e| format!("publisher: {e}"))?;
+    let mut publisher = LeanConn::open_node(
+        &consumer.addr,
+        "/v1/cluster",
+        &consumer.nodes.node_key,
+        "producer-0",
+        "consumer-0",
+    )
+    .await
+    .map_err(|e| format!("publisher: {e}"))?;
     let acks = Arc::new(AtomicU64::new(0));
     let mut ack_reader = publisher.reader;
     let acks_seen = acks.clone();

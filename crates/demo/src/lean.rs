@@ -68,11 +68,31 @@ impl LeanConn {
         })
     }
 
-    /// Connects, upgrades and runs the shardq/1 handshake.
+    /// Connects, upgrades and runs the shardq/1 handshake with the psk.
     pub async fn open(addr: &str, path: &str, psk: &Psk) -> io::Result<LeanConn> {
+        let handshake = ClientHandshake::new(psk.clone(), Nonce::random(), Some("bench".into()));
+        LeanConn::open_with(addr, path, handshake).await
+    }
+
+    /// Connects, upgrades and runs the node handshake as `own` dialling
+    /// `expected` (for `/v1/cluster`, which accepts nodes only).
+    pub async fn open_node(
+        addr: &str,
+        path: &str,
+        node_key: &Psk,
+        own: &str,
+        expected: &str,
+    ) -> io::Result<LeanConn> {
+        let handshake = ClientHandshake::node(node_key.clone(), Nonce::random(), own, expected);
+        LeanConn::open_with(addr, path, handshake).await
+    }
+
+    async fn open_with(
+        addr: &str,
+        path: &str,
+        mut handshake: ClientHandshake,
+    ) -> io::Result<LeanConn> {
         let mut conn = LeanConn::connect(addr, path).await?;
-        let mut handshake =
-            ClientHandshake::new(psk.clone(), Nonce::random(), Some("bench".into()));
         loop {
             let text = conn.reader.next_text().await?;
             let frame = Frame::decode(text, MAX_MESSAGE).map_err(|e| invalid(e.to_string()))?;

@@ -65,6 +65,8 @@ pub struct NodeProcesses {
     pub config: ClusterConfig,
     /// Their psk.
     pub psk: Psk,
+    /// Their node key (SHARDQ_NODE_KEY).
+    pub node_key: Psk,
     children: Vec<(String, Child)>,
     _dir: TempDir,
 }
@@ -115,6 +117,7 @@ impl NodeProcesses {
         let mut nodes = NodeProcesses {
             config,
             psk,
+            node_key: node_key.clone(),
             children: Vec::new(),
             _dir: dir,
         };

@@ -374,3 +374,24 @@ fn token_mints_what_the_nodes_accept() {
         text(&output.stderr)
     );
 }
+
+#[test]
+fn the_fanout_benchmark_runs() {
+    // Its publisher speaks to /v1/cluster as a node: a smoke run keeps it so.
+    let output = demo(
+        &[
+            "bench-consumer",
+            "fanout",
+            "--subscribers",
+            "4",
+            "--messages",
+            "2000",
+            "--no-pin",
+            "--json",
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["subscribers"], 4, "{report}");
+}

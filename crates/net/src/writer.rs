@@ -61,7 +61,13 @@ pub(crate) async fn run_writer(mut socket: WriteHalf, outbox: Arc<Outbox>, limit
             Drained::Frames { mut frames, bytes } => {
                 let written = match write_batch(&mut socket, &frames, bytes, &outbox, &limit).await
                 {
-                    Ok(true) => flush_tls(&mut socket, &limit).await.map(|()| true),
+                    // Boxed: only TLS needs it, and its timer would
+                    // otherwise enlarge every connection's writer.
+                    Ok(true) if matches!(socket, tokio_util::either::Either::Right(_)) => {
+                        Box::pin(flush_tls(&mut socket, &limit))
+                            .await
+                            .map(|()| true)
+                    }
                     other => other,
                 };
                 outbox.written(bytes);
@@ -107,9 +113,6 @@ pub(crate) async fn run_writer(mut socket: WriteHalf, outbox: Arc<Outbox>, limit
 /// Sends what TLS still holds of the batch (records it buffered); plain
 /// sockets hold nothing. Fails with `TimedOut` after the write timeout.
 async fn flush_tls(socket: &mut WriteHalf, limit: &WriteLimit) -> io::Result<()> {
-    if matches!(socket, tokio_util::either::Either::Left(_)) {
-        return Ok(());
-    }
     match tokio::time::timeout(limit.timeout, socket.flush()).await {
         Ok(result) => result,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
@@ -170,8 +173,12 @@ async fn write_batch(
             Some(Err(error)) => return Err(error),
             None => {}
         }
+        // One timer for both deadlines (it is part of every connection's
+        // writer, so it is kept to one): no progress for the write timeout,
+        // or a cut peer not taking the frame in progress in time.
         let mut stalled_at = Instant::now() + limit.timeout;
         while written < end {
+            let wake = cut_deadline.map_or(stalled_at, |cut| cut.min(stalled_at));
             tokio::select! {
                 result = socket.write(&buffer[written..end]) => {
                     match result? {
@@ -182,9 +189,6 @@ async fn write_batch(
                         }
                     }
                 }
-                () = tokio::time::sleep_until(stalled_at) => {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
                 () = outbox.closed(), if !closed_seen => {
                     closed_seen = true;
                     if outbox.aborted() {
@@ -192,7 +196,12 @@ async fn write_batch(
                         cut_deadline = Some(Instant::now() + SLOW_CLOSE_GRACE);
                     }
                 }
-                () = sleep_until_some(cut_deadline) => return Ok(false),
+                () = tokio::time::sleep_until(wake) => {
+                    if cut_deadline.is_some_and(|cut| Instant::now() >= cut) {
+                        return Ok(false);
+                    }
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
             }
         }
         if cut_deadline.is_some() || outbox.aborted() {
@@ -200,14 +209,6 @@ async fn write_batch(
         }
     }
     Ok(true)
-}
-
-/// Completes at `deadline`; never without one.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The end of the frame that contains byte `at` of `buffer` (a run of
