@@ -97,7 +97,10 @@ impl Body {
     /// [`Topic`](shardq_protocol::Topic)), and `key` too
     /// ([`is_valid_key`](shardq_protocol::frame::is_valid_key)).
     pub fn new(topic: &str, key: Option<&str>, payload: &RawValue) -> Body {
-        let payload = payload.get();
+        Body::owned(topic, key, payload.get())
+    }
+
+    fn owned(topic: &str, key: Option<&str>, payload: &str) -> Body {
         let key = key.unwrap_or_default();
         let key_at = topic.len();
         let payload_at = key_at + key.len();
@@ -112,16 +115,7 @@ impl Body {
     /// The same publish to the topic whose key is `topic` (a tenant's):
     /// one copy.
     pub fn with_topic(&self, topic: &str) -> Body {
-        let payload = self.payload();
-        let key = self.key().unwrap_or_default();
-        let key_at = topic.len();
-        let payload_at = key_at + key.len();
-        Body {
-            text: Text::from(format!("{topic}{key}{payload}")),
-            topic: 0..topic.len(),
-            key: key_at..payload_at,
-            payload: payload_at..payload_at + payload.len(),
-        }
+        Body::owned(topic, self.key(), self.payload())
     }
 
     /// The topic's key (valid, see [`Topic::as_str`](shardq_protocol::Topic::as_str)).
