@@ -9,7 +9,10 @@ use shardq_net::conn::Connection;
 use shardq_net::handshake;
 use shardq_net::link::{self, Batches, Body, Reply, Request};
 use shardq_net::log_summary::LEGACY_DROPPED;
+use shardq_net::presence::Joining;
+use shardq_protocol::auth::DEFAULT_TENANT;
 use shardq_protocol::legacy::{self, LegacyFrame};
+use shardq_protocol::status::ClientRole;
 use shardq_protocol::{CloseCode, RawValue, Topic, TopicError};
 use tokio::time::Instant;
 
@@ -36,6 +39,7 @@ pub(crate) async fn run(
     .await;
     for topic in subscriptions.keys() {
         shared.topics.unsubscribe(topic, id);
+        shared.count_subscriber(topic, -1);
     }
 }
 
@@ -48,7 +52,10 @@ async fn serve(
     subscriptions: &mut BTreeMap<Topic, Arc<str>>,
 ) {
     let Connection {
-        mut reader, outbox, ..
+        mut reader,
+        outbox,
+        peer,
+        ..
     } = connection;
     let subscriber = Subscriber {
         conn: id,
@@ -90,6 +97,19 @@ async fn serve(
         outbox.close(CloseCode::TopicRefused);
         return;
     }
+    let role = match endpoint {
+        Endpoint::LegacyProducer => ClientRole::Publisher,
+        _ => ClientRole::Subscriber,
+    };
+    let present = shared.presence.join(Joining {
+        name: "-".into(),
+        tenant: DEFAULT_TENANT.into(),
+        role,
+        remote: peer,
+        legacy: true,
+        outbox: outbox.clone(),
+    });
+    present.subscribed(subscriptions.keys());
     let mut channel = Channel::new(
         reader,
         outbox,
@@ -146,6 +166,7 @@ async fn serve(
                         {
                             LEGACY_DROPPED.note(&format!("legacy subscribe to {topic} failed"));
                         }
+                        present.subscribed(subscriptions.keys());
                     }
                     Ok(_) => {}
                     Err(error) => {
@@ -159,6 +180,8 @@ async fn serve(
                     && subscriptions.remove(&topic).is_some()
                 {
                     shared.topics.unsubscribe(&topic, id);
+                    shared.count_subscriber(&topic, -1);
+                    present.subscribed(subscriptions.keys());
                 }
             }
             (frame, _) => {
@@ -202,6 +225,7 @@ async fn subscribe(
         .subscribe(topics, &subscriber, None, None)
         .map_err(|_| ())?;
     subscriptions.insert(topic.clone(), Arc::from(name));
+    shared.count_subscriber(topic, 1);
     Ok(())
 }
 

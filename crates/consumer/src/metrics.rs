@@ -13,10 +13,24 @@ pub struct EndpointLabel {
     pub endpoint: &'static str,
 }
 
+/// Label of the subscribers-per-topic gauge. Bounded: `topic` is a
+/// declared topic (`queue/event` of `[queues]`) or `(undeclared)` for every
+/// other (open topics); `tenant` is a tenant of a `[[clients]]` entry (or
+/// `default`), or `(other)` for tenants only tokens name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    /// The tenant, or `(other)`.
+    pub tenant: String,
+    /// The topic's name, or `(undeclared)`.
+    pub topic: String,
+}
+
 /// Every metric a consumer exports (all prefixed `shardq_consumer_`).
 pub struct ConsumerMetrics {
     /// Open connections by endpoint.
     pub connections: Family<EndpointLabel, Gauge>,
+    /// Client subscriptions on this node per topic (bounded: see [`TopicLabel`]).
+    pub topic_subscribers: Family<TopicLabel, Gauge>,
     /// Live subscriptions (connection × topic).
     pub subscriptions: Gauge,
     /// Topics with state on this node.
@@ -61,6 +75,7 @@ impl ConsumerMetrics {
     pub fn new() -> (ConsumerMetrics, Registry) {
         let metrics = ConsumerMetrics {
             connections: Family::default(),
+            topic_subscribers: Family::default(),
             subscriptions: Gauge::default(),
             topics: Gauge::default(),
             messages_in: Counter::default(),
@@ -84,6 +99,11 @@ impl ConsumerMetrics {
             "connections",
             "Open connections by endpoint",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "topic_subscribers",
+            "Client subscriptions on this node per declared topic and known tenant",
+            metrics.topic_subscribers.clone(),
         );
         registry.register(
             "subscriptions",

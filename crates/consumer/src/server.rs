@@ -12,6 +12,7 @@ use shardq_net::admin;
 use shardq_net::conn::{self, ConnLimits, Connection};
 use shardq_net::gate::{Admission, Caps, Gate};
 use shardq_net::link::{LinkMetrics, LinkOptions, Links};
+use shardq_net::presence::Presence;
 use shardq_net::tls::{NodeTls, ServerTls};
 use shardq_net::upgrade::{self, UpgradeError};
 use shardq_protocol::status::{NodeKind, NodeStatus};
@@ -117,6 +118,8 @@ pub(crate) struct Shared {
     pub gate: Arc<Gate>,
     /// The certificate served, if any.
     pub tls: Option<Arc<ServerTls>>,
+    /// Who is connected.
+    pub presence: Arc<Presence>,
     pub queues: ArcSwap<QueueConfig>,
     pub limits: Limits,
     pub topics: Arc<TopicTable>,
@@ -130,6 +133,41 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Counts a client subscription to `topic` (`delta` +1 or -1) in
+    /// `topic_subscribers`, under a bounded label.
+    pub(crate) fn count_subscriber(&self, topic: &shardq_protocol::Topic, delta: i64) {
+        let queues = self.queues.load();
+        let declared = queues.queues().any(|(queue, mut events)| {
+            queue == topic.queue() && events.any(|e| e == topic.event())
+        });
+        let tenant = topic
+            .tenant()
+            .unwrap_or(shardq_protocol::auth::DEFAULT_TENANT);
+        let known = tenant == shardq_protocol::auth::DEFAULT_TENANT
+            || self
+                .credentials
+                .load()
+                .clients
+                .values()
+                .any(|client| &*client.identity.tenant == tenant);
+        let label = crate::metrics::TopicLabel {
+            tenant: if known {
+                tenant.to_owned()
+            } else {
+                "(other)".to_owned()
+            },
+            topic: if declared {
+                topic.name().to_owned()
+            } else {
+                "(undeclared)".to_owned()
+            },
+        };
+        self.metrics
+            .topic_subscribers
+            .get_or_create(&label)
+            .inc_by(delta);
+    }
+
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
@@ -217,6 +255,7 @@ pub async fn run(
         credentials: ArcSwap::from_pointee(config.credentials.clone()),
         gate: Gate::new(Caps::from(&config.cluster.limits)),
         tls: config.tls.server.clone(),
+        presence: Presence::new(),
         queues: ArcSwap::from_pointee(config.cluster.queues.clone()),
         cluster: ArcSwap::from_pointee(config.cluster.clone()),
         limits,
@@ -267,6 +306,7 @@ pub async fn run(
         let router = admin::with_status(admin::base_routes(Arc::new(registry)), move || {
             node_status(&status)
         });
+        let router = admin::with_clients(router, shared.presence.clone(), shared.id.clone());
         let options = admin::AdminOptions {
             tls: config.tls.admin.clone(),
             ..admin::AdminOptions::new(&shared.limits, config.admin_token.clone())

@@ -10,9 +10,12 @@ use shardq_net::conn::Connection;
 use shardq_net::handshake;
 use shardq_net::link::{self, Batches, Body, InFlight, Reply, Request};
 use shardq_net::outbox::FrameBatch;
+use shardq_net::presence::{Joining, Present};
+use shardq_protocol::auth::DEFAULT_TENANT;
 use shardq_protocol::frame::{
     DecodeError, PublishParts, encode_publish_ack_into, parse_publish_parts, request_id_of,
 };
+use shardq_protocol::status::ClientRole;
 use shardq_protocol::{
     Accepts, Ack, CloseCode, ErrorCode, Frame, Peer, Permissions, Publish, RawValue, Subscribe,
     Topic, TopicFilter, Unsubscribe,
@@ -81,6 +84,7 @@ async fn open(
         mut reader,
         outbox,
         tls: connection_tls,
+        peer,
         ..
     } = *connection;
     let accepts = match endpoint {
@@ -104,11 +108,31 @@ async fn open(
     drop(credentials);
     // Nodes may do anything their endpoint allows; clients what their
     // credential allows.
-    let (permissions, tenant) = match accepted {
-        Ok(Peer::Client(identity)) => (identity.permissions.clone(), identity.tenant_key()),
-        Ok(Peer::Node(_)) => (Arc::new(Permissions::all()), None),
+    let (permissions, tenant, tenant_name, role, name) = match accepted {
+        Ok((Peer::Client(identity), name)) => (
+            identity.permissions.clone(),
+            identity.tenant_key(),
+            identity.tenant.to_string(),
+            ClientRole::Subscriber,
+            name,
+        ),
+        Ok((Peer::Node(id), _)) => (
+            Arc::new(Permissions::all()),
+            None,
+            DEFAULT_TENANT.to_owned(),
+            ClientRole::Node,
+            id,
+        ),
         Err(_) => return None,
     };
+    let present = shared.presence.join(Joining {
+        name,
+        tenant: tenant_name,
+        role,
+        remote: peer,
+        legacy: false,
+        outbox: outbox.clone(),
+    });
     // Node-to-node connections are watched as closely as links are.
     let liveness = match endpoint {
         Endpoint::Cluster => Liveness::links(&shared.limits),
@@ -128,6 +152,7 @@ async fn open(
         in_flight: Arc::new(InFlight::default()),
         permissions,
         tenant,
+        present,
     };
     Some((channel, session))
 }
@@ -143,6 +168,8 @@ struct Session {
     permissions: Arc<Permissions>,
     /// A client's tenant outside the default one: its topics' keys name it.
     tenant: Option<Arc<str>>,
+    /// Its place in `GET /v1/clients`.
+    present: Present,
 }
 
 /// One frame of a burst, decoded.
@@ -461,7 +488,13 @@ impl Session {
             .subscribe(&new, &self.subscriber, subscribe.since, Some(id))
             .is_ok()
         {
+            if !self.subscriber.peer {
+                for topic in &new {
+                    self.shared.count_subscriber(topic, 1);
+                }
+            }
             self.subscriptions.extend(new);
+            self.present.subscribed(&self.subscriptions);
         }
         None
     }
@@ -493,13 +526,20 @@ impl Session {
         for topic in held {
             self.shared.topics.unsubscribe(&topic, self.subscriber.conn);
             self.subscriptions.remove(&topic);
+            if !self.subscriber.peer {
+                self.shared.count_subscriber(&topic, -1);
+            }
         }
+        self.present.subscribed(&self.subscriptions);
         Some(Frame::Ack(Ack::unsubscribed(id)))
     }
 
     fn unsubscribe_all(&mut self) {
         for topic in std::mem::take(&mut self.subscriptions) {
             self.shared.topics.unsubscribe(&topic, self.subscriber.conn);
+            if !self.subscriber.peer {
+                self.shared.count_subscriber(&topic, -1);
+            }
         }
     }
 }

@@ -7,11 +7,20 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `GET path` from `host:port` (HTTP/1.1, `Connection: close`): the status
-/// code and the body.
+/// `GET path` from `host:port` (HTTP/1.1, `Connection: close`, with
+/// `SHARDQ_ADMIN_TOKEN` as a bearer token when set): the status code and
+/// the body.
 pub async fn get(addr: &str, path: &str) -> io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    // The admin token, when the nodes want one (SHARDQ_ADMIN_TOKEN).
+    let authorization = std::env::var("SHARDQ_ADMIN_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty())
+        .map_or(String::new(), |token| {
+            format!("Authorization: Bearer {token}\r\n")
+        });
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     stream.take(1 << 20).read_to_end(&mut response).await?;

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_consumer;
 mod bench_producer;
+mod clients;
 mod cluster;
 mod cluster_view;
 mod e2e;
@@ -71,6 +72,8 @@ enum Command {
     },
     /// Steady load while a test injects faults, then a verdict on every promise.
     Soak(soak::SoakArgs),
+    /// Every node's connected clients in one table (`GET /v1/clients`).
+    Clients(clients::ClientsArgs),
     /// Mint a signed client token (JWT) for browsers and short-lived jobs.
     Token(token::TokenArgs),
     /// Measure one producer process: acked publishes/s, CPU per publish, latency.
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Health { url } => block_on(async move { health::run(&url).await }),
         Command::Soak(args) => block_on(soak::run(args)),
         Command::Token(args) => token::run(args),
+        Command::Clients(args) => block_on(clients::run(args)),
         Command::Bench(args) => {
             let json = args.json;
             block_on(bench::run(args)).map(|report| print_report(&report, json))

@@ -395,3 +395,41 @@ fn the_fanout_benchmark_runs() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["subscribers"], 4, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_lists_every_nodes_connections() {
+    let cluster = Cluster::builder().producers(1).start().await;
+    let mut subscriber = cluster.subscriber(0).await;
+    shardq_tests::raw::expect_ack(subscriber.subscribe(1, "database/create").await);
+    let (_dir, file) = cluster_file("clients", &cluster.config.to_toml());
+    let table = demo_async(vec!["clients".into(), "--config".into(), file.clone()]).await;
+    let stdout = text(&table.stdout);
+    assert!(table.status.success(), "{stdout}\n{}", text(&table.stderr));
+    assert!(stdout.contains("database/create"), "{stdout}");
+    assert!(
+        stdout.contains("producer-0"),
+        "the producer's link: {stdout}"
+    );
+    let json = demo_async(vec![
+        "clients".into(),
+        "--config".into(),
+        file,
+        "--json".into(),
+    ])
+    .await;
+    let nodes: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let consumer = &nodes[0];
+    assert_eq!(consumer["node"], "consumer-0");
+    let roles: Vec<&str> = consumer["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|client| client["role"].as_str().unwrap())
+        .collect();
+    assert!(
+        roles.contains(&"subscriber") && roles.contains(&"node"),
+        "{roles:?}"
+    );
+    drop(subscriber);
+    cluster.shutdown().await;
+}

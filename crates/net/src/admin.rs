@@ -58,6 +58,21 @@ pub const STATUS_PATH: &str = "/v1/status";
 /// release.
 pub const STATUS_ALIAS: &str = "/v1/cluster";
 
+/// Adds `GET /v1/clients`: the node's connected clients.
+pub fn with_clients(
+    router: Router,
+    presence: Arc<crate::presence::Presence>,
+    node: String,
+) -> Router {
+    router.route(
+        "/v1/clients",
+        get(move || {
+            let report = presence.report(&node);
+            async move { Json(report) }
+        }),
+    )
+}
+
 /// Adds `GET /v1/status` (and its alias `/v1/cluster`), answering what
 /// `status` reports.
 pub fn with_status<F>(router: Router, status: F) -> Router

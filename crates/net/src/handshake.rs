@@ -57,7 +57,8 @@ async fn next_text(
 }
 
 /// The shardq/1 handshake: `hello`, the client's `auth`, `welcome`; who
-/// the peer proved to be. Its name goes into the current span's `client`
+/// the peer proved to be, and the name it goes by (its credential's name,
+/// a node's id, else the name it gave in `auth.node`, else `-`). Its name goes into the current span's `client`
 /// field; a wrong proof is counted in `auth_failures` (and logged in
 /// summaries).
 #[allow(clippy::too_many_arguments)]
@@ -71,7 +72,7 @@ pub async fn accept_shardq(
     preauth_limit: usize,
     deadline: Instant,
     auth_failures: &Counter,
-) -> Result<Peer, Refused> {
+) -> Result<(Peer, String), Refused> {
     let server =
         ServerHandshake::new(credentials.clone(), node, Nonce::random(), accepts).over_tls(tls);
     send(outbox, &server.hello().encode());
@@ -96,7 +97,8 @@ pub async fn accept_shardq(
             };
             tracing::Span::current().record("client", client);
             tracing::debug!("authenticated");
-            Ok(accepted.peer)
+            let name = client.to_owned();
+            Ok((accepted.peer, name))
         }
         Err(error) => {
             if matches!(

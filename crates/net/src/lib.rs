@@ -8,6 +8,7 @@
 //! - [`conn`]: the accept loop, per-connection limits, the [`conn::Reader`].
 //! - [`gate`]: the connection caps (in all, per address, unauthenticated).
 //! - [`log_summary`]: peer-caused failures logged as periodic summaries.
+//! - [`presence`]: who is connected (`GET /v1/clients`).
 //! - [`outbox`]: the bounded, never-waiting queue of frames per connection.
 //! - [`writer`]: the writer task, the only code that writes a socket.
 //! - [`tls`]: rustls for client ports and links (plain or TLS halves,
@@ -39,6 +40,7 @@ pub mod link;
 pub mod log_summary;
 pub mod node;
 pub mod outbox;
+pub mod presence;
 pub mod tls;
 pub mod upgrade;
 pub mod writer;

@@ -125,6 +125,9 @@ struct State {
     /// Cut as a slow consumer: what was queued was dropped; the writer
     /// finishes the frame in progress and sends the close.
     abort_queue: bool,
+    /// Frames and bytes written so far (`GET /v1/clients`).
+    sent_frames: u64,
+    sent_bytes: u64,
 }
 
 /// A bounded, non-blocking queue of encoded frames for one connection.
@@ -157,6 +160,8 @@ impl Outbox {
                 pending_bytes: 0,
                 closing: None,
                 abort_queue: false,
+                sent_frames: 0,
+                sent_bytes: 0,
             }),
             ready: Notify::new(),
             closed_notify: Notify::new(),
@@ -308,6 +313,12 @@ impl Outbox {
         self.lock().pending_bytes
     }
 
+    /// Frames and bytes written so far, and bytes queued or being written.
+    pub fn traffic(&self) -> (u64, u64, usize) {
+        let state = self.lock();
+        (state.sent_frames, state.sent_bytes, state.pending_bytes)
+    }
+
     /// Waits for frames (or the close) and takes them all: the writer
     /// task's side of the outbox (and a test's, standing in for it).
     /// `spare` is an empty queue to swap in, so no allocation is needed.
@@ -336,10 +347,13 @@ impl Outbox {
         }
     }
 
-    /// The writer finished writing `bytes` taken by [`drain`](Self::drain).
-    pub fn written(&self, bytes: usize) {
+    /// The writer finished writing `frames` frames of `bytes` bytes taken
+    /// by [`drain`](Self::drain).
+    pub fn written(&self, frames: usize, bytes: usize) {
         let mut state = self.lock();
         state.pending_bytes = state.pending_bytes.saturating_sub(bytes);
+        state.sent_frames += frames as u64;
+        state.sent_bytes += bytes as u64;
         let low = state.pending_bytes <= self.limit / 4;
         drop(state);
         if low {
@@ -374,7 +388,7 @@ mod tests {
         assert_eq!(frames.iter().map(Chunk::len).collect::<Vec<_>>(), [10, 20]);
         // Taken but not yet written still counts against the bound.
         assert_eq!(outbox.pending_bytes(), 30);
-        outbox.written(30);
+        outbox.written(1, 30);
         assert_eq!(outbox.pending_bytes(), 0);
     }
 

@@ -70,7 +70,8 @@ pub(crate) async fn run_writer(mut socket: WriteHalf, outbox: Arc<Outbox>, limit
                     }
                     other => other,
                 };
-                outbox.written(bytes);
+                let count = frames.iter().map(|chunk| chunk.frames().len()).sum();
+                outbox.written(count, bytes);
                 match written {
                     Ok(true) => {}
                     // Cut as a slow consumer, and the peer did not take the

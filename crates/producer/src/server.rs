@@ -12,6 +12,7 @@ use shardq_net::admin;
 use shardq_net::conn::{self, ConnLimits};
 use shardq_net::gate::{Admission, Caps, Gate};
 use shardq_net::link::{LinkOptions, Links};
+use shardq_net::presence::Presence;
 use shardq_net::tls::{NodeTls, ServerTls};
 use shardq_net::upgrade;
 use shardq_protocol::status::{self, NodeKind, NodeStatus, Readiness};
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub gate: Arc<Gate>,
     /// The certificate served, if any.
     pub tls: Option<Arc<ServerTls>>,
+    /// Who is connected.
+    pub presence: Arc<Presence>,
     /// Publisher connections stop reading and finish what is in flight.
     pub draining: CancellationToken,
     pub tasks: TaskTracker,
@@ -117,6 +120,7 @@ pub async fn run(
         credentials: ArcSwap::from_pointee(config.credentials.clone()),
         gate: Gate::new(Caps::from(&config.cluster.limits)),
         tls: config.tls.server.clone(),
+        presence: Presence::new(),
         queues: ArcSwap::from_pointee(config.cluster.queues.clone()),
         cluster: ArcSwap::from_pointee(config.cluster.clone()),
         limits: config.cluster.limits.clone(),
@@ -149,8 +153,8 @@ pub async fn run(
         let status = shared.clone();
         let router = admin::with_status(admin::base_routes(Arc::new(registry)), move || {
             node_status(&status)
-        })
-        .route(
+        });
+        let router = admin::with_clients(router, shared.presence.clone(), shared.id.clone()).route(
             "/readyz",
             get({
                 let shared = shared.clone();

@@ -15,8 +15,11 @@ use shardq_net::conn::Connection;
 use shardq_net::handshake;
 use shardq_net::link::{self, Batches, Body, InFlight, Reply, Request};
 use shardq_net::outbox::FrameBatch;
+use shardq_net::presence::Joining;
+use shardq_protocol::auth::DEFAULT_TENANT;
 use shardq_protocol::frame::{parse_publish_parts, request_id_of};
 use shardq_protocol::legacy::{self, LegacyFrame};
+use shardq_protocol::status::ClientRole;
 use shardq_protocol::topic::TENANT_SEPARATOR;
 use shardq_protocol::{
     Accepts, CloseCode, ENVELOPE_BYTES, ErrorCode, Frame, Limits, Peer, Permissions, Topic,
@@ -36,6 +39,7 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
         mut reader,
         outbox,
         tls: connection_tls,
+        peer,
         ..
     } = connection;
     let credentials = shared.credentials.load_full();
@@ -52,10 +56,20 @@ pub(crate) async fn run(shared: Arc<Shared>, connection: Connection, deadline: I
     ))
     .await;
     drop(credentials);
-    let (permissions, tenant) = match accepted {
-        Ok(Peer::Client(identity)) => (identity.permissions.clone(), identity.tenant_key()),
+    let (permissions, tenant, _present) = match accepted {
+        Ok((Peer::Client(identity), name)) => {
+            let present = shared.presence.join(Joining {
+                name,
+                tenant: identity.tenant.to_string(),
+                role: ClientRole::Publisher,
+                remote: peer,
+                legacy: false,
+                outbox: outbox.clone(),
+            });
+            (identity.permissions.clone(), identity.tenant_key(), present)
+        }
         // Client endpoints accept clients only.
-        Ok(Peer::Node(_)) | Err(_) => return,
+        Ok((Peer::Node(_), _)) | Err(_) => return,
     };
     let mut channel = Channel::new(
         reader,
@@ -243,7 +257,10 @@ fn refusal(shared: &Shared, id: u64, code: ErrorCode, message: &str) -> Bytes {
 /// cannot be delivered is counted and logged.
 pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, deadline: Instant) {
     let Connection {
-        mut reader, outbox, ..
+        mut reader,
+        outbox,
+        peer,
+        ..
     } = connection;
     let psk = shared.credentials.load().psk.clone();
     let verified = Box::pin(handshake::accept_legacy(
@@ -259,6 +276,14 @@ pub(crate) async fn run_legacy(shared: Arc<Shared>, connection: Connection, dead
     if verified.is_err() {
         return;
     }
+    let _present = shared.presence.join(Joining {
+        name: "-".into(),
+        tenant: DEFAULT_TENANT.into(),
+        role: ClientRole::Publisher,
+        remote: peer,
+        legacy: true,
+        outbox: outbox.clone(),
+    });
     let mut channel = Channel::new(
         reader,
         outbox,

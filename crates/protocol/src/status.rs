@@ -100,6 +100,54 @@ impl NodeStatus {
     }
 }
 
+/// What a connected client is to the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientRole {
+    /// On a producer's `/v1/publish` or `/produce`.
+    Publisher,
+    /// On a consumer's `/v1/subscribe` or `/subscribe/{topic}`.
+    Subscriber,
+    /// A node on `/v1/cluster` (a producer or an edge consumer).
+    Node,
+}
+
+/// One connected client, as `GET /v1/clients` lists it (keys in
+/// alphabetical order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// Bytes written to it so far.
+    pub bytes_sent: u64,
+    /// Bytes queued for it now, not yet written.
+    pub bytes_pending: u64,
+    /// When it connected, milliseconds since the Unix epoch.
+    pub connected_since_ms: u64,
+    /// Frames written to it so far (messages, answers and notices).
+    pub frames_sent: u64,
+    /// Whether it speaks the origin's legacy dialect.
+    pub legacy: bool,
+    /// Its name: a `[[clients]]` name or a token's `sub`, the node id of a
+    /// node, or the name it gave in `auth.node` (`-` for none).
+    pub name: String,
+    /// Its address, `ip:port`.
+    pub remote: String,
+    /// What it is to this node.
+    pub role: ClientRole,
+    /// Its subscriptions, `queue/event` (subscribers and nodes).
+    pub subscriptions: Vec<String>,
+    /// Its tenant.
+    pub tenant: String,
+}
+
+/// `GET /v1/clients`: the node and its connected clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientsReport {
+    /// The clients, oldest connection first.
+    pub clients: Vec<ClientInfo>,
+    /// The node's id.
+    pub node: String,
+}
+
 /// What a producer's `GET /readyz` answers (status 200 when `ready`, else 503).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Readiness {

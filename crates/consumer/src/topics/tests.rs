@@ -48,7 +48,7 @@ async fn drain_texts(outbox: &Outbox) -> Vec<String> {
     let Drained::Frames { frames, bytes } = outbox.drain(VecDeque::new()).await else {
         return Vec::new();
     };
-    outbox.written(bytes);
+    outbox.written(0, bytes);
     frames
         .iter()
         .flat_map(|chunk: &Chunk| chunk.frames().to_vec())
