@@ -243,6 +243,7 @@ impl ClusterBuilder {
                 url: format!("{scheme}://{}", ws.local_addr().unwrap()),
                 admin: Some(format!("http://{}", admin.local_addr().unwrap())),
                 listen: None,
+                http: None,
             });
             listeners.push((ws, admin));
         }
@@ -251,11 +252,15 @@ impl ClusterBuilder {
         for i in 0..self.producers {
             let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // The HTTP API's port: free now, bound again by the producer.
+            let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let http_scheme = if self.tls { "https" } else { "http" };
             producer_entries.push(NodeEntry {
                 id: format!("producer-{i}"),
                 url: format!("{scheme}://{}", ws.local_addr().unwrap()),
                 admin: Some(format!("http://{}", admin.local_addr().unwrap())),
                 listen: None,
+                http: Some(format!("{http_scheme}://{}", http.local_addr().unwrap())),
             });
             producer_listeners.push((ws, admin));
         }
@@ -372,6 +377,7 @@ impl Cluster {
             url: format!("{}://{addr}", self.scheme()),
             admin: Some(format!("http://{admin}")),
             listen: None,
+            http: None,
         });
         grown
     }
@@ -404,12 +410,23 @@ impl Cluster {
             tls: self.node_tls(),
             updates: Some(updates),
         };
+        let http = self.config.producers[index]
+            .http
+            .as_deref()
+            .and_then(shardq_protocol::config::host_port)
+            .map(|addr| {
+                let listener = std::net::TcpListener::bind(addr).unwrap();
+                listener.set_nonblocking(true).unwrap();
+                TcpListener::from_std(listener).unwrap()
+            });
         spawn_node(
             id.clone(),
             &self.config,
             ws,
             admin,
-            |ws, admin, updates, stop| shardq_producer::run(ws, Some(admin), config(updates), stop),
+            |ws, admin, updates, stop| {
+                shardq_producer::run_with_http(ws, Some(admin), http, config(updates), stop)
+            },
         )
     }
 

@@ -73,6 +73,7 @@ async fn listeners(
             url: format!("ws://{ws_addr}"),
             admin: Some(format!("http://{admin_addr}")),
             listen: Some(ws_addr.to_string()),
+            http: None,
         };
         nodes.push((entry, ws, admin));
     }

@@ -600,6 +600,7 @@ mod tests {
             url: "ws://c2:1".into(),
             admin: None,
             listen: None,
+            http: None,
         });
         let mut moved = config.clone();
         moved.consumers[1].url = "ws://elsewhere:1".into();

@@ -31,6 +31,7 @@ fn entry(id: String) -> Result<NodeEntry, String> {
         url: format!("ws://127.0.0.1:{port}"),
         admin: Some(format!("http://127.0.0.1:{admin}")),
         listen: Some(format!("127.0.0.1:{port}")),
+        http: None,
     })
 }
 

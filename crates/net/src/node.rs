@@ -117,6 +117,8 @@ pub struct Prepared {
     pub listener: tokio::net::TcpListener,
     /// The bound admin listener.
     pub admin: tokio::net::TcpListener,
+    /// The bound HTTP API listener (producers whose entry names `http`).
+    pub http: Option<tokio::net::TcpListener>,
     /// Later versions of the cluster file (SIGHUP, or a change on disk).
     pub updates: watch::Receiver<Arc<ClusterConfig>>,
     /// The data directory, if any.
@@ -162,6 +164,14 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
         .unwrap_or_else(|| default_admin(kind).to_owned());
     let listener = bind(&listen).await?;
     let admin = bind(&admin_listen).await?;
+    let http = match entry
+        .http
+        .as_deref()
+        .and_then(shardq_protocol::config::host_port)
+    {
+        Some(addr) => Some(bind(&addr).await?),
+        None => None,
+    };
     tracing::info!(id = %args.id, %listen, admin = %admin_listen, "starting {}", kind.as_str());
     let updates = watch_cluster_file(args.config.clone(), cluster.clone());
     Ok(Prepared {
@@ -170,6 +180,7 @@ pub async fn prepare(args: NodeArgs, kind: NodeKind) -> Result<Prepared, StartEr
         credentials,
         admin_token,
         listener,
+        http,
         admin,
         updates,
         data_dir: args.data_dir,

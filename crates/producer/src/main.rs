@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shardq_net::node::{self, NodeArgs, StartError};
-use shardq_producer::{ProducerConfig, run};
+use shardq_producer::{ProducerConfig, run_with_http};
 use shardq_protocol::status::NodeKind;
 
 #[global_allocator]
@@ -42,6 +42,13 @@ async fn start(args: NodeArgs) -> Result<(), StartError> {
         tls: node.tls,
         updates: Some(node.updates),
     };
-    run(node.listener, Some(node.admin), config, node::stop_signal()).await;
+    run_with_http(
+        node.listener,
+        Some(node.admin),
+        node.http,
+        config,
+        node::stop_signal(),
+    )
+    .await;
     Ok(())
 }

@@ -100,6 +100,18 @@ pub async fn run(
     config: ProducerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_with_http(listener, admin, None, config, shutdown).await;
+}
+
+/// [`run`], also serving the HTTP API (`POST /v1/topics/{queue}/{event}`)
+/// on `http`, over TLS when the producer's url is `wss://`.
+pub async fn run_with_http(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    http: Option<TcpListener>,
+    config: ProducerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let (metrics, mut registry) = ProducerMetrics::new();
     let metrics = Arc::new(metrics);
     let links_stop = CancellationToken::new();
@@ -179,6 +191,24 @@ pub async fn run(
             router,
             options,
             refused,
+            admin_stop.clone(),
+        ));
+    }
+    if let Some(http) = http {
+        let tls = config.tls.server.clone();
+        let routes = crate::http::routes(shared.clone(), tls.is_some());
+        let options = admin::AdminOptions {
+            token: None,
+            max_connections: shared.limits.max_connections,
+            // The answer waits for the owner's ack.
+            request_timeout: shared.limits.publish_timeout() + Duration::from_secs(1),
+            tls,
+        };
+        link_tasks.spawn(admin::serve(
+            http,
+            routes,
+            options,
+            shared.gate.admin_refused.clone(),
             admin_stop.clone(),
         ));
     }

@@ -234,7 +234,7 @@ async fn serve(
 }
 
 /// A payload within the payload limit, else why not (PROTOCOL.md 8).
-fn check_payload(len: usize, limits: &Limits) -> Result<(), String> {
+pub(crate) fn check_payload(len: usize, limits: &Limits) -> Result<(), String> {
     let limit = limits.max_payload_bytes();
     if len > limit {
         return Err(format!(

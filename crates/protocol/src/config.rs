@@ -101,9 +101,14 @@ pub struct NodeEntry {
     /// Admin HTTP base URL, e.g. `http://consumer-0:9100`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
-    /// Address to bind the WebSocket port; default `0.0.0.0:<port of url>`.
+    /// Address to bind the WebSocket port; default: the host and port of `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Producers: the HTTP API's base URL (`http://` or, when `url` is
+    /// `wss://`, `https://`), e.g. `http://producer-0:7080`; it listens on
+    /// its host and port. None: no HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 impl NodeEntry {
@@ -396,6 +401,16 @@ fn validate_entry(entry: &NodeEntry) -> Result<(), ConfigError> {
             "must be http://host:port or https://host:port",
         ));
     }
+    if let Some(http) = &entry.http
+        && (!(http.starts_with("http://") || http.starts_with("https://"))
+            || url_port(http).is_none())
+    {
+        return Err(bad(
+            "http",
+            http,
+            "must be http://host:port or https://host:port",
+        ));
+    }
     if let Some(listen) = &entry.listen
         && listen.parse::<std::net::SocketAddr>().is_err()
     {
@@ -551,6 +566,7 @@ max_frame_bytes = 65536
             url: "ws://c2:1".into(),
             admin: None,
             listen: None,
+            http: None,
         });
         assert_ne!(config.node_list_hash(), grown.node_list_hash());
     }

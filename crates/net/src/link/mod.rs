@@ -338,6 +338,9 @@ impl ConsumerLink {
                 Answer::Failed(code, _) => self.metrics.error(code.as_str()),
             }
             match reply {
+                Reply::Http(waiting) => {
+                    let _ = waiting.send(answer);
+                }
                 Reply::Legacy => {
                     if let Answer::Failed(code, message) = answer {
                         self.metrics.legacy_undelivered.inc();

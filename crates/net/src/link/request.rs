@@ -66,6 +66,8 @@ pub enum Reply {
     },
     /// A legacy publisher: there is no answer to send; failures are counted.
     Legacy,
+    /// An HTTP publish waiting for its answer.
+    Http(tokio::sync::oneshot::Sender<super::Answer>),
 }
 
 /// A publish's topic and payload as two slices of one shared text, usually

@@ -1,0 +1,239 @@
+//! The producers' HTTP API: `POST /v1/topics/{queue}/{event}` publishes a
+//! JSON body and answers with its position once the owner acked, or with
+//! the protocol's error code as an HTTP status; Basic client credentials or
+//! a bearer token; `Idempotency-Key` is the publish's key.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use shardq_protocol::auth::ClientEntry;
+use shardq_protocol::auth::TokenKeys;
+use shardq_protocol::auth::token::{TokenClaims, mint_hs256};
+use shardq_tests::raw::{expect_ack, expect_message};
+use shardq_tests::{Cluster, PATIENCE, init_logging};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &[u8] = b"token-secret-of-at-least-32-bytes!!";
+
+/// A header: name and value.
+type Header = (&'static str, String);
+/// A refusal case: headers, path, body, status, code.
+type Case<'a> = (Vec<Header>, &'a str, &'a str, u16, &'a str);
+
+/// `POST path` with `headers` and `body`: the status and the JSON answer.
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn basic(name: &str, secret: &str) -> (&'static str, String) {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"));
+    ("Authorization", format!("Basic {encoded}"))
+}
+
+fn http_addr(cluster: &Cluster) -> SocketAddr {
+    let url = cluster.config.producers[0].http.as_deref().unwrap();
+    shardq_protocol::config::host_port(url)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publishes_are_acked_with_their_position() {
+    init_logging();
+    let cluster = Cluster::builder()
+        .producers(1)
+        .limits(|limits| limits.max_frame_bytes = 8 << 10)
+        .tokens(TokenKeys::new(&[SECRET.to_vec()], &[], true).unwrap())
+        .clients(vec![ClientEntry {
+            name: "api".into(),
+            tenant: "default".into(),
+            secrets: vec!["api-secret-0123456".into()],
+            publish: vec!["database/*".into()],
+            subscribe: vec![],
+        }])
+        .start()
+        .await;
+    let addr = http_addr(&cluster);
+    let mut subscriber = cluster.subscriber(0).await;
+    expect_ack(subscriber.subscribe(1, "database/create").await);
+    let api = basic("api", "api-secret-0123456");
+
+    let (status, ack) = post(
+        addr,
+        "/v1/topics/database/create",
+        std::slice::from_ref(&api),
+        r#"{"id":99}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{ack}");
+    let message = expect_message(subscriber.recv().await);
+    assert_eq!(message.payload.get(), r#"{"id":99}"#);
+    assert_eq!(ack["offset"], message.offset, "{ack}");
+    assert_eq!(ack["epoch"], message.epoch, "{ack}");
+
+    // The same Idempotency-Key: the first position, not a second message.
+    let keyed = [api.clone(), ("Idempotency-Key", "order-17".to_owned())];
+    let (status, first) = post(addr, "/v1/topics/database/create", &keyed, "1").await;
+    assert_eq!(status, 200);
+    let (status, again) = post(addr, "/v1/topics/database/create", &keyed, "1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (again["offset"].clone(), again["duplicate"].clone()),
+        (first["offset"].clone(), true.into())
+    );
+
+    // A bearer token.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = mint_hs256(
+        SECRET,
+        &TokenClaims {
+            sub: "job".into(),
+            tenant: "default".into(),
+            publish: vec!["*".into()],
+            subscribe: vec![],
+            exp: now + 600,
+        },
+    )
+    .unwrap();
+    let bearer = ("Authorization", format!("Bearer {token}"));
+    let (status, _) = post(addr, "/v1/topics/files/save", &[bearer], "2").await;
+    assert_eq!(status, 200);
+
+    // Refusals: the protocol's codes as statuses, with the code and a message.
+    let big = format!("\"{}\"", "x".repeat(8 << 10));
+    let cases: [Case<'_>; 7] = [
+        (
+            vec![],
+            "/v1/topics/database/create",
+            "1",
+            401,
+            "auth_failed",
+        ),
+        (
+            vec![basic("api", "wrong-secret-000000")],
+            "/v1/topics/database/create",
+            "1",
+            401,
+            "auth_failed",
+        ),
+        (
+            vec![api.clone()],
+            "/v1/topics/files/save",
+            "1",
+            403,
+            "not_authorized",
+        ),
+        (
+            vec![api.clone()],
+            "/v1/topics/nosuch/create",
+            "1",
+            404,
+            "unknown_queue",
+        ),
+        (
+            vec![api.clone()],
+            "/v1/topics/database/create",
+            "{not json",
+            400,
+            "bad_frame",
+        ),
+        (
+            vec![api.clone()],
+            "/v1/topics/database/create",
+            &big,
+            413,
+            "payload_too_large",
+        ),
+        (
+            vec![api.clone(), ("Idempotency-Key", "bad key!".into())],
+            "/v1/topics/database/create",
+            "1",
+            400,
+            "bad_frame",
+        ),
+    ];
+    for (headers, path, body, expected, code) in cases {
+        let (status, answer) = post(addr, path, &headers, body).await;
+        assert_eq!(status, expected, "{path}: {answer}");
+        assert_eq!(answer["code"], code, "{answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_credentials_need_tls_by_default() {
+    init_logging();
+    let cluster = Cluster::builder().producers(1).start().await;
+    let psk = String::from_utf8(cluster.psk.as_bytes().to_vec()).unwrap();
+    let (status, answer) = post(
+        http_addr(&cluster),
+        "/v1/topics/database/create",
+        &[basic("-", &psk)],
+        "1",
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (403, Some("not_authorized")),
+        "{answer}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publishes_over_tls() {
+    init_logging();
+    let cluster = Cluster::builder().producers(1).tls().start().await;
+    let addr = http_addr(&cluster);
+    let config = cluster.client_tls().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = shardq_net::tls::connect(&config, "127.0.0.1", tcp)
+        .await
+        .unwrap();
+    let psk = String::from_utf8(cluster.psk.as_bytes().to_vec()).unwrap();
+    let (name, value) = basic("-", &psk);
+    let request = format!(
+        "POST /v1/topics/database/create HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n{name}: {value}\r\nConnection: close\r\n\r\n1"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    cluster.shutdown().await;
+}
