@@ -2,16 +2,37 @@
 //! and waited for, a node's status, a producer's readiness.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::PATIENCE;
+use crate::poll::until;
 
 /// `GET http://addr/path` over a plain socket: the status code and body
 /// (status 0 when the node closed the connection unanswered).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], "").await
+}
+
+/// `method http://addr/path` with extra `headers` and `body`, over a plain
+/// socket: the status code and body (status 0 when the node closed the
+/// connection unanswered).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     // A connection the node closed at once (an admin cap) reads as status 0.
     if stream.write_all(request.as_bytes()).await.is_err() {
         return (0, String::new());
@@ -49,20 +70,17 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
 }
 
 /// Polls `GET http://addr/metrics` until `name` reads `value`; panics with
-/// the last body after [`PATIENCE`].
+/// the last body after [`PATIENCE`](crate::PATIENCE).
 pub async fn wait_metric(addr: SocketAddr, name: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    until(&format!("{name} reads {value}"), || async {
         let (_, body) = http_get(addr, "/metrics").await;
         if metric(&body, name) == Some(value) {
-            return;
+            Ok(())
+        } else {
+            Err(body)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never read {value}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// A node's `GET /v1/status`, parsed.
@@ -73,23 +91,20 @@ pub async fn node_status(addr: SocketAddr) -> shardq_protocol::status::NodeStatu
 }
 
 /// Polls a producer's `GET /readyz` until `done` holds for it; panics with
-/// the last answer after [`PATIENCE`].
+/// the last answer after [`PATIENCE`](crate::PATIENCE).
 pub async fn wait_ready(
     admin: SocketAddr,
     done: impl Fn(&shardq_protocol::status::Readiness) -> bool,
 ) -> shardq_protocol::status::Readiness {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    until(&format!("{admin}/readyz gets there"), || async {
         let (_, body) = http_get(admin, "/readyz").await;
         let readiness: shardq_protocol::status::Readiness =
             serde_json::from_str(&body).unwrap_or_else(|error| panic!("{error}: {body}"));
         if done(&readiness) {
-            return readiness;
+            Ok(readiness)
+        } else {
+            Err(body)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{admin}/readyz never got there: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }

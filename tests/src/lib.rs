@@ -7,6 +7,7 @@
 pub mod http;
 pub mod impostor;
 pub mod pki;
+pub mod poll;
 pub mod proxy;
 pub mod raw;
 
@@ -22,8 +23,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-pub use http::{http_get, metric, node_status, wait_metric, wait_ready};
+pub use http::{http_get, http_request, metric, node_status, wait_metric, wait_ready};
 pub use impostor::impostor_link;
+pub use poll::{eventually, until};
 pub use raw::{LegacyClient, RawClient};
 
 /// Logs to the test's output, filtered by `RUST_LOG` (nothing by default).

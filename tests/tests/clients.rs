@@ -7,7 +7,7 @@ use shardq_protocol::auth::ClientEntry;
 use shardq_protocol::status::{ClientRole, ClientsReport};
 use shardq_protocol::{ClientHandshake, Nonce, Psk};
 use shardq_tests::raw::{RawClient, expect_ack, expect_message};
-use shardq_tests::{Cluster, LegacyClient, PATIENCE, http_get, init_logging};
+use shardq_tests::{Cluster, LegacyClient, http_get, init_logging};
 
 async fn clients(admin: std::net::SocketAddr) -> ClientsReport {
     let (status, body) = http_get(admin, "/v1/clients").await;
@@ -96,15 +96,11 @@ async fn nodes_list_their_clients() {
     assert_eq!(publisher_info.role, ClientRole::Publisher);
     // Gone once it leaves.
     drop(dashboard);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    shardq_tests::eventually("the dashboard leaves the list", || async {
         let report = clients(cluster.consumers[0].admin).await;
-        if report.clients.iter().all(|c| c.name != "dashboard") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{report:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        report.clients.iter().all(|c| c.name != "dashboard")
+    })
+    .await;
     let (_, metrics) = http_get(cluster.consumers[0].admin, "/metrics").await;
     let gone = r#"shardq_consumer_topic_subscribers{tenant="acme",topic="database/create"} 0"#;
     assert!(metrics.contains(gone), "{metrics}");

@@ -12,7 +12,7 @@ use shardq_protocol::auth::ClientEntry;
 use shardq_protocol::auth::TokenKeys;
 use shardq_protocol::auth::token::{TokenClaims, mint_hs256};
 use shardq_tests::raw::{expect_ack, expect_message};
-use shardq_tests::{Cluster, PATIENCE, init_logging};
+use shardq_tests::{Cluster, http_request, init_logging};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &[u8] = b"token-secret-of-at-least-32-bytes!!";
@@ -29,30 +29,12 @@ async fn post(
     headers: &[(&str, String)],
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
+    let mut headers = headers.to_vec();
+    headers.push(("Content-Type", "application/json".to_owned()));
+    let (status, body) = http_request(addr, "POST", path, &headers, body).await;
     (
         status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
 

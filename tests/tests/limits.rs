@@ -12,7 +12,10 @@ use std::time::Duration;
 use futures_util::SinkExt;
 
 use shardq_tests::raw::{expect_ack, expect_error};
-use shardq_tests::{Cluster, LegacyClient, PATIENCE, http_get, init_logging, metric, wait_metric};
+use shardq_tests::{
+    Cluster, LegacyClient, PATIENCE, eventually, http_get, http_request, init_logging, metric,
+    wait_metric,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -26,19 +29,6 @@ fn ping() -> Vec<u8> {
     let mut frame = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
     frame.extend((0..125).map(|i| (i as u8) ^ [1, 2, 3, 4][i % 4]));
     frame
-}
-
-/// Polls `check` until it holds; panics after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn metrics(admin: SocketAddr) -> String {
@@ -153,19 +143,14 @@ async fn connection_caps_close_at_accept_and_places_come_back() {
     // Authenticated connections hold only their per-address place.
     let mut subscribers = Vec::new();
     for _ in 0..4 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            match shardq_tests::RawClient::connect(
-                &cluster.consumers[0].url("/v1/subscribe"),
-                &cluster.psk,
-            )
-            .await
-            {
-                Ok(client) => break subscribers.push(client),
-                Err(error) => assert!(Instant::now() < deadline, "{error}"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let url = cluster.consumers[0].url("/v1/subscribe");
+        let client = shardq_tests::until("a subscriber gets a place", || async {
+            shardq_tests::RawClient::connect(&url, &cluster.psk)
+                .await
+                .map_err(|error| error.to_string())
+        })
+        .await;
+        subscribers.push(client);
     }
     assert!(closed_at_once(TcpStream::connect(addr).await.unwrap()).await);
     let body = metrics(cluster.consumers[0].admin).await;
@@ -225,17 +210,11 @@ async fn an_admin_flood_does_not_stop_the_websocket_port() {
 
 /// `GET path` with an optional `Authorization` value: the status code.
 async fn get_with_authorization(addr: SocketAddr, path: &str, value: Option<String>) -> u16 {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let authorization = value.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{authorization}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+    let headers: Vec<_> = value
+        .map(|value| ("Authorization", value))
+        .into_iter()
+        .collect();
+    http_request(addr, "GET", path, &headers, "").await.0
 }
 
 /// `GET path` with an optional bearer token: the status code.

@@ -21,16 +21,16 @@ fn in_tenant(name: &str, tenant: &str, secret: &str) -> ClientEntry {
     }
 }
 
-/// A named client's handshake with `secret`.
-fn as_client(name: &str, secret: &str) -> ClientHandshake {
-    ClientHandshake::new(Psk::new(secret).unwrap(), Nonce::random(), None)
-        .named(Some(name.to_owned()))
+/// A client of `[[clients]]` entry `name` at `url`, authenticated with `secret`.
+async fn connect(url: &str, name: &str, secret: &str) -> RawClient {
+    let handshake = ClientHandshake::new(Psk::new(secret).unwrap(), Nonce::random(), None)
+        .named(Some(name.to_owned()));
+    RawClient::connect_with(url, handshake).await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_are_namespaces_end_to_end() {
-    init_logging();
-    let cluster = Cluster::builder()
+/// Two consumers, a producer, and one client in each of tenants acme and globex.
+async fn two_tenants() -> Cluster {
+    Cluster::builder()
         .consumers(2)
         .producers(1)
         .clients(vec![
@@ -38,16 +38,17 @@ async fn tenants_are_namespaces_end_to_end() {
             in_tenant("globex-app", "globex", "globex-secret-01234"),
         ])
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_namespaces_end_to_end() {
+    init_logging();
+    let cluster = two_tenants().await;
     let publish = cluster.producers[0].url("/v1/publish");
     // Every subscriber at consumer-0: for topics consumer-1 owns, the edge
     // relays from the owner, so links carry the tenant too.
     let subscribe = cluster.consumers[0].url("/v1/subscribe");
-    let connect = |url: &str, name: &str, secret: &str| {
-        let url = url.to_owned();
-        let handshake = as_client(name, secret);
-        async move { RawClient::connect_with(&url, handshake).await.unwrap() }
-    };
     let mut acme_sub = connect(&subscribe, "acme-app", "acme-secret-0123456").await;
     let mut globex_sub = connect(&subscribe, "globex-app", "globex-secret-01234").await;
     let mut default_sub = cluster.subscriber(0).await;
@@ -110,37 +111,29 @@ async fn tenants_are_namespaces_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_history_and_the_client_library_stay_in_the_tenant() {
     init_logging();
-    let cluster = Cluster::builder()
-        .consumers(2)
-        .producers(1)
-        .clients(vec![
-            in_tenant("acme-app", "acme", "acme-secret-0123456"),
-            in_tenant("globex-app", "globex", "globex-secret-01234"),
-        ])
-        .start()
-        .await;
-    let acme = |config_psk: &str| Psk::new(config_psk).unwrap();
+    let cluster = two_tenants().await;
+    let acme = || Psk::new("acme-secret-0123456").unwrap();
     // The client library, named in tenant acme.
     let subscriber = Subscriber::connect(SubscriberConfig {
         client: Some("acme-app".into()),
         tenant: Some("acme".into()),
-        ..SubscriberConfig::from_cluster(&cluster.config, acme("acme-secret-0123456"))
+        ..SubscriberConfig::from_cluster(&cluster.config, acme())
     })
     .await
     .unwrap();
     let mut creates = subscriber.subscribe("database", "create").await.unwrap();
     let publisher = Publisher::connect(PublisherConfig {
         client: Some("acme-app".into()),
-        ..PublisherConfig::from_cluster(&cluster.config, acme("acme-secret-0123456"))
+        ..PublisherConfig::from_cluster(&cluster.config, acme())
     })
     .await
     .unwrap();
-    let mut globex = RawClient::connect_with(
+    let mut globex = connect(
         &cluster.producers[0].url("/v1/publish"),
-        as_client("globex-app", "globex-secret-01234"),
+        "globex-app",
+        "globex-secret-01234",
     )
-    .await
-    .unwrap();
+    .await;
     expect_ack(globex.publish(1, "database/create", r#""globex""#).await);
     let ack = publisher
         .publish("database", "create", &serde_json::json!({"n": 1}))
@@ -152,12 +145,12 @@ async fn a_tenants_history_and_the_client_library_stay_in_the_tenant() {
     // A resume in the tenant replays the tenant's history only, at the
     // owner and at an edge.
     for consumer in 0..2 {
-        let mut late = RawClient::connect_with(
+        let mut late = connect(
             &cluster.consumers[consumer].url("/v1/subscribe"),
-            as_client("acme-app", "acme-secret-0123456"),
+            "acme-app",
+            "acme-secret-0123456",
         )
-        .await
-        .unwrap();
+        .await;
         late.send(&Frame::Subscribe(Subscribe {
             id: 1,
             topic: TopicFilter::parse("database/create").unwrap(),

@@ -97,15 +97,14 @@ async fn an_untrusted_certificate_is_refused() {
             "shardq_consumer_tls_handshake_failures_total",
         ),
     ] {
-        let deadline = tokio::time::Instant::now() + shardq_tests::PATIENCE;
-        loop {
+        shardq_tests::until(name, || async {
             let (_, body) = shardq_tests::http_get(admin, "/metrics").await;
-            if shardq_tests::metric(&body, name).is_some_and(|count| count >= 1.0) {
-                break;
+            match shardq_tests::metric(&body, name) {
+                Some(count) if count >= 1.0 => Ok(()),
+                _ => Err(body),
             }
-            assert!(tokio::time::Instant::now() < deadline, "{name}: {body}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
     cluster.shutdown().await;
 }

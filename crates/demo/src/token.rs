@@ -57,12 +57,13 @@ pub fn run(args: TokenArgs) -> Result<(), String> {
             let file = cluster.tokens.hs256_secret_files.first().ok_or_else(|| {
                 format!("{}: [tokens] names no hs256_secret_files", config.display())
             })?;
-            let path = shardq_protocol::cluster_file::beside(config, file);
-            let mut secret =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            if secret.last() == Some(&b'\n') {
-                secret.pop();
-            }
+            let secret = shardq_protocol::cluster_file::read_secret(
+                file,
+                "hs256_secret_files",
+                config,
+                |path| std::fs::read(path),
+            )
+            .map_err(|e| e.to_string())?;
             mint_hs256(&secret, &claims)
         }
         (None, None) => {

@@ -301,29 +301,15 @@ fn node_tls(
 
 /// The keys of the `[tokens]` section, read from their files.
 fn token_keys(cluster: &ClusterConfig, cluster_path: &Path) -> Result<TokenKeys, StartError> {
-    let read = |file: &String| {
-        let path = cluster_file::beside(cluster_path, file);
-        std::fs::read(&path)
-            .map_err(|source| StartError::Tokens(format!("{}: {source}", path.display())))
+    let read = |files: &[String], what| {
+        files
+            .iter()
+            .map(|file| cluster_file::read_secret(file, what, cluster_path, |p| std::fs::read(p)))
+            .collect::<Result<Vec<_>, _>>()
     };
     let config = &cluster.tokens;
-    let secrets = config
-        .hs256_secret_files
-        .iter()
-        .map(|file| {
-            read(file).map(|mut bytes| {
-                if bytes.last() == Some(&b'\n') {
-                    bytes.pop();
-                }
-                bytes
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let public_keys = config
-        .ed25519_public_key_files
-        .iter()
-        .map(read)
-        .collect::<Result<Vec<_>, _>>()?;
+    let secrets = read(&config.hs256_secret_files, "hs256_secret_files")?;
+    let public_keys = read(&config.ed25519_public_key_files, "ed25519_public_key_files")?;
     let keys = TokenKeys::new(&secrets, &public_keys, config.allow_plaintext)
         .map_err(|error| StartError::Tokens(error.to_string()))?;
     if config.allow_plaintext && !keys.is_empty() {

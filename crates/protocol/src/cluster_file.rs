@@ -139,6 +139,17 @@ pub fn load_secret(
     let Some(file) = file else {
         return Ok(None);
     };
+    read_secret(file, what, cluster_path, read).map(Some)
+}
+
+/// A secret `file` the cluster file names (`what`: the key naming it),
+/// beside the cluster file, one trailing newline ignored.
+pub fn read_secret(
+    file: &str,
+    what: &'static str,
+    cluster_path: &Path,
+    read: impl FnOnce(&Path) -> io::Result<Vec<u8>>,
+) -> Result<Vec<u8>, ClusterFileError> {
     let path = beside(cluster_path, file);
     let mut bytes = read(&path).map_err(|source| ClusterFileError::ReadSecret {
         what,
@@ -148,7 +159,7 @@ pub fn load_secret(
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
     }
-    Ok(Some(bytes))
+    Ok(bytes)
 }
 
 /// The node key: `env_value` (from `SHARDQ_NODE_KEY`), else the file's
