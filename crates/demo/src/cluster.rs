@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use shardq_protocol::auth::TokenKeys;
+use shardq_protocol::config::TokensConfig;
 use shardq_protocol::{ClusterConfig, Credentials, Limits, NodeEntry, Psk, QueueConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -49,33 +51,43 @@ pub struct Embedded {
     pub psk: Psk,
     /// Its node key (fresh and random; only the nodes use it).
     pub node_key: Psk,
+    /// The HS256 key client tokens are signed with (fresh and random).
+    pub token_key: Psk,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-async fn listeners(
-    kind: &str,
-    count: usize,
-) -> Result<Vec<(NodeEntry, TcpListener, TcpListener)>, String> {
+/// A node's entry and its listeners: WebSocket, admin, and (producers)
+/// the HTTP API.
+type Listeners = (NodeEntry, TcpListener, TcpListener, Option<TcpListener>);
+
+async fn listeners(kind: &str, count: usize) -> Result<Vec<Listeners>, String> {
+    let bind = || async {
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot bind 127.0.0.1: {e}"))
+    };
+    let addr = |l: &TcpListener| -> Result<SocketAddr, String> {
+        l.local_addr().map_err(|e| e.to_string())
+    };
     let mut nodes = Vec::new();
     for i in 0..count {
-        let bind = || TcpListener::bind("127.0.0.1:0");
-        let ws = bind()
-            .await
-            .map_err(|e| format!("cannot bind 127.0.0.1: {e}"))?;
-        let admin = bind()
-            .await
-            .map_err(|e| format!("cannot bind 127.0.0.1: {e}"))?;
-        let addr = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
-        let (ws_addr, admin_addr): (SocketAddr, SocketAddr) = (addr(&ws)?, addr(&admin)?);
+        let (ws, admin) = (bind().await?, bind().await?);
+        let http = match kind {
+            "producer" => Some(bind().await?),
+            _ => None,
+        };
         let entry = NodeEntry {
             id: format!("{kind}-{i}"),
-            url: format!("ws://{ws_addr}"),
-            admin: Some(format!("http://{admin_addr}")),
-            listen: Some(ws_addr.to_string()),
-            http: None,
+            url: format!("ws://{}", addr(&ws)?),
+            admin: Some(format!("http://{}", addr(&admin)?)),
+            listen: Some(addr(&ws)?.to_string()),
+            http: match &http {
+                Some(http) => Some(format!("http://{}", addr(http)?)),
+                None => None,
+            },
         };
-        nodes.push((entry, ws, admin));
+        nodes.push((entry, ws, admin, http));
     }
     Ok(nodes)
 }
@@ -90,12 +102,15 @@ impl Embedded {
     ) -> Result<Embedded, String> {
         let consumer_nodes = listeners("consumer", consumers).await?;
         let producer_nodes = listeners("producer", producers).await?;
-        let entries = |nodes: &[(NodeEntry, TcpListener, TcpListener)]| {
-            nodes.iter().map(|(entry, _, _)| entry.clone()).collect()
-        };
-        // The origin's clients keep working on a local cluster.
+        let entries = |nodes: &[Listeners]| nodes.iter().map(|node| node.0.clone()).collect();
+        // The origin's clients keep working on a local cluster; browsers
+        // present tokens over ws:// (every node listens on 127.0.0.1 only).
         let config = ClusterConfig {
             legacy: true,
+            tokens: TokensConfig {
+                allow_plaintext: true,
+                ..TokensConfig::default()
+            },
             ..ClusterConfig::new(
                 entries(&consumer_nodes),
                 entries(&producer_nodes),
@@ -105,13 +120,16 @@ impl Embedded {
         };
         let psk = Psk::generate();
         let node_key = Psk::generate();
-        let credentials = Credentials::new(psk.clone(), node_key.clone());
+        let token_key = Psk::generate();
+        let tokens = TokenKeys::new(&[token_key.as_bytes().to_vec()], &[], true)
+            .map_err(|e| e.to_string())?;
+        let credentials = Credentials::new(psk.clone(), node_key.clone()).with_tokens(tokens);
         let (stop, stopped) = watch::channel(false);
         let until_stop = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         let mut tasks = Vec::new();
-        for (entry, ws, admin) in consumer_nodes {
+        for (entry, ws, admin, _) in consumer_nodes {
             let config = shardq_consumer::ConsumerConfig {
                 id: entry.id,
                 cluster: config.clone(),
@@ -128,7 +146,7 @@ impl Embedded {
                 until_stop(stopped.clone()),
             )));
         }
-        for (entry, ws, admin) in producer_nodes {
+        for (entry, ws, admin, http) in producer_nodes {
             let config = shardq_producer::ProducerConfig {
                 id: entry.id,
                 cluster: config.clone(),
@@ -137,9 +155,10 @@ impl Embedded {
                 tls: Default::default(),
                 updates: None,
             };
-            tasks.push(tokio::spawn(shardq_producer::run(
+            tasks.push(tokio::spawn(shardq_producer::run_with_http(
                 ws,
                 Some(admin),
+                http,
                 config,
                 until_stop(stopped.clone()),
             )));
@@ -148,6 +167,7 @@ impl Embedded {
             config,
             psk,
             node_key,
+            token_key,
             stop,
             tasks,
         };

@@ -64,6 +64,8 @@ fn keep_running(cluster: &Embedded, args: &LocalArgs) -> Result<(), String> {
     write_private(&psk_path, cluster.psk.as_bytes())?;
     let node_key_path = args.config_out.with_extension("node-key");
     write_private(&node_key_path, cluster.node_key.as_bytes())?;
+    let token_key_path = args.config_out.with_extension("token-key");
+    write_private(&token_key_path, cluster.token_key.as_bytes())?;
     let mut config = cluster.config.clone();
     // Relative to the cluster file, as nodes and tools resolve them.
     let name = |path: &std::path::Path| {
@@ -72,6 +74,11 @@ fn keep_running(cluster: &Embedded, args: &LocalArgs) -> Result<(), String> {
     };
     config.psk_file = name(&psk_path);
     config.node_key_file = name(&node_key_path);
+    // What `shardq-demo token` and `dashboard` sign with. Tokens over
+    // plaintext (ws://) are allowed because every node of this cluster
+    // listens on 127.0.0.1 only: nobody else is on the path to read one.
+    config.tokens.hs256_secret_files = name(&token_key_path).into_iter().collect();
+    config.tokens.allow_plaintext = true;
     std::fs::write(&args.config_out, config.to_toml())
         .map_err(|e| format!("cannot write {}: {e}", args.config_out.display()))?;
     let file = args.config_out.display();
@@ -89,6 +96,14 @@ fn keep_running(cluster: &Embedded, args: &LocalArgs) -> Result<(), String> {
     println!("  cargo run --release -p shardq-demo -- e2e --config {file}");
     println!("  cargo run --release -p shardq-demo -- bench --config {file} --seconds 10");
     println!("  cargo run --release -p shardq --example logger -- {file}");
+    println!(
+        "  cargo run --release -p shardq-demo -- dashboard --config {file}   # then open http://127.0.0.1:8088/"
+    );
+    if let Some(http) = config.producers.first().and_then(|p| p.http.as_deref()) {
+        println!(
+            "  curl -H \"Authorization: Bearer $(cargo run -q --release -p shardq-demo -- token --config {file} --name curl --publish 'database/*')\" -d '{{\"id\":7}}' {http}/v1/topics/database/create"
+        );
+    }
     Ok(())
 }
 

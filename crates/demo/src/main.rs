@@ -8,6 +8,7 @@ mod bench_producer;
 mod clients;
 mod cluster;
 mod cluster_view;
+mod dashboard;
 mod e2e;
 mod health;
 mod lean;
@@ -76,6 +77,8 @@ enum Command {
     Clients(clients::ClientsArgs),
     /// Mint a signed client token (JWT) for browsers and short-lived jobs.
     Token(token::TokenArgs),
+    /// Serve the app dashboard: a page counting a topic's messages live.
+    Dashboard(dashboard::DashboardArgs),
     /// Measure one producer process: acked publishes/s, CPU per publish, latency.
     BenchProducer {
         #[command(flatten)]
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Health { url } => block_on(async move { health::run(&url).await }),
         Command::Soak(args) => block_on(soak::run(args)),
         Command::Token(args) => token::run(args),
+        Command::Dashboard(args) => block_on(dashboard::run(args)),
         Command::Clients(args) => block_on(clients::run(args)),
         Command::Bench(args) => {
             let json = args.json;

@@ -54,17 +54,7 @@ pub fn run(args: TokenArgs) -> Result<(), String> {
         }
         (None, Some(config)) => {
             let cluster = shardq::cluster_file::load_cluster(config).map_err(|e| e.to_string())?;
-            let file = cluster.tokens.hs256_secret_files.first().ok_or_else(|| {
-                format!("{}: [tokens] names no hs256_secret_files", config.display())
-            })?;
-            let secret = shardq_protocol::cluster_file::read_secret(
-                file,
-                "hs256_secret_files",
-                config,
-                |path| std::fs::read(path),
-            )
-            .map_err(|e| e.to_string())?;
-            mint_hs256(&secret, &claims)
+            mint_hs256(&hs256_secret(&cluster, config)?, &claims)
         }
         (None, None) => {
             return Err("give --config FILE (HS256) or --ed25519-key FILE (EdDSA)".into());
@@ -73,4 +63,24 @@ pub fn run(args: TokenArgs) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     println!("{token}");
     Ok(())
+}
+
+/// The HS256 secret tokens are signed with: the first of the cluster
+/// file's `[tokens] hs256_secret_files`, or what to add when there is none.
+pub fn hs256_secret(
+    cluster: &shardq_protocol::ClusterConfig,
+    config: &std::path::Path,
+) -> Result<Vec<u8>, String> {
+    let file = cluster.tokens.hs256_secret_files.first().ok_or_else(|| {
+        format!(
+            "{}: [tokens] names no hs256_secret_files, so nothing can sign tokens: add \
+             `[tokens] hs256_secret_files = [\"token.key\"]` with a file token.key beside it \
+             holding at least 32 random bytes (openssl rand -hex 32 > token.key), and restart the nodes",
+            config.display()
+        )
+    })?;
+    shardq_protocol::cluster_file::read_secret(file, "hs256_secret_files", config, |path| {
+        std::fs::read(path)
+    })
+    .map_err(|e| e.to_string())
 }
