@@ -73,7 +73,8 @@ function onEvent(event) {
       notice(
         "gap",
         `gap: messages after ${event.after.epoch}:${event.after.offset} up to ` +
-          `${event.epoch}:${event.offset} may be missing (${event.reason})`,
+          `${event.epoch}:${event.offset} ` +
+          (event.reason === "resume" ? "were not replayed (the history no longer held them)" : "may be missing"),
       );
       break;
     case "stalled":

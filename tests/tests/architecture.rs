@@ -1,6 +1,6 @@
 //! The crate arrows of docs/ARCHITECTURE.md, read from `cargo metadata`:
-//! protocol ← net ← {consumer, producer}; client ← protocol; demo and tests
-//! may use anything. A change that adds a forbidden arrow fails here.
+//! protocol ← net ← {consumer, producer}; client ← protocol; webapp ←
+//! protocol; demo and tests may use anything. A change that adds a forbidden arrow fails here.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,12 +12,13 @@ use serde_json::Value;
 
 /// Each workspace crate and the workspace crates it may depend on (in any
 /// section: normal, dev or build). `None`: anything.
-const RULES: [(&str, Option<&[&str]>); 7] = [
+const RULES: [(&str, Option<&[&str]>); 8] = [
     ("shardq-protocol", Some(&[])),
     ("shardq-net", Some(&["shardq-protocol"])),
     ("shardq-consumer", Some(&["shardq-protocol", "shardq-net"])),
     ("shardq-producer", Some(&["shardq-protocol", "shardq-net"])),
     ("shardq", Some(&["shardq-protocol"])),
+    ("shardq-webapp", Some(&["shardq-protocol"])),
     ("shardq-demo", None),
     ("shardq-tests", None),
 ];

@@ -340,6 +340,26 @@ async fn the_app_dashboard_counts_live_and_resumes_in_a_real_browser() {
     eprintln!("screenshots in {}", shots.dir.display());
 }
 
+/// Publishes records `ids` over WebSocket (the Rust client, with the psk).
+async fn publish_ws(publisher: &Publisher, ids: std::ops::RangeInclusive<u64>) {
+    for id in ids {
+        let record = json!({"id": id, "name": format!("record {id}"), "via": "websocket"});
+        publisher
+            .publish("database", "create", &record)
+            .await
+            .unwrap();
+    }
+}
+
+/// How many records the page's table shows.
+async fn rows(browser: &Client) -> usize {
+    browser
+        .find_all(Locator::Css("#records tbody tr"))
+        .await
+        .unwrap()
+        .len()
+}
+
 async fn scenario(browser: Client, shots: Screenshots) {
     let mut cluster = Cluster::builder()
         .consumers(2)
@@ -347,15 +367,24 @@ async fn scenario(browser: Client, shots: Screenshots) {
         .tokens(TokenKeys::new(&[SECRET.to_vec()], &[], true).unwrap())
         .start()
         .await;
+    let publisher = Publisher::connect(PublisherConfig::from_cluster(
+        &cluster.config,
+        cluster.psk.clone(),
+    ))
+    .await
+    .unwrap();
     // The page is on the consumer that does not own database/create: it is
     // an edge for it, so the topic's history survives at the owner when the
     // page's consumer restarts, and the page's count can be exact.
-    let page_consumer = 1 - cluster.owner("database/create");
-    let page = PageConfig {
-        consumers: vec![cluster.consumers[page_consumer].url("/v1/subscribe")],
+    let owner = cluster.owner("database/create");
+    let edge = 1 - owner;
+    let page_on = |index: usize| PageConfig {
+        consumers: vec![cluster.consumers[index].url("/v1/subscribe")],
         ..PageConfig::from_cluster(&cluster.config, "database", "create")
     };
-    let (site, stop_site) = serve_page(page).await;
+    let (edge_page, owner_page) = (page_on(edge), page_on(owner));
+    let (site, _stop_site) = serve_page(edge_page).await;
+    let app_tab = browser.window().await.unwrap();
 
     browser.goto(&format!("http://{site}/")).await.unwrap();
     shots.save(&browser, "opened").await;
@@ -363,79 +392,69 @@ async fn scenario(browser: Client, shots: Screenshots) {
     shots.save(&browser, "connected").await;
 
     // Five records: three over WebSocket, two over HTTP.
-    let publisher = Publisher::connect(PublisherConfig::from_cluster(
-        &cluster.config,
-        cluster.psk.clone(),
-    ))
-    .await
-    .unwrap();
-    for id in 1..=3 {
-        let record = json!({"id": id, "name": format!("record {id}"), "via": "websocket"});
-        publisher
-            .publish("database", "create", &record)
-            .await
-            .unwrap();
-    }
+    publish_ws(&publisher, 1..=3).await;
     for id in 4..=5 {
-        publish_http(
-            &cluster,
-            json!({"id": id, "name": format!("record {id}"), "via": "http"}),
-        )
-        .await;
+        let record = json!({"id": id, "name": format!("record {id}"), "via": "http"});
+        publish_http(&cluster, record).await;
     }
     wait_text(&browser, "count", &["5"]).await;
-    let rows = browser
-        .find_all(Locator::Css("#records tbody tr"))
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows(&browser).await, 5);
     shots.save(&browser, "five-records").await;
 
     // The page's consumer stops (its subscribers are closed with 1001) and
     // comes back without its state; two records are published meanwhile.
-    cluster.stop_consumer(page_consumer).await;
+    cluster.stop_consumer(edge).await;
     wait_text(&browser, "state", &["disconnected", "connecting"]).await;
     shots.save(&browser, "consumer-stopped").await;
-    let record = json!({"id": 6, "name": "record 6", "via": "websocket"});
-    publisher
-        .publish("database", "create", &record)
-        .await
-        .unwrap();
+    publish_ws(&publisher, 6..=6).await;
     publish_http(
         &cluster,
         json!({"id": 7, "name": "record 7", "via": "http"}),
     )
     .await;
-    cluster.restart_consumer(page_consumer).await;
+    cluster.restart_consumer(edge).await;
     wait_text(&browser, "state", &["connected"]).await;
     wait_text(&browser, "count", &["7"]).await;
-    assert_eq!(
-        text(&browser, "gaps").await.unwrap(),
-        "0",
-        "{}",
-        page_summary(&browser).await
-    );
-    let rows = browser
-        .find_all(Locator::Css("#records tbody tr"))
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 7);
+    let summary = page_summary(&browser).await;
+    assert_eq!(text(&browser, "gaps").await.unwrap(), "0", "{summary}");
+    assert_eq!(rows(&browser).await, 7);
     shots.save(&browser, "resumed").await;
 
     // The page's own button publishes through shardq.js's Publisher.
-    browser
-        .find(Locator::Id("publish"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let button = browser.find(Locator::Id("publish")).await.unwrap();
+    button.click().await.unwrap();
     wait_text(&browser, "count", &["8"]).await;
     shots.save(&browser, "published-from-the-page").await;
 
-    operator_dashboard(&browser, &shots, &cluster, page_consumer).await;
+    // The operator dashboard in a tab of its own: the app stays connected.
+    let other_tab = browser.new_window(true).await.unwrap().handle;
+    browser.switch_to_window(other_tab).await.unwrap();
+    operator_dashboard(&browser, &shots, &cluster, edge).await;
 
-    drop(stop_site);
+    // The owner restarts without its history: a page on it resumes with
+    // `recovered: false` and shows one gap; the page on the edge gets the
+    // edge's gap notice. Both keep counting.
+    let (owner_site, _stop_owner_site) = serve_page(owner_page).await;
+    browser
+        .goto(&format!("http://{owner_site}/"))
+        .await
+        .unwrap();
+    wait_text(&browser, "state", &["connected"]).await;
+    publish_ws(&publisher, 9..=9).await;
+    wait_text(&browser, "count", &["1"]).await;
+    cluster.stop_consumer(owner).await;
+    wait_text(&browser, "state", &["disconnected", "connecting"]).await;
+    cluster.restart_consumer(owner).await;
+    wait_text(&browser, "gaps", &["1"]).await;
+    wait_text(&browser, "state", &["connected"]).await;
+    publish_ws(&publisher, 10..=10).await;
+    wait_text(&browser, "count", &["2"]).await;
+    shots.save(&browser, "owner-restarted-gap").await;
+    browser.switch_to_window(app_tab).await.unwrap();
+    wait_text(&browser, "gaps", &["1"]).await;
+    wait_text(&browser, "count", &["10"]).await;
+    shots.save(&browser, "edge-gap-notice").await;
+
     cluster.shutdown().await;
 }
 

@@ -45,8 +45,8 @@ pub async fn run(args: DashboardArgs) -> Result<(), String> {
         .queues
         .check_text(&topic)
         .map_err(|e| format!("{topic}: {e}"))?;
-    check_plaintext(&cluster, &args.config)?;
     let secret = crate::token::hs256_secret(&cluster, &args.config)?;
+    check_plaintext(&cluster, &args.config)?;
     let mint = token_source(secret, args.name.clone(), topic.clone(), args.ttl);
     // Fail now, not in the browser, when the key cannot sign.
     mint()?;

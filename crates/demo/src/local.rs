@@ -79,7 +79,10 @@ fn keep_running(cluster: &Embedded, args: &LocalArgs) -> Result<(), String> {
     // listens on 127.0.0.1 only: nobody else is on the path to read one.
     config.tokens.hs256_secret_files = name(&token_key_path).into_iter().collect();
     config.tokens.allow_plaintext = true;
-    std::fs::write(&args.config_out, config.to_toml())
+    let header = "# Written by `shardq-demo local --keep-running` for this run's ports and keys.\n\
+                  # [tokens] allow_plaintext = true: every node listens on 127.0.0.1 only, so\n\
+                  # nobody else is on the path to read a token sent over ws://.\n\n";
+    std::fs::write(&args.config_out, format!("{header}{}", config.to_toml()))
         .map_err(|e| format!("cannot write {}: {e}", args.config_out.display()))?;
     let file = args.config_out.display();
     println!();
