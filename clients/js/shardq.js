@@ -1,339 +1,38 @@
 /**
  * shardq.js: a dependency-free browser client for shardq/1 over WebSocket
- * (docs/PROTOCOL.md), as an ES module with no build step.
+ * (docs/PROTOCOL.md), as ES modules with no build step and no dependency:
+ * this one and ./connection.js, its transport (clients/js/README.md).
  *
- * - {@link Subscriber} subscribes to topics on consumers, keeps the last
- *   position of every topic, drops duplicates (PROTOCOL 5.3), reconnects by
- *   itself (the next URL of its list, exponential backoff with jitter) and
- *   resumes where it left off; what the cluster could not replay is reported
- *   as an explicit `gap` event, never hidden.
- * - {@link Publisher} publishes to producers; each publish resolves with
- *   the position its topic's owner sequenced it at, or rejects with a
- *   {@link ShardqError} carrying the protocol's error code.
+ * - {@link Subscriber}: subscriptions that survive reconnections (the next
+ *   URL, exponential backoff with jitter) and resume from the last position
+ *   without duplicates (PROTOCOL 5.3); what could not be replayed arrives
+ *   as an explicit `gap` event.
+ * - {@link Publisher}: each publish resolves with its position, or rejects
+ *   with a {@link ShardqError} carrying the protocol's error code.
  *
- * Browsers authenticate with a signed token (PROTOCOL 3.1: `auth.token`, no
- * proof): give a string, or a function returning a fresh one (it is called
- * at every connection and reconnection, so short-lived tokens work). Nodes
- * accept tokens over `wss://` only, unless the cluster file sets
- * `[tokens] allow_plaintext = true` (development).
- *
- * Payloads are JSON values: integers beyond 2^53 lose precision in
- * JavaScript, as with any JSON in a browser.
+ * Browsers present a token (PROTOCOL 3.1: `auth.token`, no proof): a
+ * string, or a function returning a fresh one at every (re)connection.
+ * Nodes take tokens over `wss://` only, unless `[tokens] allow_plaintext`.
  *
  * @module shardq
  */
 
-/** The protocol version this client speaks (the `hello` frame's `version`). */
-export const VERSION = "shardq/1";
+import { CLOSE_CODES, Connection, RETRY, ShardqError, VERSION, topicOf } from "./connection.js";
+
+export { CLOSE_CODES, Connection, ShardqError, VERSION };
+
+/** @typedef {import("./connection.js").Position} Position */
+/** @typedef {import("./connection.js").ClientOptions} ClientOptions */
 
 /**
- * WebSocket close codes and what they mean (PROTOCOL 7; 1006 is the
- * browser's own code for a connection lost without a close frame).
- * @type {Readonly<Record<number, string>>}
- */
-export const CLOSE_CODES = Object.freeze({
-  1000: "normal",
-  1001: "going away",
-  1006: "connection lost",
-  1009: "frame too large",
-  4001: "auth failed",
-  4002: "handshake timeout",
-  4003: "protocol error",
-  4004: "topic refused",
-  4008: "slow consumer",
-  4009: "ping timeout",
-  4010: "resync",
-});
-
-/**
- * An error with a protocol error code (PROTOCOL 6: `not_authorized`,
- * `unavailable`, `outcome_unknown`, ...), or one of this client's own:
- * `token` (the token function failed) and `closed` (the client was closed).
- */
-export class ShardqError extends Error {
-  /**
-   * @param {string} code the error code
-   * @param {string} message what happened, for people
-   */
-  constructor(code, message) {
-    super(message);
-    this.name = "ShardqError";
-    /** @type {string} the error code */
-    this.code = code;
-  }
-}
-
-/**
- * @typedef {object} Position where a message sits in its topic's stream
- * @property {number} epoch the owner's epoch (below 2^53)
- * @property {number} offset the message's offset in the epoch (0: before the first)
- */
-
-/**
- * @typedef {object} ClientOptions
- * @property {string[]} urls node URLs (`ws://` or `wss://`; the endpoint's
- *   path is added when a URL has none), tried in order: after a failure the
- *   next one is used
- * @property {string | (() => string | Promise<string>)} token a token (JWT),
- *   or a function returning a fresh one, called at every (re)connection
- * @property {string} [name] a name for the node's logs (`auth.node`)
- * @property {(state: string, detail: object) => void} [onstate] called at
- *   every state change (see {@link Connection})
- * @property {{initialMs?: number, maxMs?: number, factor?: number}} [backoff]
- *   the delay before a reconnection: `initialMs` (250) times `factor` (2)
- *   per failed attempt, capped at `maxMs` (10000), of which a random half
- *   is taken off (jitter)
- * @property {number} [handshakeTimeoutMs] time allowed to open the socket
- *   and authenticate (10000)
- */
-
-const NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-
-/** Checks a queue and event name; returns the topic `queue/event`. */
-function topicOf(queue, event, allowWildcard) {
-  if (!NAME.test(String(queue)) || !(NAME.test(String(event)) || (allowWildcard && event === "*"))) {
-    throw new ShardqError(
-      "bad_topic",
-      `"${queue}/${event}" is not a topic: names are 1-64 characters of A-Z a-z 0-9 _ . -`,
-    );
-  }
-  return `${queue}/${event}`;
-}
-
-/** `url` with `path` when it has none; throws on a scheme other than ws(s). */
-function endpoint(url, path) {
-  const parsed = new URL(url);
-  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
-    throw new TypeError(`shardq: ${url} is not a ws:// or wss:// URL`);
-  }
-  if (parsed.pathname === "/" || parsed.pathname === "") parsed.pathname = path;
-  return parsed.toString();
-}
-
-/** 32 random bytes as 64 lowercase hex characters (a handshake nonce). */
-function randomNonce() {
-  const bytes = crypto.getRandomValues(new Uint8Array(32));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/**
- * One logical connection to a list of nodes: dials, authenticates with the
- * token, and reconnects after a failure. The base of {@link Subscriber} and
- * {@link Publisher}; not constructed directly.
- *
- * States, reported to `onstate(state, detail)` and as a `state` event
- * (`event.detail` = `{state, ...detail}`):
- * - `connecting` (`{url}`): dialling and authenticating;
- * - `open` (`{url, node}`): authenticated (`node` is the node's id);
- * - `closed` (`{url, code, reason, error?, retryInMs?, final?}`): the
- *   connection is gone; `retryInMs` says when the next attempt is, `final`
- *   that {@link Connection#close} was called. `error` is a
- *   {@link ShardqError} when the node said why (e.g. `auth_failed`).
- */
-export class Connection extends EventTarget {
-  /**
-   * @param {ClientOptions} options
-   * @param {string} path the endpoint added to URLs without a path
-   */
-  constructor(options, path) {
-    super();
-    const { urls, token, name, onstate, backoff = {}, handshakeTimeoutMs = 10000 } = options ?? {};
-    if (!Array.isArray(urls) || urls.length === 0) {
-      throw new TypeError("shardq: give urls, a non-empty list of ws:// or wss:// URLs");
-    }
-    if (typeof token !== "string" && typeof token !== "function") {
-      throw new TypeError("shardq: give a token: a string, or a function returning one");
-    }
-    /** @type {string[]} the URLs, with their endpoint path */
-    this.urls = urls.map((url) => endpoint(url, path));
-    /** @type {string} `connecting`, `open` or `closed` */
-    this.state = "closed";
-    this._token = token;
-    this._name = name;
-    this._onstate = onstate;
-    this._backoff = { initialMs: 250, maxMs: 10000, factor: 2, ...backoff };
-    this._handshakeTimeoutMs = handshakeTimeoutMs;
-    this._next = 0;
-    this._attempt = 0;
-    this._ws = null;
-    this._retry = null;
-    this._closed = false;
-    this._nextId = 1;
-    // Dial once the caller had a chance to add listeners.
-    queueMicrotask(() => this._dial());
-  }
-
-  /** Closes the connection for good: no reconnection. */
-  close() {
-    if (this._closed) return;
-    this._closed = true;
-    clearTimeout(this._retry);
-    this._onClose();
-    if (this._ws) {
-      this._ws.close(1000, "closed by the client");
-    } else {
-      this._setState("closed", { final: true });
-    }
-  }
-
-  /** Whether the connection is authenticated now. */
-  get isOpen() {
-    return this.state === "open";
-  }
-
-  /** A fresh request id. */
-  _id() {
-    return this._nextId++;
-  }
-
-  /** Sends a frame (an object, or JSON text) on the open connection. */
-  _send(frame) {
-    this._ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
-  }
-
-  _setState(state, detail = {}) {
-    this.state = state;
-    try {
-      this._onstate?.(state, detail);
-    } finally {
-      this.dispatchEvent(new CustomEvent("state", { detail: { state, ...detail } }));
-    }
-  }
-
-  async _dial() {
-    if (this._closed) return;
-    const url = this.urls[this._next % this.urls.length];
-    this._setState("connecting", { url });
-    let token;
-    try {
-      token = typeof this._token === "function" ? await this._token() : this._token;
-      if (typeof token !== "string" || token === "") {
-        throw new Error("it returned no token");
-      }
-    } catch (error) {
-      const reason = `cannot get a token: ${error?.message ?? error}`;
-      this._lost({ url, code: 0, reason, error: new ShardqError("token", reason) });
-      return;
-    }
-    if (this._closed) return;
-    let ws;
-    try {
-      ws = new WebSocket(url);
-    } catch (error) {
-      this._lost({ url, code: 0, reason: String(error?.message ?? error) });
-      return;
-    }
-    this._ws = ws;
-    let phase = "hello";
-    let node = null;
-    let error = null;
-    const fail = (code, message, errorCode) => {
-      error = new ShardqError(errorCode, message);
-      ws.close(code, message.slice(0, 120));
-    };
-    const timer = setTimeout(
-      () => fail(4002, "no welcome within the handshake timeout", "handshake_timeout"),
-      this._handshakeTimeoutMs,
-    );
-    ws.onmessage = (event) => {
-      if (this._ws !== ws) return;
-      let frame;
-      try {
-        frame = typeof event.data === "string" ? JSON.parse(event.data) : null;
-      } catch {
-        frame = null;
-      }
-      if (frame === null || typeof frame !== "object") {
-        fail(4003, "the node sent a frame that is not a JSON object", "bad_frame");
-        return;
-      }
-      if (phase === "open") {
-        this._onFrame(frame);
-      } else if (frame.type === "error") {
-        // The close follows (4001 for authentication failures).
-        error = new ShardqError(frame.code, frame.message ?? frame.code);
-      } else if (phase === "hello" && frame.type === "hello") {
-        if (frame.version !== VERSION) {
-          fail(4003, `the node speaks ${frame.version}, not ${VERSION}`, "unsupported_version");
-          return;
-        }
-        let nonce = randomNonce();
-        while (nonce === String(frame.nonce).toLowerCase()) nonce = randomNonce();
-        const auth = { type: "auth", nonce, token };
-        if (this._name) auth.node = this._name;
-        node = frame.node;
-        phase = "auth";
-        this._send(auth);
-      } else if (phase === "auth" && frame.type === "welcome") {
-        clearTimeout(timer);
-        phase = "open";
-        this._attempt = 0;
-        this._setState("open", { url, node });
-        this._onOpen();
-      } else {
-        fail(4003, `unexpected ${frame.type} frame during the handshake`, "bad_frame");
-      }
-    };
-    ws.onerror = () => {}; // a close event follows, with its code
-    ws.onclose = (event) => {
-      clearTimeout(timer);
-      if (this._ws !== ws) return;
-      this._ws = null;
-      const detail = {
-        url,
-        code: event.code,
-        reason: event.reason || CLOSE_CODES[event.code] || "",
-      };
-      if (error) detail.error = error;
-      if (phase === "open") this._onDrop(event.code);
-      this._next += 1; // the next attempt goes to the next URL
-      this._lost(detail);
-    };
-  }
-
-  /** After a connection failed or dropped: wait (backoff), dial again. */
-  _lost(detail) {
-    if (this._closed) {
-      this._setState("closed", { ...detail, final: true });
-      return;
-    }
-    const { initialMs, maxMs, factor } = this._backoff;
-    const ceiling = Math.min(maxMs, initialMs * factor ** this._attempt);
-    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
-    this._attempt += 1;
-    this._setState("closed", { ...detail, retryInMs: delay });
-    this._retry = setTimeout(() => this._dial(), delay);
-  }
-
-  /** Called once authenticated. */
-  _onOpen() {}
-
-  /** Called with every frame after the handshake. */
-  _onFrame(_frame) {}
-
-  /** Called when an authenticated connection is gone, with the close code. */
-  _onDrop(_code) {}
-
-  /** Called by {@link Connection#close}. */
-  _onClose() {}
-}
-
-/**
- * @typedef {object} SubscriberEvent what a subscription's callback receives:
- * - `{type: "message", topic, epoch, offset, payload}`: a message, once;
- * - `{type: "subscribed", topic, epoch, offset, resumed, recovered?, replay?}`:
- *   the subscription is live on a connection (after every (re)connection);
- *   `offset` is the topic's latest offset then;
- * - `{type: "gap", topic, after, epoch, offset, reason}`: messages after
- *   `after` may be missing; the stream goes on after (`epoch`, `offset`).
- *   `reason` is `notice` (the node's `gap` frame) or `resume` (a resume
- *   answered `recovered: false`: what came after `after` up to
- *   (`epoch`, `offset`) was not replayed);
- * - `{type: "stalled", topic, owner}` and `{type: "resumed", topic}`: the
- *   node relaying the topic lost, then found again, the topic's owner;
- * - `{type: "error", topic, code, message, retrying}`: a (re)subscription
- *   was refused; unless `retrying`, the subscription is dropped.
- * @typedef {Record<string, any>} SubscriberEventFields
+ * @typedef {object} SubscriberEvent what a subscription's callback gets
+ *   (clients/js/README.md has the table): `message` {topic, epoch, offset,
+ *   payload}, once each; `subscribed` {topic, epoch, offset, resumed,
+ *   recovered?, replay?}, live on a connection; `gap` {topic, after, epoch,
+ *   offset, reason: "resume" | "notice"}, messages after `after` may be
+ *   missing, the stream goes on after (epoch, offset); `stalled` {topic,
+ *   owner} and `resumed` {topic}; `error` {topic, code, message, retrying}.
+ * @property {string} type
  */
 
 /**
@@ -475,14 +174,19 @@ export class Subscriber extends Connection {
     this._send({ ...frame, id });
   }
 
-  _unsubscribe(subscription) {
-    if (!subscription._active) return Promise.resolve();
+  /** Drops `subscription` here: no event after this. */
+  _forget(subscription, error) {
     subscription._active = false;
     this._subscriptions.delete(subscription.topic);
     for (const [topic, owner] of this._byTopic) {
       if (owner === subscription) this._byTopic.delete(topic);
     }
-    subscription._reject(new ShardqError("not_subscribed", "unsubscribed before it went live"));
+    subscription._reject(error);
+  }
+
+  _unsubscribe(subscription) {
+    if (!subscription._active) return Promise.resolve();
+    this._forget(subscription, new ShardqError("not_subscribed", "unsubscribed before it went live"));
     if (!this.isOpen) return Promise.resolve();
     return new Promise((resolve) => {
       this._request({ type: "unsubscribe", topic: subscription.topic }, { resolve });
@@ -584,14 +288,8 @@ export class Subscriber extends Connection {
         // moves back (PROTOCOL 5.3).
         const behind = replay.epoch === since.epoch && replay.offset <= since.offset;
         if (!behind) {
-          subscription._emit({
-            type: "gap",
-            topic,
-            after: { ...since },
-            epoch: replay.epoch,
-            offset: replay.offset,
-            reason: "resume",
-          });
+          const { epoch, offset } = replay;
+          subscription._emit({ type: "gap", topic, after: { ...since }, epoch, offset, reason: "resume" });
         }
       }
     }
@@ -609,17 +307,12 @@ export class Subscriber extends Connection {
       const connection = this._ws;
       setTimeout(() => {
         if (this._ws === connection && this.isOpen && subscription._active) {
-          this._request(pending.frame, { subscription, since: subscription.positions.get(topic) });
+          this._request(pending.frame, { subscription, since: pending.since });
         }
       }, 1000);
       return;
     }
-    subscription._active = false;
-    this._subscriptions.delete(subscription.topic);
-    for (const [name, owner] of this._byTopic) {
-      if (owner === subscription) this._byTopic.delete(name);
-    }
-    subscription._reject(error);
+    this._forget(subscription, error);
   }
 }
 
@@ -632,25 +325,15 @@ export class Subscriber extends Connection {
  */
 
 /**
- * Publishes to producers (`/v1/publish`).
- *
- * What a rejection's `code` says about the message (PROTOCOL 5.1):
- * - `outcome_unknown`: it was sent but no answer came: the connection
- *   dropped first, or no answer within `timeoutMs`. It may or may not have
- *   been sequenced: publish it again with the same `key` to find out (the
- *   owner answers a key it remembers with the first position and
- *   `duplicate: true`; keys are remembered for 60 s).
- * - `unavailable`: certainly not sequenced (the owner is unreachable, or it
- *   was never sent before `timeoutMs`, or the publisher was closed). Safe
- *   to retry.
- * - `shutting_down`: the producer is stopping and did not process it.
- * - `bad_topic`, `unknown_queue`, `unknown_event`, `not_authorized`,
- *   `payload_too_large`, `bad_frame`: refused; retrying is useless.
- *
- * Publishes made while disconnected wait for the next connection (up to
- * `timeoutMs`). Publishes sent on a connection the producer closed with
- * 1001 (going away) were never read (PROTOCOL 5.1): they are sent again on
- * the next connection.
+ * Publishes to producers (`/v1/publish`). A rejection's `code` says what
+ * became of the message (PROTOCOL 5.1; clients/js/README.md):
+ * `outcome_unknown`: sent, but the connection dropped (or `timeoutMs`
+ * passed) before the answer: it may or may not have been sequenced, so
+ * publish it again with the same `key`; `unavailable`: certainly not
+ * sequenced (owner unreachable, no connection in time, publisher closed),
+ * safe to retry; `shutting_down`: not processed; any other code: refused.
+ * Publishes made while disconnected wait for the next connection; those a
+ * producer closing with 1001 never read are sent again on the next one.
  *
  * @example
  * const publisher = new Publisher({ urls: ["wss://producer-0:7000"], token });
@@ -708,11 +391,9 @@ export class Publisher extends Connection {
     const waiting = this._queue.indexOf(publish);
     if (waiting >= 0) {
       this._queue.splice(waiting, 1);
-      publish.reject(new ShardqError("unavailable", "no connection to a producer within the timeout: not sent"));
+      publish.reject(new ShardqError("unavailable", "no producer within the timeout: not sent"));
     } else if (this._inflight.delete(publish.id)) {
-      publish.reject(
-        new ShardqError("outcome_unknown", "no answer within the timeout: it may or may not have been sequenced; retry with the same key"),
-      );
+      publish.reject(new ShardqError("outcome_unknown", `no answer within the timeout: ${RETRY}`));
     }
   }
 
@@ -743,9 +424,7 @@ export class Publisher extends Connection {
     }
     for (const publish of sent) {
       clearTimeout(publish.timer);
-      publish.reject(
-        new ShardqError("outcome_unknown", "the connection closed before the answer: it may or may not have been sequenced; retry with the same key"),
-      );
+      publish.reject(new ShardqError("outcome_unknown", `the connection closed first: ${RETRY}`));
     }
   }
 

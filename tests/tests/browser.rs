@@ -88,6 +88,7 @@ async fn the_dashboard_server_serves_the_page_the_client_and_fresh_tokens() {
         ("/index.html", r#"src="/app.js""#),
         ("/app.js", r#"from "/shardq.js""#),
         ("/shardq.js", "export class Subscriber"),
+        ("/connection.js", "export class Connection"),
     ] {
         let (status, body) = http_get(addr, path).await;
         assert_eq!(status, 200, "{path}");

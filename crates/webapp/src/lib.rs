@@ -1,9 +1,9 @@
 //! The browser side of shardq, served over HTTP: the dependency-free
-//! client `clients/js/shardq.js` and the app dashboard of
-//! `examples/dashboard/` (a live counter of one topic, its last records,
-//! the connection's state, a test-publish button), embedded in the binary,
-//! and `/config.json`, which tells the page where the cluster is and
-//! carries a token minted for it at each request.
+//! client `clients/js/shardq.js` (with its transport, `connection.js`) and
+//! the app dashboard of `examples/dashboard/` (a live counter of one topic,
+//! its last records, the connection's state, a test-publish button),
+//! embedded in the binary, and `/config.json`, which tells the page where
+//! the cluster is and carries a token minted for it at each request.
 //!
 //! `shardq-demo dashboard` serves it for a cluster file;
 //! `tests/tests/browser.rs` serves it for an in-process cluster and drives
@@ -26,6 +26,9 @@ use shardq_protocol::ClusterConfig;
 
 /// `clients/js/shardq.js`, the client the page imports as `/shardq.js`.
 pub const SHARDQ_JS: &str = include_str!("../../../clients/js/shardq.js");
+/// `clients/js/connection.js`, its transport, which it imports as
+/// `./connection.js`.
+pub const CONNECTION_JS: &str = include_str!("../../../clients/js/connection.js");
 /// `examples/dashboard/index.html`, served as `/`.
 pub const INDEX_HTML: &str = include_str!("../../../examples/dashboard/index.html");
 /// `examples/dashboard/app.js`, served as `/app.js`.
@@ -88,7 +91,7 @@ struct ConfigJson<'a> {
 type Shared = Arc<(PageConfig, TokenSource)>;
 
 /// The routes: `/` (and `/index.html`), `/app.js`, `/shardq.js`,
-/// `/config.json`; anything else is 404.
+/// `/connection.js`, `/config.json`; anything else is 404.
 pub fn router(page: PageConfig, token: TokenSource) -> Router {
     let index = || async { asset(INDEX_HTML, "text/html; charset=utf-8") };
     Router::new()
@@ -101,6 +104,10 @@ pub fn router(page: PageConfig, token: TokenSource) -> Router {
         .route(
             "/shardq.js",
             get(|| async { asset(SHARDQ_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/connection.js",
+            get(|| async { asset(CONNECTION_JS, "text/javascript; charset=utf-8") }),
         )
         .route("/config.json", get(config_json))
         .with_state(Arc::new((page, token)))
