@@ -33,6 +33,8 @@ pub mod channel;
 pub mod cluster_watch;
 pub mod codec;
 pub mod conn;
+/// The operator dashboard page on the admin port (`GET /`, `GET /dashboard`).
+pub mod dashboard;
 pub mod dial;
 pub mod gate;
 pub mod handshake;
