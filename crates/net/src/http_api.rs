@@ -136,6 +136,8 @@ pub async fn serve(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(options.header_timeout)
+                // Request heads (a token, a Last-Event-ID) are small.
+                .max_buf_size(64 << 10)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);

@@ -5,8 +5,8 @@
 //! reconnecting with `Last-Event-ID` resumes every topic where it was.
 //!
 //! Ids: `epoch:offset` on a one-topic stream; on a `queue/*` stream, every
-//! topic's position, `event=epoch:offset` joined by `,` (topics with no
-//! position yet are left out).
+//! topic's position, `event=epoch:offset` joined by `,`; no id until
+//! every topic of the stream has a position.
 
 use std::fmt::Write as _;
 
@@ -72,6 +72,11 @@ impl EventStream {
             given: id.chars().take(200).collect(),
             why,
         };
+        // `event=` + two u64s per topic at most: anything longer was not
+        // sent by this stream (and is not worth parsing).
+        if id.len() > topics.len() * (64 + 2 * 20 + 2) {
+            return Err(bad("too long"));
+        }
         let mut resume = vec![None; topics.len()];
         if !wildcard {
             resume[0] = Some(parse_position(id).ok_or_else(|| bad("expected epoch:offset"))?);
@@ -92,8 +97,13 @@ impl EventStream {
         Ok(resume)
     }
 
-    /// The stream's position, as an event `id`.
-    pub(crate) fn id(&self) -> String {
+    /// The stream's position, as an event `id`; `None` until every topic
+    /// has one (a `queue/*` stream's topics start one by one: an id
+    /// naming only some of them would resume the others from "now").
+    pub(crate) fn id(&self) -> Option<String> {
+        if self.topics.iter().any(|tracked| tracked.at.is_none()) {
+            return None;
+        }
         let mut id = String::new();
         for tracked in &self.topics {
             let Some(at) = tracked.at else { continue };
@@ -106,7 +116,7 @@ impl EventStream {
                 let _ = write!(id, "{}:{}", at.epoch, at.offset);
             }
         }
-        id
+        Some(id)
     }
 
     fn tracked(&mut self, topic: &Topic) -> Option<&mut Tracked> {
@@ -147,7 +157,7 @@ impl EventStream {
                     epoch: message.epoch,
                     offset: message.offset,
                 });
-                event(out, "message", Some(&self.id()), text);
+                event(out, "message", self.id().as_deref(), text);
             }
             Frame::Gap(gap) => {
                 let Some(tracked) = self.tracked(&gap.topic) else {
@@ -157,7 +167,7 @@ impl EventStream {
                     epoch: gap.epoch,
                     offset: gap.offset,
                 });
-                event(out, "gap", Some(&self.id()), text);
+                event(out, "gap", self.id().as_deref(), text);
             }
             Frame::Ack(ack) => {
                 // One subscribe per topic: its ack names that topic alone.
@@ -175,7 +185,7 @@ impl EventStream {
                     offset: started.offset,
                 }));
                 let id = self.id();
-                event(out, "subscribed", Some(&id), text);
+                event(out, "subscribed", id.as_deref(), text);
                 if let (Some(after), Some(replay), Some(false)) = (since, replay, ack.recovered) {
                     // The messages after `since` up to `replay` are missing.
                     let gap = Frame::Gap(shardq_protocol::Gap {
@@ -184,7 +194,7 @@ impl EventStream {
                         epoch: replay.epoch,
                         offset: replay.offset,
                     });
-                    event(out, "gap", Some(&id), &gap.encode());
+                    event(out, "gap", id.as_deref(), &gap.encode());
                 }
             }
             Frame::Stalled(_) => event(out, "stalled", None, text),
