@@ -10,6 +10,7 @@ pub mod pki;
 pub mod poll;
 pub mod proxy;
 pub mod raw;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +65,14 @@ pub const SEED_TOPICS: [&str; 7] = [
     "files/save",
     "files/error",
 ];
+
+/// Binds the HTTP API port a node's entry names (found free when the file
+/// was written, or released by the node's previous run).
+fn bind_http(addr: &str) -> TcpListener {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    TcpListener::from_std(listener).unwrap()
+}
 
 /// A node running in this process.
 pub struct Node {
@@ -237,15 +246,18 @@ impl ClusterBuilder {
         let pki = self.tls.then(pki::TestPki::new);
         let mut listeners = Vec::new();
         let mut entries = Vec::new();
+        let http_scheme = if self.tls { "https" } else { "http" };
         for i in 0..self.consumers {
             let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // The HTTP API's port: free now, bound again by the consumer.
+            let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             entries.push(NodeEntry {
                 id: format!("consumer-{i}"),
                 url: format!("{scheme}://{}", ws.local_addr().unwrap()),
                 admin: Some(format!("http://{}", admin.local_addr().unwrap())),
                 listen: None,
-                http: None,
+                http: Some(format!("{http_scheme}://{}", http.local_addr().unwrap())),
             });
             listeners.push((ws, admin));
         }
@@ -256,7 +268,6 @@ impl ClusterBuilder {
             let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
             // The HTTP API's port: free now, bound again by the producer.
             let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let http_scheme = if self.tls { "https" } else { "http" };
             producer_entries.push(NodeEntry {
                 id: format!("producer-{i}"),
                 url: format!("{scheme}://{}", ws.local_addr().unwrap()),
@@ -334,12 +345,19 @@ impl Cluster {
             updates: Some(updates),
             data_dir: data_dir.clone(),
         };
+        let http = cluster
+            .consumer(&id)
+            .and_then(|entry| entry.http.as_deref())
+            .and_then(shardq_protocol::config::host_port)
+            .map(|addr| bind_http(&addr));
         spawn_node(
             id.clone(),
             cluster,
             ws,
             admin,
-            |ws, admin, updates, stop| shardq_consumer::run(ws, Some(admin), config(updates), stop),
+            |ws, admin, updates, stop| {
+                shardq_consumer::run_with_http(ws, Some(admin), http, config(updates), stop)
+            },
         )
     }
 
@@ -416,11 +434,7 @@ impl Cluster {
             .http
             .as_deref()
             .and_then(shardq_protocol::config::host_port)
-            .map(|addr| {
-                let listener = std::net::TcpListener::bind(addr).unwrap();
-                listener.set_nonblocking(true).unwrap();
-                TcpListener::from_std(listener).unwrap()
-            });
+            .map(|addr| bind_http(&addr));
         spawn_node(
             id.clone(),
             &self.config,

@@ -219,3 +219,75 @@ async fn http_publishes_over_tls() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_carries_many_requests_and_answers_cors_preflights() {
+    init_logging();
+    let cluster = Cluster::builder()
+        .producers(1)
+        .tokens(TokenKeys::new(&[SECRET.to_vec()], &[], true).unwrap())
+        .start()
+        .await;
+    let addr = http_addr(&cluster);
+    let psk = String::from_utf8(cluster.psk.as_bytes().to_vec()).unwrap();
+    let (name, value) = basic("-", &psk);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut offsets = Vec::new();
+    for n in 0..3 {
+        let body = format!(r#"{{"n":{n}}}"#);
+        let request = format!(
+            "POST /v1/topics/database/create HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{name}: {value}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // One answer per request, on the same connection.
+        let mut answer = Vec::new();
+        loop {
+            let mut buf = [0u8; 1024];
+            let read = stream.read(&mut buf).await.unwrap();
+            assert!(read > 0, "the connection closed after {n} answers");
+            answer.extend_from_slice(&buf[..read]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let length: usize = text[..head_end]
+                    .lines()
+                    .find_map(|line| {
+                        line.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if answer.len() >= head_end + 4 + length {
+                    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                    assert!(
+                        text.to_ascii_lowercase()
+                            .contains("access-control-allow-origin: *"),
+                        "{text}"
+                    );
+                    let json: serde_json::Value =
+                        serde_json::from_str(&text[head_end + 4..]).unwrap();
+                    offsets.push(json["offset"].as_u64().unwrap());
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(offsets.len(), 3);
+    assert!(
+        offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{offsets:?}"
+    );
+    let (status, _) = http_request(
+        addr,
+        "OPTIONS",
+        "/v1/topics/database/create",
+        &[
+            ("Origin", "http://page.example".to_owned()),
+            ("Access-Control-Request-Method", "POST".to_owned()),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 204);
+    cluster.shutdown().await;
+}

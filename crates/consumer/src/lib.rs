@@ -17,6 +17,7 @@
 //! `shardq-net`, shared with the producer.
 
 mod history;
+mod http;
 mod legacy_session;
 mod metrics;
 mod server;
@@ -24,4 +25,4 @@ mod session;
 mod snapshot;
 mod topics;
 
-pub use server::{ConsumerConfig, SHUTDOWN_GRACE, run};
+pub use server::{ConsumerConfig, SHUTDOWN_GRACE, run, run_with_http};

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shardq_consumer::{ConsumerConfig, run};
+use shardq_consumer::{ConsumerConfig, run_with_http};
 use shardq_net::node::{self, NodeArgs, StartError};
 use shardq_protocol::status::NodeKind;
 
@@ -45,6 +45,13 @@ async fn start(args: NodeArgs) -> Result<(), StartError> {
         updates: Some(node.updates),
         data_dir: node.data_dir,
     };
-    run(node.listener, Some(node.admin), config, node::stop_signal()).await;
+    run_with_http(
+        node.listener,
+        Some(node.admin),
+        node.http,
+        config,
+        node::stop_signal(),
+    )
+    .await;
     Ok(())
 }

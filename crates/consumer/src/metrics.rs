@@ -68,6 +68,8 @@ pub struct ConsumerMetrics {
     /// Edge topics whose owner is unreachable (subscribers told `stalled`),
     /// refreshed every second.
     pub stalled_topics: Gauge,
+    /// Server-Sent Events streams open (`GET /v1/topics/…/events`).
+    pub event_streams: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -93,12 +95,18 @@ impl ConsumerMetrics {
             duplicates_absorbed: Counter::default(),
             idempotency_keys: Gauge::default(),
             stalled_topics: Gauge::default(),
+            event_streams: Gauge::default(),
         };
         let mut registry = Registry::with_prefix("shardq_consumer");
         registry.register(
             "connections",
             "Open connections by endpoint",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "event_streams",
+            "Server-Sent Events streams open",
+            metrics.event_streams.clone(),
         );
         registry.register(
             "topic_subscribers",

@@ -189,6 +189,37 @@ impl Shared {
     }
 }
 
+/// What `GET /v1/topics` answers: every topic the node holds.
+fn topics_report(shared: &Shared) -> shardq_protocol::status::TopicsReport {
+    use shardq_protocol::status::{TopicInfo, TopicRole};
+    let topics = shared
+        .topics
+        .listing()
+        .into_iter()
+        .map(|summary| TopicInfo {
+            edges: summary.edges as u64,
+            epoch: summary.last.epoch,
+            offset: summary.last.offset,
+            role: if summary.owned {
+                TopicRole::Owner
+            } else {
+                TopicRole::Edge
+            },
+            subscribers: summary.subscribers as u64,
+            tenant: summary
+                .topic
+                .tenant()
+                .unwrap_or(shardq_protocol::auth::DEFAULT_TENANT)
+                .to_owned(),
+            topic: summary.topic.name().to_owned(),
+        })
+        .collect();
+    shardq_protocol::status::TopicsReport {
+        node: shared.id.clone(),
+        topics,
+    }
+}
+
 /// A node's view of a cluster file.
 pub(crate) fn view_of(id: &str, cluster: &ClusterConfig, generation: u64) -> View {
     let ids = cluster.consumer_ids();
@@ -208,6 +239,18 @@ pub(crate) fn view_of(id: &str, cluster: &ClusterConfig, generation: u64) -> Vie
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
+    config: ConsumerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    run_with_http(listener, admin, None, config, shutdown).await;
+}
+
+/// [`run`], also serving the HTTP API (Server-Sent Events, the OpenAPI
+/// document) on `http`, over TLS when the consumer's url is `wss://`.
+pub async fn run_with_http(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    http: Option<TcpListener>,
     config: ConsumerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -307,6 +350,20 @@ pub async fn run(
             node_status(&status)
         });
         let router = admin::with_clients(router, shared.presence.clone(), shared.id.clone());
+        let topics = shared.clone();
+        let router = router
+            .route(
+                "/v1/topics",
+                axum::routing::get(move || {
+                    let report = topics_report(&topics);
+                    async move { axum::Json(report) }
+                }),
+            )
+            .route(
+                "/v1/openapi.json",
+                axum::routing::get(shardq_net::http_api::openapi),
+            );
+        let router = shardq_net::dashboard::with_dashboard(router);
         let options = admin::AdminOptions {
             tls: config.tls.admin.clone(),
             ..admin::AdminOptions::new(&shared.limits, config.admin_token.clone())
@@ -317,6 +374,22 @@ pub async fn run(
             router,
             options,
             refused,
+            admin_stop.clone(),
+        ));
+    }
+    if let Some(http) = http {
+        let tls = config.tls.server.clone();
+        let routes = crate::http::routes(shared.clone(), tls.is_some());
+        let options = shardq_net::http_api::ApiOptions {
+            tls,
+            gate: shared.gate.clone(),
+            header_timeout: shared.limits.handshake_timeout(),
+            write_timeout: shared.limits.write_timeout(),
+        };
+        link_tasks.spawn(shardq_net::http_api::serve(
+            http,
+            routes,
+            options,
             admin_stop.clone(),
         ));
     }

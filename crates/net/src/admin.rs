@@ -115,8 +115,10 @@ impl AdminOptions {
     }
 }
 
-/// Routes a load balancer or orchestrator probes: never behind the token.
-const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+/// Routes never behind the token: what a load balancer or orchestrator
+/// probes, and the dashboard page (it holds no data; it asks for the token
+/// and sends it on the `/v1/*` routes it polls).
+const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/", "/dashboard"];
 
 /// Whether the request may pass the bearer-token check.
 fn authorized<B>(request: &axum::http::Request<B>, token: Option<&str>) -> bool {

@@ -20,6 +20,8 @@
 //! - [`link`]: the links to consumers: pipeline, window, reconnect, the set
 //!   that follows the node list.
 //! - [`admin`]: the admin HTTP port's shared routes.
+//! - [`http_api`]: the client HTTP API's serving, authentication, CORS and
+//!   refusals (producers' publish, consumers' Server-Sent Events).
 //! - [`node`]: start-up: flags, cluster file and credentials, binding, signals.
 //! - [`cluster_watch`]: following the cluster file (SIGHUP or a change).
 //!
@@ -33,9 +35,12 @@ pub mod channel;
 pub mod cluster_watch;
 pub mod codec;
 pub mod conn;
+/// The operator dashboard page on the admin port (`GET /`, `GET /dashboard`).
+pub mod dashboard;
 pub mod dial;
 pub mod gate;
 pub mod handshake;
+pub mod http_api;
 pub mod link;
 pub mod log_summary;
 pub mod node;

@@ -11,16 +11,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use base64::Engine as _;
+use axum::routing::{get, post};
+use shardq_net::http_api::{authenticate, openapi, preflight, refusal};
 use shardq_net::link::{self, Answer, Batches, Body, Reply, Request};
-use shardq_protocol::auth::ClientIdentity;
 use shardq_protocol::frame::is_valid_key;
 use shardq_protocol::topic::TENANT_SEPARATOR;
 use shardq_protocol::{ErrorCode, RawValue, Topic};
-use subtle::ConstantTimeEq;
 
 use crate::server::Shared;
 use crate::session::check_payload;
@@ -28,85 +26,12 @@ use crate::session::check_payload;
 /// The routes of the HTTP API; `tls` says whether they are served over TLS.
 pub(crate) fn routes(shared: Arc<Shared>, tls: bool) -> Router {
     Router::new()
-        .route("/v1/topics/{queue}/{event}", post(publish))
+        .route(
+            "/v1/topics/{queue}/{event}",
+            post(publish).options(preflight),
+        )
+        .route("/v1/openapi.json", get(openapi))
         .with_state((shared, tls))
-}
-
-/// An error answer: the code's HTTP status and `{"code","message"}`.
-fn refusal(code: ErrorCode, message: impl Into<String>) -> Response {
-    let status = match code {
-        ErrorCode::BadFrame | ErrorCode::BadTopic => StatusCode::BAD_REQUEST,
-        ErrorCode::AuthFailed => StatusCode::UNAUTHORIZED,
-        ErrorCode::NotAuthorized => StatusCode::FORBIDDEN,
-        ErrorCode::UnknownQueue | ErrorCode::UnknownEvent => StatusCode::NOT_FOUND,
-        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::Unavailable | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let body = serde_json::json!({"code": code.as_str(), "message": message.into()});
-    let mut response = (status, axum::Json(body)).into_response();
-    if code == ErrorCode::AuthFailed {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-    }
-    response
-}
-
-/// Why a request did not authenticate: the code and the message.
-type Unauthenticated = (ErrorCode, &'static str);
-
-/// Who the request authenticates as.
-fn authenticate(
-    shared: &Shared,
-    headers: &HeaderMap,
-    tls: bool,
-) -> Result<ClientIdentity, Unauthenticated> {
-    let credentials = shared.credentials.load();
-    let failed = || (ErrorCode::AuthFailed, "authentication failed");
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .ok_or_else(failed)?;
-    if !tls && !credentials.tokens.allow_plaintext {
-        return Err((
-            ErrorCode::NotAuthorized,
-            "credentials are accepted over TLS only",
-        ));
-    }
-    let (scheme, rest) = value.split_once(' ').ok_or_else(failed)?;
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return credentials.tokens.verify(rest.trim()).map_err(|_| failed());
-    }
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(failed());
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .map_err(|_| failed())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| failed())?;
-    let (name, secret) = decoded.split_once(':').ok_or_else(failed)?;
-    let matches = |key: &[u8]| bool::from(key.ct_eq(secret.as_bytes()));
-    if name == "-" {
-        return if matches(credentials.psk.as_bytes()) {
-            Ok(ClientIdentity::psk_holder())
-        } else {
-            Err(failed())
-        };
-    }
-    let client = credentials.clients.get(name).ok_or_else(failed)?;
-    // Every secret is compared, so the time does not say which matched.
-    let verified = client
-        .secrets
-        .iter()
-        .fold(false, |found, key| matches(key.as_bytes()) | found);
-    if verified {
-        Ok(client.identity.clone())
-    } else {
-        Err(failed())
-    }
 }
 
 async fn publish(
@@ -115,7 +40,7 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let identity = match authenticate(&shared, &headers, tls) {
+    let identity = match authenticate(&shared.credentials.load(), &headers, None, tls) {
         Ok(identity) => identity,
         Err((code, message)) => return refusal(code, message),
     };

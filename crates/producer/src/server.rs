@@ -181,6 +181,8 @@ pub async fn run_with_http(
                 }
             }),
         );
+        let router = router.route("/v1/openapi.json", get(shardq_net::http_api::openapi));
+        let router = shardq_net::dashboard::with_dashboard(router);
         let options = admin::AdminOptions {
             tls: config.tls.admin.clone(),
             ..admin::AdminOptions::new(&shared.limits, config.admin_token.clone())
@@ -197,18 +199,16 @@ pub async fn run_with_http(
     if let Some(http) = http {
         let tls = config.tls.server.clone();
         let routes = crate::http::routes(shared.clone(), tls.is_some());
-        let options = admin::AdminOptions {
-            token: None,
-            max_connections: shared.limits.max_connections,
-            // The answer waits for the owner's ack.
-            request_timeout: shared.limits.publish_timeout() + Duration::from_secs(1),
+        let options = shardq_net::http_api::ApiOptions {
             tls,
+            gate: shared.gate.clone(),
+            header_timeout: shared.limits.handshake_timeout(),
+            write_timeout: shared.limits.write_timeout(),
         };
-        link_tasks.spawn(admin::serve(
+        link_tasks.spawn(shardq_net::http_api::serve(
             http,
             routes,
             options,
-            shared.gate.admin_refused.clone(),
             admin_stop.clone(),
         ));
     }

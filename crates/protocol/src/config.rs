@@ -16,8 +16,8 @@
 //! id = "consumer-0"
 //! url = "ws://consumer-0:7100"      # how others reach it
 //! admin = "http://consumer-0:9100"  # optional admin HTTP address
+//! http = "http://consumer-0:7180"   # optional HTTP API (Server-Sent Events)
 //! listen = "0.0.0.0:7100"           # optional; default: url's host and port
-
 //!
 //! [[producers]]
 //! id = "producer-0"
@@ -104,9 +104,10 @@ pub struct NodeEntry {
     /// Address to bind the WebSocket port; default: the host and port of `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
-    /// Producers: the HTTP API's base URL (`http://` or, when `url` is
-    /// `wss://`, `https://`), e.g. `http://producer-0:7080`; it listens on
-    /// its host and port. None: no HTTP API.
+    /// The HTTP API's base URL (`http://` or, when `url` is `wss://`,
+    /// `https://`), e.g. `http://producer-0:7080`; it listens on its host
+    /// and port. Producers serve publishes there, consumers Server-Sent
+    /// Events. None: no HTTP API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
 }

@@ -148,6 +148,45 @@ pub struct ClientsReport {
     pub node: String,
 }
 
+/// What a consumer is to a topic in `GET /v1/topics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicRole {
+    /// It sequences the topic.
+    Owner,
+    /// It relays the topic from its owner.
+    Edge,
+}
+
+/// One topic a consumer holds, as `GET /v1/topics` lists it (keys in
+/// alphabetical order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// Edge consumers subscribed to it here (owners only).
+    pub edges: u64,
+    /// Its current epoch (0: nothing sequenced or relayed yet).
+    pub epoch: u64,
+    /// The last offset sequenced (owner) or relayed (edge) in that epoch.
+    pub offset: u64,
+    /// Owner or edge.
+    pub role: TopicRole,
+    /// Client subscriptions to it on this node.
+    pub subscribers: u64,
+    /// Its tenant.
+    pub tenant: String,
+    /// `queue/event`.
+    pub topic: String,
+}
+
+/// `GET /v1/topics` (consumers): the node and the topics it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicsReport {
+    /// The node's id.
+    pub node: String,
+    /// Its topics, by tenant and name.
+    pub topics: Vec<TopicInfo>,
+}
+
 /// What a producer's `GET /readyz` answers (status 200 when `ready`, else 503).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Readiness {

@@ -59,6 +59,21 @@ pub use publish::{NotSequenced, Publishing, Sequenced};
 
 const SHARDS: usize = 64;
 
+/// One topic as `GET /v1/topics` lists it.
+#[derive(Debug, Clone)]
+pub struct TopicSummary {
+    /// The topic (its key names a tenant outside the default one).
+    pub topic: Topic,
+    /// Whether this node sequences it (else it relays it as an edge).
+    pub owned: bool,
+    /// The last position sequenced or relayed (epoch 0: none yet).
+    pub last: Position,
+    /// Local subscribers (clients).
+    pub subscribers: usize,
+    /// Edge consumers subscribed here (owner only).
+    pub edges: usize,
+}
+
 /// Topic counts for the status route and the metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TopicCounts {
@@ -307,6 +322,34 @@ impl TopicTable {
             }
         }
         counts
+    }
+
+    /// Every topic it holds now, in key order (`GET /v1/topics`).
+    pub fn listing(&self) -> Vec<TopicSummary> {
+        let mut topics: Vec<TopicSummary> = self
+            .cells()
+            .iter()
+            .map(|cell| {
+                let state = cell.lock();
+                let (subscribers, edges) =
+                    state.subscribers.iter().fold((0, 0), |(local, edges), s| {
+                        if s.peer {
+                            (local, edges + 1)
+                        } else {
+                            (local + 1, edges)
+                        }
+                    });
+                TopicSummary {
+                    topic: cell.topic.clone(),
+                    owned: matches!(state.mode, Mode::Owner(_)),
+                    last: state.last,
+                    subscribers,
+                    edges,
+                }
+            })
+            .collect();
+        topics.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
+        topics
     }
 
     /// Bytes of history retained.
