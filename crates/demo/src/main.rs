@@ -1,6 +1,6 @@
 //! `shardq-demo`: the embedded local cluster, the end-to-end check against a
-//! deployed cluster, publish/subscribe at a terminal, health checks, and
-//! load generators.
+//! deployed cluster, publish/subscribe at a terminal, health checks, tokens
+//! and the app dashboard for browsers, and load generators.
 
 mod bench;
 mod bench_consumer;
