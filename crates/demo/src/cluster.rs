@@ -57,8 +57,8 @@ pub struct Embedded {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// A node's entry and its listeners: WebSocket, admin, and (producers)
-/// the HTTP API.
+/// A node's entry and its listeners: WebSocket, admin, and the HTTP API
+/// (producers' publish, consumers' Server-Sent Events).
 type Listeners = (NodeEntry, TcpListener, TcpListener, Option<TcpListener>);
 
 async fn listeners(kind: &str, count: usize) -> Result<Vec<Listeners>, String> {
@@ -72,11 +72,7 @@ async fn listeners(kind: &str, count: usize) -> Result<Vec<Listeners>, String> {
     };
     let mut nodes = Vec::new();
     for i in 0..count {
-        let (ws, admin) = (bind().await?, bind().await?);
-        let http = match kind {
-            "producer" => Some(bind().await?),
-            _ => None,
-        };
+        let (ws, admin, http) = (bind().await?, bind().await?, Some(bind().await?));
         let entry = NodeEntry {
             id: format!("{kind}-{i}"),
             url: format!("ws://{}", addr(&ws)?),
@@ -129,7 +125,7 @@ impl Embedded {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         let mut tasks = Vec::new();
-        for (entry, ws, admin, _) in consumer_nodes {
+        for (entry, ws, admin, http) in consumer_nodes {
             let config = shardq_consumer::ConsumerConfig {
                 id: entry.id,
                 cluster: config.clone(),
@@ -139,9 +135,10 @@ impl Embedded {
                 updates: None,
                 data_dir: None,
             };
-            tasks.push(tokio::spawn(shardq_consumer::run(
+            tasks.push(tokio::spawn(shardq_consumer::run_with_http(
                 ws,
                 Some(admin),
+                http,
                 config,
                 until_stop(stopped.clone()),
             )));

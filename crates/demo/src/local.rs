@@ -32,7 +32,11 @@ pub async fn run(args: LocalArgs) -> Result<(), String> {
         ] {
             for entry in entries.iter() {
                 let admin = entry.admin.as_deref().unwrap_or("-");
-                println!("  {kind:8}  {:10}  {}  admin {admin}", entry.id, entry.url);
+                let http = entry.http.as_deref().unwrap_or("-");
+                println!(
+                    "  {kind:8}  {:10}  {}  admin {admin}  http {http}",
+                    entry.id, entry.url
+                );
             }
         }
         println!();
@@ -106,6 +110,15 @@ fn keep_running(cluster: &Embedded, args: &LocalArgs) -> Result<(), String> {
         println!(
             "  curl -H \"Authorization: Bearer $(cargo run -q --release -p shardq-demo -- token --config {file} --name curl --publish 'database/*')\" -d '{{\"id\":7}}' {http}/v1/topics/database/create"
         );
+    }
+    if let Some(http) = config.consumers.first().and_then(|c| c.http.as_deref()) {
+        println!(
+            "  curl -N \"{http}/v1/topics/database/create/events?access_token=$(cargo run -q --release -p shardq-demo -- token --config {file} --name curl-sse --subscribe 'database/*')\""
+        );
+    }
+    println!("  cargo run --release -p shardq-demo -- clients --config {file}");
+    if let Some(admin) = config.consumers.first().and_then(|c| c.admin.as_deref()) {
+        println!("  open {admin}/dashboard   # the operator dashboard");
     }
     Ok(())
 }
