@@ -64,10 +64,11 @@ pub struct BenchConsumerArgs {
 }
 
 /// The consumer under test.
-struct ConsumerProcess {
-    nodes: NodeProcesses,
-    addr: String,
-    psk: Psk,
+pub(crate) struct ConsumerProcess {
+    pub(crate) nodes: NodeProcesses,
+    /// Its WebSocket port, `host:port`.
+    pub(crate) addr: String,
+    pub(crate) psk: Psk,
 }
 
 /// Runs the benchmark and prints its report; the report as JSON.
@@ -124,7 +125,9 @@ pub fn run(args: BenchConsumerArgs) -> Result<serde_json::Value, String> {
     }
 }
 
-async fn open_subscribers(
+/// Opens `count` subscriber connections, subscriber i to `topic_of(i)`,
+/// each acked.
+pub(crate) async fn open_subscribers(
     consumer: &ConsumerProcess,
     count: usize,
     topic_of: impl Fn(usize) -> String,
@@ -159,6 +162,236 @@ async fn open_subscribers(
     Ok(conns)
 }
 
+/// What a fan-out's subscribers received, shared by their reader tasks.
+#[derive(Clone)]
+pub(crate) struct Deliveries {
+    /// Deliveries expected in all.
+    total: u64,
+    delivered: Arc<AtomicU64>,
+    gaps: Arc<AtomicU64>,
+    /// Bytes read on the wire after the subscription was acked.
+    bytes: Arc<AtomicU64>,
+    progress: Arc<Notify>,
+    done: Arc<Notify>,
+}
+
+impl Deliveries {
+    /// Counters for `total` deliveries.
+    pub(crate) fn new(total: u64) -> Deliveries {
+        Deliveries {
+            total,
+            delivered: Arc::default(),
+            gaps: Arc::default(),
+            bytes: Arc::default(),
+            progress: Arc::default(),
+            done: Arc::default(),
+        }
+    }
+
+    /// Counts the delivery of the message at `offset` to a subscriber whose
+    /// previous message was at `last` (offsets start at 1).
+    pub(crate) fn count(&self, last: &mut u64, offset: u64) {
+        if offset != *last + 1 {
+            self.gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        *last = offset;
+        let now = self.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+        if now.is_multiple_of(256) {
+            self.progress.notify_one();
+        }
+        if now == self.total {
+            self.done.notify_one();
+        }
+    }
+
+    /// Counts `bytes` read on the wire.
+    pub(crate) fn add_bytes(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Deliveries so far.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Messages that did not follow the previous one.
+    pub(crate) fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read on the wire so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads every subscriber of `conns` in its own task, counting its
+/// messages (and their bytes on the wire) in `deliveries`; abort the tasks
+/// to close the connections.
+pub(crate) fn read_subscribers(
+    conns: Vec<LeanConn>,
+    deliveries: &Deliveries,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::with_capacity(conns.len());
+    for conn in conns {
+        let deliveries = deliveries.clone();
+        let mut reader = conn.reader;
+        // Keep the write half open: dropping it would half-close the socket.
+        let writer = conn.writer;
+        tasks.push(tokio::spawn(async move {
+            let _writer = writer;
+            let mut last = 0u64;
+            while let Ok(frame) = reader.next_text().await {
+                // A server's frame header: 2 bytes, 4 from 126 bytes on, 10 from 64 KiB.
+                let header = match frame.len() {
+                    0..126 => 2,
+                    126..65_536 => 4,
+                    _ => 10,
+                };
+                deliveries.add_bytes(header + frame.len());
+                if let Some(offset) = message_offset(frame) {
+                    deliveries.count(&mut last, offset);
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// What a fan-out publishes: `messages` to topics `bench/{prefix}0` …
+/// `bench/{prefix}{topics - 1}` round-robin, each received by `per_topic`
+/// subscribers.
+pub(crate) struct Load<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) topics: usize,
+    pub(crate) per_topic: u64,
+    pub(crate) messages: u64,
+    pub(crate) payload: usize,
+    /// Messages in flight at most (default: 1,000 per topic, at most 100,000).
+    pub(crate) window: Option<u64>,
+}
+
+/// What [`publish_measured`] measured after its warm-up (the first tenth of
+/// the messages).
+pub(crate) struct Measured {
+    /// Deliveries in the measured part.
+    pub(crate) deliveries: u64,
+    pub(crate) wall: Duration,
+    /// The consumer's CPU time (user and system).
+    pub(crate) consumer_cpu: Duration,
+    /// This process's CPU time.
+    pub(crate) own_cpu: Duration,
+    /// Publishes the consumer acked (all of them, warm-up included).
+    pub(crate) acks: u64,
+}
+
+/// Publishes `load` as a producer would (on `/v1/cluster`, with the node
+/// key), never more in flight than its window, until `deliveries` has
+/// counted every delivery; what it cost the consumer (`pid`).
+pub(crate) async fn publish_measured(
+    consumer: &ConsumerProcess,
+    pid: u32,
+    load: &Load<'_>,
+    deliveries: &Deliveries,
+) -> Result<Measured, String> {
+    let Load {
+        prefix,
+        topics,
+        per_topic,
+        messages,
+        ..
+    } = *load;
+    let total = messages * per_topic;
+    let mut publisher = LeanConn::open_node(
+        &consumer.addr,
+        "/v1/cluster",
+        &consumer.nodes.node_key,
+        "producer-0",
+        "consumer-0",
+    )
+    .await
+    .map_err(|e| format!("publisher: {e}"))?;
+    let acks = Arc::new(AtomicU64::new(0));
+    let mut ack_reader = publisher.reader;
+    let acks_seen = acks.clone();
+    let acking = tokio::spawn(async move {
+        while let Ok(frame) = ack_reader.next_text().await {
+            if frame.starts_with(br#"{"type":"ack""#) {
+                acks_seen.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let body = format!("\"{}\"", "x".repeat(load.payload.saturating_sub(2)));
+    let warmup = messages / 10;
+    // In deliveries: messages in flight times subscribers per topic.
+    let window = load
+        .window
+        .unwrap_or((1_000 * topics as u64).min(100_000))
+        .max(1)
+        * per_topic;
+    let mut sent = 0u64;
+    let mut start: Option<(Instant, Duration, Duration, u64)> = None;
+    let mut out = Vec::with_capacity(64 << 10);
+    while sent < messages {
+        if start.is_none() && sent >= warmup {
+            start = Some((
+                Instant::now(),
+                procstat::cpu_time(pid).unwrap_or_default(),
+                procstat::cpu_time(std::process::id()).unwrap_or_default(),
+                deliveries.delivered(),
+            ));
+        }
+        let in_flight = sent * per_topic - deliveries.delivered();
+        if in_flight + per_topic > window {
+            deliveries.progress.notified().await;
+            continue;
+        }
+        out.clear();
+        let room = ((window - in_flight) / per_topic)
+            .min(256)
+            .min(messages - sent);
+        for _ in 0..room {
+            sent += 1;
+            let frame = format!(
+                r#"{{"type":"publish","id":{sent},"topic":"bench/{prefix}{}","payload":{body}}}"#,
+                sent % topics as u64
+            );
+            LeanConn::encode_text(&mut out, frame.as_bytes());
+        }
+        publisher
+            .writer
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("publishing: {e}"))?;
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(300), async {
+        while deliveries.delivered() < total {
+            tokio::select! {
+                () = deliveries.done.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    })
+    .await;
+    let end = Instant::now();
+    let consumer_cpu_end = procstat::cpu_time(pid).unwrap_or_default();
+    let own_cpu_end = procstat::cpu_time(std::process::id()).unwrap_or_default();
+    let got = deliveries.delivered();
+    acking.abort();
+    if waited.is_err() {
+        return Err(format!("timed out: {got} of {total} deliveries arrived"));
+    }
+    let (t0, consumer_cpu0, own_cpu0, delivered0) =
+        start.unwrap_or((end, consumer_cpu_end, own_cpu_end, got));
+    Ok(Measured {
+        deliveries: got - delivered0,
+        wall: end - t0,
+        consumer_cpu: consumer_cpu_end.saturating_sub(consumer_cpu0),
+        own_cpu: own_cpu_end.saturating_sub(own_cpu0),
+        acks: acks.load(Ordering::Relaxed),
+    })
+}
+
 async fn fanout(
     consumer: &ConsumerProcess,
     pid: u32,
@@ -176,126 +409,19 @@ async fn fanout(
     let total = messages * per_topic;
     let conns =
         open_subscribers(consumer, subscribers, |i| format!("bench/t{}", i % topics)).await?;
-
-    let delivered = Arc::new(AtomicU64::new(0));
-    let gaps = Arc::new(AtomicU64::new(0));
-    let progress = Arc::new(Notify::new());
-    let done = Arc::new(Notify::new());
-    for conn in conns {
-        let (delivered, gaps, progress, done) = (
-            delivered.clone(),
-            gaps.clone(),
-            progress.clone(),
-            done.clone(),
-        );
-        let mut reader = conn.reader;
-        // Keep the write half open: dropping it would half-close the socket.
-        let writer = conn.writer;
-        tokio::spawn(async move {
-            let _writer = writer;
-            let mut last = 0u64;
-            while let Ok(frame) = reader.next_text().await {
-                let Some(offset) = message_offset(frame) else {
-                    continue;
-                };
-                if offset != last + 1 {
-                    gaps.fetch_add(1, Ordering::Relaxed);
-                }
-                last = offset;
-                let now = delivered.fetch_add(1, Ordering::Relaxed) + 1;
-                if now % 256 == 0 {
-                    progress.notify_one();
-                }
-                if now == total {
-                    done.notify_one();
-                }
-            }
-        });
-    }
-
-    let mut publisher = LeanConn::open_node(
-        &consumer.addr,
-        "/v1/cluster",
-        &consumer.nodes.node_key,
-        "producer-0",
-        "consumer-0",
-    )
-    .await
-    .map_err(|e| format!("publisher: {e}"))?;
-    let acks = Arc::new(AtomicU64::new(0));
-    let mut ack_reader = publisher.reader;
-    let acks_seen = acks.clone();
-    tokio::spawn(async move {
-        while let Ok(frame) = ack_reader.next_text().await {
-            if frame.starts_with(br#"{"type":"ack""#) {
-                acks_seen.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
-    let body = format!("\"{}\"", "x".repeat(payload.saturating_sub(2)));
-    let warmup = messages / 10;
-    // In deliveries: messages in flight times subscribers per topic.
-    let window = window
-        .unwrap_or((1_000 * topics as u64).min(100_000))
-        .max(1)
-        * per_topic;
-    let mut sent = 0u64;
-    let mut start: Option<(Instant, Duration, Duration, u64)> = None;
-    let mut out = Vec::with_capacity(64 << 10);
-    while sent < messages {
-        if start.is_none() && sent >= warmup {
-            start = Some((
-                Instant::now(),
-                procstat::cpu_time(pid).unwrap_or_default(),
-                procstat::cpu_time(std::process::id()).unwrap_or_default(),
-                delivered.load(Ordering::Relaxed),
-            ));
-        }
-        let in_flight = sent * per_topic - delivered.load(Ordering::Relaxed);
-        if in_flight + per_topic > window {
-            progress.notified().await;
-            continue;
-        }
-        out.clear();
-        let room = ((window - in_flight) / per_topic)
-            .min(256)
-            .min(messages - sent);
-        for _ in 0..room {
-            sent += 1;
-            let frame = format!(
-                r#"{{"type":"publish","id":{sent},"topic":"bench/t{}","payload":{body}}}"#,
-                sent % topics as u64
-            );
-            LeanConn::encode_text(&mut out, frame.as_bytes());
-        }
-        publisher
-            .writer
-            .write_all(&out)
-            .await
-            .map_err(|e| format!("publishing: {e}"))?;
-    }
-    let waited = tokio::time::timeout(Duration::from_secs(300), async {
-        while delivered.load(Ordering::Relaxed) < total {
-            tokio::select! {
-                () = done.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-    })
-    .await;
-    let end = Instant::now();
-    let consumer_cpu_end = procstat::cpu_time(pid).unwrap_or_default();
-    let own_cpu_end = procstat::cpu_time(std::process::id()).unwrap_or_default();
-    let got = delivered.load(Ordering::Relaxed);
-    if waited.is_err() {
-        return Err(format!("timed out: {got} of {total} deliveries arrived"));
-    }
-    let (t0, consumer_cpu0, own_cpu0, delivered0) =
-        start.unwrap_or((end, consumer_cpu_end, own_cpu_end, got));
-    let measured = got - delivered0;
-    let wall = end - t0;
-    let consumer_cpu = consumer_cpu_end.saturating_sub(consumer_cpu0);
-    let own_cpu = own_cpu_end.saturating_sub(own_cpu0);
+    let deliveries = Deliveries::new(total);
+    let _readers = read_subscribers(conns, &deliveries);
+    let load = Load {
+        prefix: "t",
+        topics,
+        per_topic,
+        messages,
+        payload,
+        window,
+    };
+    let measured = publish_measured(consumer, pid, &load, &deliveries).await?;
+    let got = deliveries.delivered();
+    let wall = measured.wall.as_secs_f64();
     let report = serde_json::json!({
         "scenario": "fanout",
         "subscribers": subscribers,
@@ -305,14 +431,14 @@ async fn fanout(
         "deliveries": got,
         "expected_deliveries": total,
         "lost": total.saturating_sub(got),
-        "gaps": gaps.load(Ordering::Relaxed),
-        "measured_deliveries": measured,
-        "wall_seconds": wall.as_secs_f64(),
-        "deliveries_per_second": measured as f64 / wall.as_secs_f64(),
-        "consumer_cpu_ns_per_delivery": consumer_cpu.as_nanos() as f64 / measured.max(1) as f64,
-        "consumer_cpu_utilisation": consumer_cpu.as_secs_f64() / wall.as_secs_f64(),
-        "generator_cpu_utilisation": own_cpu.as_secs_f64() / wall.as_secs_f64(),
-        "acks": acks.load(Ordering::Relaxed),
+        "gaps": deliveries.gaps(),
+        "measured_deliveries": measured.deliveries,
+        "wall_seconds": wall,
+        "deliveries_per_second": measured.deliveries as f64 / wall,
+        "consumer_cpu_ns_per_delivery": measured.consumer_cpu.as_nanos() as f64 / measured.deliveries.max(1) as f64,
+        "consumer_cpu_utilisation": measured.consumer_cpu.as_secs_f64() / wall,
+        "generator_cpu_utilisation": measured.own_cpu.as_secs_f64() / wall,
+        "acks": measured.acks,
     });
     Ok(report)
 }

@@ -61,10 +61,11 @@ pub struct BenchProducerArgs {
 }
 
 /// What a phase measured, summed over its connections.
-struct Tally {
-    acked: u64,
-    errors: u64,
-    latency: Histogram<u64>,
+pub(crate) struct Tally {
+    pub(crate) acked: u64,
+    pub(crate) errors: u64,
+    /// Publish→answer, in microseconds.
+    pub(crate) latency: Histogram<u64>,
 }
 
 /// The id of an `ack` frame (`Ok`) or of an `error` frame (`Err`), read
@@ -87,7 +88,7 @@ fn answer_id(frame: &[u8]) -> Option<Result<u64, u64>> {
 
 /// How a phase sends.
 #[derive(Clone, Copy)]
-enum Pace {
+pub(crate) enum Pace {
     /// As fast as the window allows: a new batch as soon as answers free slots.
     Closed,
     /// An open-loop schedule of this many publishes per second per
@@ -95,9 +96,9 @@ enum Pace {
     Rate(f64),
 }
 
-struct Phase {
-    pace: Pace,
-    duration: Duration,
+pub(crate) struct Phase {
+    pub(crate) pace: Pace,
+    pub(crate) duration: Duration,
 }
 
 /// What a connection's writer and reader share: send times by id (a ring
@@ -198,13 +199,13 @@ async fn read_answers(
     Ok((tally, reader))
 }
 
-fn new_histogram() -> Result<Histogram<u64>, String> {
+pub(crate) fn new_histogram() -> Result<Histogram<u64>, String> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
 }
 
 /// Runs one phase over `conns`: what was acked, the latencies, and the
 /// connections back for the next phase.
-async fn run_phase(
+pub(crate) async fn run_phase(
     conns: Vec<LeanConn>,
     args: &BenchProducerArgs,
     phase: Phase,
@@ -397,7 +398,7 @@ pub fn run(args: BenchProducerArgs) -> Result<serde_json::Value, String> {
 }
 
 /// CPU time of the producer, the consumers and this generator over a phase.
-struct Meter {
+pub(crate) struct Meter {
     started: Instant,
     pids: Vec<u32>,
     before: Vec<(Duration, Duration)>,
@@ -405,18 +406,18 @@ struct Meter {
 }
 
 /// A phase's rate and CPU use (utilisation = CPU seconds per second).
-struct PhaseCpu {
-    rate: f64,
-    producer_ns_per_publish: f64,
-    producer_user_ns_per_publish: f64,
-    producer: f64,
-    consumers: f64,
-    generator: f64,
+pub(crate) struct PhaseCpu {
+    pub(crate) rate: f64,
+    pub(crate) producer_ns_per_publish: f64,
+    pub(crate) producer_user_ns_per_publish: f64,
+    pub(crate) producer: f64,
+    pub(crate) consumers: f64,
+    pub(crate) generator: f64,
 }
 
 impl Meter {
     /// Starts measuring: `pids` are the producer, then the consumers, then this process.
-    fn start(nodes: &NodeProcesses, consumers: usize) -> Meter {
+    pub(crate) fn start(nodes: &NodeProcesses, consumers: usize) -> Meter {
         let mut pids: Vec<u32> = std::iter::once("producer-0".to_owned())
             .chain((0..consumers).map(|i| format!("consumer-{i}")))
             .filter_map(|id| nodes.pid(&id))
@@ -434,7 +435,7 @@ impl Meter {
         }
     }
 
-    fn stop(self, acked: u64) -> PhaseCpu {
+    pub(crate) fn stop(self, acked: u64) -> PhaseCpu {
         let wall = self.started.elapsed().as_secs_f64();
         // (user, user + system) seconds of each process over the phase.
         let used: Vec<(f64, f64)> = self
@@ -462,7 +463,7 @@ impl Meter {
     }
 }
 
-async fn wait_ready(nodes: &NodeProcesses, consumers: usize) -> Result<(), String> {
+pub(crate) async fn wait_ready(nodes: &NodeProcesses, consumers: usize) -> Result<(), String> {
     let admin = nodes.config.producers[0]
         .admin
         .as_deref()

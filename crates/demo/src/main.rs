@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_consumer;
+mod bench_http;
 mod bench_producer;
 mod clients;
 mod cluster;
@@ -87,6 +88,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the HTTP API with WebSocket: publishes, and fan-out over Server-Sent Events.
+    BenchHttp {
+        #[command(flatten)]
+        args: bench_http::BenchHttpArgs,
+        /// Print the report as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
 }
 
 fn block_on<T>(future: impl Future<Output = Result<T, String>>) -> Result<T, String> {
@@ -126,6 +135,9 @@ fn main() -> ExitCode {
         }
         Command::BenchProducer { args, json } => {
             bench_producer::run(args).map(|report| print_report(&report, json))
+        }
+        Command::BenchHttp { args, json } => {
+            bench_http::run(args).map(|report| print_report(&report, json))
         }
     };
     match result {

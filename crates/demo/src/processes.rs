@@ -17,7 +17,8 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())

@@ -389,6 +389,63 @@ fn the_fanout_benchmark_runs() {
     assert_eq!(report["subscribers"], 4, "{report}");
 }
 
+#[test]
+fn the_http_benchmarks_run() {
+    // Every publish answered 200 on both paths, every message delivered on
+    // both: what a smoke run may check (never speed).
+    let output = demo(
+        &[
+            "bench-http",
+            "publish",
+            "--seconds",
+            "1",
+            "--connections",
+            "2",
+            "--topics",
+            "10",
+            "--consumers",
+            "2",
+            "--rounds",
+            "1",
+            "--no-pin",
+            "--json",
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for path in ["http", "ws"] {
+        assert!(
+            report[format!("{path}_acked")].as_u64().unwrap() > 0,
+            "{report}"
+        );
+        assert_eq!(report[format!("{path}_errors")], 0, "{report}");
+    }
+
+    let output = demo(
+        &[
+            "bench-http",
+            "fanout",
+            "--subscribers",
+            "4",
+            "--messages",
+            "200",
+            "--rounds",
+            "1",
+            "--no-pin",
+            "--json",
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for path in ["sse", "ws"] {
+        assert_eq!(report[format!("{path}_deliveries")], 800, "{report}");
+        assert_eq!(report[format!("{path}_lost")], 0, "{report}");
+        assert_eq!(report[format!("{path}_gaps")], 0, "{report}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_lists_every_nodes_connections() {
     let cluster = Cluster::builder().producers(1).start().await;
