@@ -8,8 +8,6 @@
 //! topic's position, `event=epoch:offset` joined by `,`; no id until
 //! every topic of the stream has a position.
 
-use std::fmt::Write as _;
-
 use shardq_net::codec::decode::FrameHeader;
 use shardq_protocol::{Frame, Position, Topic};
 
@@ -38,6 +36,8 @@ pub(crate) struct EventStream {
     topics: Vec<Tracked>,
     /// Whether the stream is `queue/*` (ids name each event).
     wildcard: bool,
+    /// The id's bytes, rewritten for each event (kept to reuse its memory).
+    id_buf: Vec<u8>,
 }
 
 /// Where each topic of a stream resumes (`None`: from now).
@@ -59,7 +59,11 @@ impl EventStream {
                 since: resume.get(index).copied().flatten(),
             })
             .collect();
-        EventStream { topics, wildcard }
+        EventStream {
+            topics,
+            wildcard,
+            id_buf: Vec::new(),
+        }
     }
 
     /// Reads a `Last-Event-ID` for `topics` (the stream's, sorted).
@@ -101,22 +105,42 @@ impl EventStream {
     /// has one (a `queue/*` stream's topics start one by one: an id
     /// naming only some of them would resume the others from "now").
     pub(crate) fn id(&self) -> Option<String> {
+        let mut id = Vec::new();
+        self.write_id(&mut id)
+            .then(|| String::from_utf8_lossy(&id).into_owned())
+    }
+
+    /// Writes [`id`](Self::id) into `id` (cleared first); false when there
+    /// is none yet.
+    fn write_id(&self, id: &mut Vec<u8>) -> bool {
+        id.clear();
         if self.topics.iter().any(|tracked| tracked.at.is_none()) {
-            return None;
+            return false;
         }
-        let mut id = String::new();
+        let mut digits = itoa::Buffer::new();
         for tracked in &self.topics {
             let Some(at) = tracked.at else { continue };
             if self.wildcard {
                 if !id.is_empty() {
-                    id.push(',');
+                    id.push(b',');
                 }
-                let _ = write!(id, "{}={}:{}", tracked.topic.event(), at.epoch, at.offset);
-            } else {
-                let _ = write!(id, "{}:{}", at.epoch, at.offset);
+                id.extend_from_slice(tracked.topic.event().as_bytes());
+                id.push(b'=');
             }
+            id.extend_from_slice(digits.format(at.epoch).as_bytes());
+            id.push(b':');
+            id.extend_from_slice(digits.format(at.offset).as_bytes());
         }
-        Some(id)
+        true
+    }
+
+    /// Appends one event carrying the stream's id (when it has one).
+    fn event_with_id(&mut self, out: &mut Vec<u8>, name: &str, data: &str) {
+        let mut id = std::mem::take(&mut self.id_buf);
+        let some = self.write_id(&mut id);
+        let id_text = std::str::from_utf8(&id).ok().filter(|_| some);
+        event(out, name, id_text, data);
+        self.id_buf = id;
     }
 
     fn tracked(&mut self, topic: &Topic) -> Option<&mut Tracked> {
@@ -128,6 +152,8 @@ impl EventStream {
     /// Appends the events of one chunk of WebSocket frames (server role,
     /// unmasked; several may be concatenated) to `out`.
     pub(crate) fn frames(&mut self, mut bytes: &[u8], limit: usize, out: &mut Vec<u8>) {
+        // An event is its frame plus a few dozen bytes.
+        out.reserve(bytes.len() + 64);
         while let Ok(Some(header)) = FrameHeader::parse(bytes, false, 0, usize::MAX) {
             let end = header.header_len + header.payload_len as usize;
             let Some(payload) = bytes.get(header.header_len..end) else {
@@ -145,6 +171,20 @@ impl EventStream {
 
     /// Appends the events of one frame's text to `out`.
     pub(crate) fn frame(&mut self, text: &str, limit: usize, out: &mut Vec<u8>) {
+        // Nearly every frame is a message the node encoded itself: its
+        // head is read without decoding the payload.
+        if let Some((name, tenant, at)) = message_head(text) {
+            let Some(tracked) = self
+                .topics
+                .iter_mut()
+                .find(|t| t.topic.name() == name && t.topic.tenant() == tenant)
+            else {
+                return;
+            };
+            tracked.at = Some(at);
+            self.event_with_id(out, "message", text);
+            return;
+        }
         let Ok(frame) = Frame::decode_str(text, limit) else {
             return;
         };
@@ -157,7 +197,7 @@ impl EventStream {
                     epoch: message.epoch,
                     offset: message.offset,
                 });
-                event(out, "message", self.id().as_deref(), text);
+                self.event_with_id(out, "message", text);
             }
             Frame::Gap(gap) => {
                 let Some(tracked) = self.tracked(&gap.topic) else {
@@ -167,7 +207,7 @@ impl EventStream {
                     epoch: gap.epoch,
                     offset: gap.offset,
                 });
-                event(out, "gap", self.id().as_deref(), text);
+                self.event_with_id(out, "gap", text);
             }
             Frame::Ack(ack) => {
                 // One subscribe per topic: its ack names that topic alone.
@@ -205,6 +245,36 @@ impl EventStream {
     }
 }
 
+/// A message frame's topic name, tenant and position, read from the head
+/// the node's encoder writes:
+/// `{"type":"message","topic":"…",["tenant":"…",]"epoch":…,"offset":…,`.
+/// `None` for anything else (then the frame is decoded in full). Topic and
+/// tenant names never hold `"` or `\`.
+fn message_head(text: &str) -> Option<(&str, Option<&str>, Position)> {
+    let rest = text.strip_prefix(r#"{"type":"message","topic":""#)?;
+    let (name, rest) = rest.split_once('"')?;
+    let (tenant, rest) = match rest.strip_prefix(r#","tenant":""#) {
+        Some(rest) => {
+            let (tenant, rest) = rest.split_once('"')?;
+            (Some(tenant), rest)
+        }
+        None => (None, rest),
+    };
+    let rest = rest.strip_prefix(r#","epoch":"#)?;
+    let (epoch, rest) = rest.split_once(',')?;
+    let rest = rest.strip_prefix(r#""offset":"#)?;
+    let (offset, rest) = rest.split_once(',')?;
+    rest.starts_with(r#""payload":"#).then_some(())?;
+    Some((
+        name,
+        tenant,
+        Position {
+            epoch: epoch.parse().ok()?,
+            offset: offset.parse().ok()?,
+        },
+    ))
+}
+
 /// `epoch:offset`.
 fn parse_position(text: &str) -> Option<Position> {
     let (epoch, offset) = text.trim().split_once(':')?;
@@ -226,9 +296,20 @@ pub(crate) fn event(out: &mut Vec<u8>, name: &str, id: Option<&str>, data: &str)
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
     out.push(b'\n');
-    for line in data.split(['\n', '\r']).filter(|line| !line.is_empty()) {
+    let bytes = data.as_bytes();
+    if !bytes.iter().any(|&b| b == b'\n' || b == b'\r') {
+        // The common case: one line.
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\n\n");
+        return;
+    }
+    for line in bytes
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter(|line| !line.is_empty())
+    {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
         out.push(b'\n');
     }
     out.push(b'\n');

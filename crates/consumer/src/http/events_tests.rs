@@ -194,3 +194,29 @@ fn last_event_ids() {
         );
     }
 }
+
+#[test]
+fn message_heads_are_read_without_decoding() {
+    use super::message_head;
+    let plain = message("db/create", 7, 42, r#"{"a":[1,2]}"#);
+    assert_eq!(message_head(&plain), Some(("db/create", None, at(7, 42))));
+    let tenant = r#"{"type":"message","topic":"db/create","tenant":"acme","epoch":1,"offset":2,"payload":3}"#;
+    assert_eq!(
+        message_head(tenant),
+        Some(("db/create", Some("acme"), at(1, 2)))
+    );
+    for other in [
+        r#"{"type":"gap","topic":"a/b","after":{"epoch":1,"offset":2},"epoch":3,"offset":0}"#,
+        r#"{"type":"message","topic":"a/b","epoch":x,"offset":2,"payload":3}"#,
+        r#"{"type":"message","topic":"a/b","offset":2,"epoch":1,"payload":3}"#,
+        r#"{"type":"message","topic":"a/b"#,
+    ] {
+        assert_eq!(message_head(other), None, "{other}");
+    }
+    // A tenant's stream matches only its tenant's messages.
+    let topics = [Topic::from_wire("db/create", Some("acme")).expect("a topic")];
+    let mut stream = EventStream::new(&topics, false, &[None]);
+    let out = run(&mut stream, &[plain, tenant.to_owned()]);
+    assert_eq!(out.matches("event: message").count(), 1, "{out}");
+    assert_eq!(stream.id().as_deref(), Some("1:2"));
+}
