@@ -182,6 +182,16 @@ async fn events(
         live.topics.push(topic.clone());
     }
     live.present.subscribed(&live.topics);
+    // However the stream ends (cut as a slow consumer while hyper waits
+    // for a client that reads nothing, the node stopping, the client
+    // leaving), its connection goes a moment later.
+    let outbox = live.subscriber.outbox.clone();
+    let cut = live.cut.clone();
+    shared.tasks.spawn(async move {
+        outbox.closed().await;
+        tokio::time::sleep(CLOSE_GRACE).await;
+        cut.cancel();
+    });
     shared.metrics.event_streams.inc();
     let ping = tokio::time::interval_at(
         tokio::time::Instant::now() + shared.limits.ping_interval(),
@@ -275,18 +285,15 @@ impl Live {
         }
     }
 
-    /// The stream's last event, `closed` with why; the connection is cut
-    /// if the client does not take it in time.
+    /// The stream's last event, `closed` with why (the watchdog spawned
+    /// with the stream cuts the connection if the client does not take it
+    /// in time).
     fn end(&mut self, code: &str, message: &str) -> Bytes {
         self.done = true;
+        self.subscriber.outbox.close(CloseCode::GoingAway);
         let mut out = Vec::new();
         let data = serde_json::json!({"code": code, "message": message}).to_string();
         events::event(&mut out, "closed", None, &data);
-        let cut = self.cut.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(CLOSE_GRACE).await;
-            cut.cancel();
-        });
         Bytes::from(out)
     }
 }
