@@ -338,3 +338,53 @@ async fn a_stream_that_stops_reading_is_cut_as_a_slow_consumer() {
     drop(events);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_larger_than_a_subscribers_buffer_replays_its_newest_part() {
+    init_logging();
+    let cluster = Cluster::builder()
+        .consumers(2)
+        .producers(1)
+        .limits(|limits| limits.subscriber_buffer_bytes = 64 << 10)
+        .tokens(TokenKeys::new(&[SECRET.to_vec()], &[], true).unwrap())
+        .start()
+        .await;
+    let topic = cluster.topic_owned_by(0);
+    // 160 KiB of history: more than the 32 KiB a replay may take.
+    let payload = format!(r#""{}""#, "x".repeat(8 << 10));
+    let mut last = (0, 0);
+    for n in 1..=20 {
+        last = publish(&cluster, n, topic, &payload).await;
+    }
+    let auth = bearer(&token("late", &["*"]));
+    // At the owner, and at the other consumer (which mirrors the owner's
+    // history over its link): the newest messages that fit, a gap for the
+    // rest, then live messages.
+    for index in [0, 1] {
+        let mut events = stream(
+            http_addr(&cluster, index),
+            &format!("/v1/topics/{topic}/events"),
+            &[auth.clone(), ("Last-Event-ID", "0:0".to_owned())],
+        )
+        .await;
+        let subscribed = events.next(WAIT).await.unwrap();
+        assert_eq!(subscribed.event, "subscribed", "consumer {index}");
+        assert_eq!(subscribed.json()["recovered"], false);
+        let gap = events.next(WAIT).await.unwrap();
+        assert_eq!(gap.event, "gap", "{gap:?}");
+        let resumed_after = gap.json()["offset"].as_u64().unwrap();
+        assert!(resumed_after > 0 && resumed_after < last.1, "{gap:?}");
+        let mut offset = resumed_after;
+        while offset < last.1 {
+            let message = events.next(WAIT).await.unwrap();
+            assert_eq!(message.event, "message");
+            offset += 1;
+            assert_eq!(message.json()["offset"], offset);
+        }
+        let (_, live) = publish(&cluster, 100 + index as u64, topic, "1").await;
+        let message = events.next(WAIT).await.unwrap();
+        assert_eq!(message.json()["offset"], live);
+        last.1 = live;
+    }
+    cluster.shutdown().await;
+}

@@ -291,3 +291,101 @@ async fn one_connection_carries_many_requests_and_answers_cors_preflights() {
     assert_eq!(status, 204);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_or_is_too_large_is_refused_with_json() {
+    init_logging();
+    let cluster = Cluster::builder()
+        .producers(1)
+        .limits(|limits| limits.handshake_timeout_ms = 500)
+        .tokens(TokenKeys::new(&[SECRET.to_vec()], &[], true).unwrap())
+        .start()
+        .await;
+    let addr = http_addr(&cluster);
+    let psk = String::from_utf8(cluster.psk.as_bytes().to_vec()).unwrap();
+    let (name, value) = basic("-", &psk);
+    // Ten bytes announced, one sent: answered 408 within the timeout.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1/topics/database/create HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n{name}: {value}\r\n\r\n{{"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_string(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"bad_frame""#), "{answer}");
+    // Far over the payload limit: the API's own 413 answer.
+    let big = format!(r#""{}""#, "x".repeat(3 << 20));
+    let (status, answer) = post(addr, "/v1/topics/database/create", &[(name, value)], &big).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{answer}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_producer_answers_the_publishes_it_is_reading() {
+    init_logging();
+    let mut cluster = Cluster::builder()
+        .consumers(2)
+        .producers(1)
+        .tokens(TokenKeys::new(&[SECRET.to_vec()], &[], true).unwrap())
+        .start()
+        .await;
+    let addr = http_addr(&cluster);
+    let psk = String::from_utf8(cluster.psk.as_bytes().to_vec()).unwrap();
+    let (name, value) = basic("-", &psk);
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut publishers = Vec::new();
+    for task in 0..4 {
+        let (name, value, answered) = (name, value.clone(), answered.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                return statuses;
+            };
+            for n in 0.. {
+                let body = format!(r#"{{"task":{task},"n":{n}}}"#);
+                let request = format!(
+                    "POST /v1/topics/database/create HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{name}: {value}\r\n\r\n{body}",
+                    body.len()
+                );
+                if stream.write_all(request.as_bytes()).await.is_err() {
+                    break;
+                }
+                let mut buf = vec![0u8; 4096];
+                let read = stream.read(&mut buf).await.unwrap_or(0);
+                if read == 0 {
+                    break;
+                }
+                let head = String::from_utf8_lossy(&buf[..read]).to_string();
+                statuses.push(head[9..12].to_owned());
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            statuses
+        }));
+    }
+    shardq_tests::eventually("publishes flow", || {
+        let answered = answered.clone();
+        async move { answered.load(std::sync::atomic::Ordering::Relaxed) > 200 }
+    })
+    .await;
+    cluster.stop_producer(0).await;
+    let mut statuses = Vec::new();
+    for publisher in publishers {
+        statuses.extend(publisher.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|status| status == "200"),
+        "a stop answered something other than the owner's ack: {:?}",
+        statuses.iter().filter(|s| *s != "200").collect::<Vec<_>>()
+    );
+    cluster.shutdown().await;
+}

@@ -109,6 +109,29 @@ impl Ring {
         self.entries.is_empty()
     }
 
+    /// [`replay`](Self::replay), at most `budget` bytes of it: the newest
+    /// messages that fit (a subscriber's outbox must take the whole replay
+    /// at once). Older ones count as missed: not complete, and `after` is
+    /// the last one left out.
+    pub fn replay_within(&self, since: Position, current: Position, budget: usize) -> Replay {
+        let mut replay = self.replay(since, current);
+        let mut bytes: usize = replay.frames.iter().map(Bytes::len).sum();
+        if bytes <= budget {
+            return replay;
+        }
+        // A replay is always the ring's tail.
+        let first = self.entries.len() - replay.frames.len();
+        let mut skip = 0;
+        while bytes > budget && skip < replay.frames.len() {
+            bytes -= replay.frames[skip].len();
+            skip += 1;
+        }
+        replay.frames.drain(..skip);
+        replay.after = self.entries[first + skip - 1].at;
+        replay.complete = false;
+        replay
+    }
+
     /// What to replay to resume after `since`, given the stream's latest
     /// position `current`. `since.epoch == 0` asks for the start of the
     /// current epoch.
@@ -429,6 +452,30 @@ mod tests {
                     after
                 ),
                 "since {since:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replay_keeps_the_newest_messages_that_fit_its_budget() {
+        // Frames "7:5".."7:9" are 3 bytes each.
+        let ring = ring_of(&[(7, 5..=9)]);
+        let cases: [(usize, &[&str], bool, Position); 4] = [
+            (15, &["7:6", "7:7", "7:8", "7:9"], true, at(7, 5)),
+            (12, &["7:6", "7:7", "7:8", "7:9"], true, at(7, 5)),
+            (7, &["7:8", "7:9"], false, at(7, 7)),
+            (2, &[], false, at(7, 9)),
+        ];
+        for (budget, frames, complete, after) in cases {
+            let replay = ring.replay_within(at(7, 5), at(7, 9), budget);
+            assert_eq!(
+                (texts(replay.frames), replay.complete, replay.after),
+                (
+                    frames.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    complete,
+                    after
+                ),
+                "budget {budget}"
             );
         }
     }

@@ -385,6 +385,8 @@ pub async fn run_with_http(
             gate: shared.gate.clone(),
             header_timeout: shared.limits.handshake_timeout(),
             write_timeout: shared.limits.write_timeout(),
+            // Event streams end on the node's stop by themselves.
+            drain: Duration::from_secs(2),
         };
         link_tasks.spawn(shardq_net::http_api::serve(
             http,

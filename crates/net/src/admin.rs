@@ -116,9 +116,9 @@ impl AdminOptions {
 }
 
 /// Routes never behind the token: what a load balancer or orchestrator
-/// probes, and the dashboard page (it holds no data; it asks for the token
-/// and sends it on the `/v1/*` routes it polls).
-const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/", "/dashboard"];
+/// probes, the dashboard page (it holds no data; it asks for the token and
+/// sends it on the `/v1/*` routes it polls) and the public API document.
+const OPEN_PATHS: [&str; 5] = ["/healthz", "/readyz", "/", "/dashboard", "/v1/openapi.json"];
 
 /// Whether the request may pass the bearer-token check.
 fn authorized<B>(request: &axum::http::Request<B>, token: Option<&str>) -> bool {

@@ -46,6 +46,9 @@ pub struct ApiOptions {
     /// Time to receive a request's headers (and a TLS handshake); an idle
     /// keep-alive connection is closed after it too.
     pub header_timeout: Duration,
+    /// At the stop, time for answers in progress to finish (a publish
+    /// waits for its owner's ack) before their connections are dropped.
+    pub drain: Duration,
     /// A connection whose peer leaves data unacknowledged this long is
     /// dropped by the kernel (`TCP_USER_TIMEOUT`): a vanished browser's
     /// event stream ends within a ping interval plus this.
@@ -148,13 +151,13 @@ pub async fn serve(
                     // Answers in progress finish (a stream ends on the
                     // node's stop by itself); idle connections close.
                     connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+                    let _ = tokio::time::timeout(options.drain, connection).await;
                 }
             }
         });
     }
     connections.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
+    let _ = tokio::time::timeout(options.drain, connections.wait()).await;
 }
 
 /// Any origin may call the API: it authenticates with a token or

@@ -361,6 +361,11 @@ impl Outbox {
         }
     }
 
+    /// Its bound: bytes queued at most.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Whether the outbox was cut as a slow consumer (its queue dropped).
     pub(crate) fn aborted(&self) -> bool {
         self.lock().abort_queue

@@ -14,11 +14,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use shardq_net::http_api::{authenticate, openapi, preflight, refusal};
 use shardq_net::link::{self, Answer, Batches, Body, Reply, Request};
 use shardq_protocol::frame::is_valid_key;
 use shardq_protocol::topic::TENANT_SEPARATOR;
-use shardq_protocol::{ErrorCode, RawValue, Topic};
+use shardq_protocol::{ErrorCode, Limits, RawValue, Topic};
 
 use crate::server::Shared;
 use crate::session::check_payload;
@@ -34,11 +35,47 @@ pub(crate) fn routes(shared: Arc<Shared>, tls: bool) -> Router {
         .with_state((shared, tls))
 }
 
+/// The request's body: at most the payload limit, arriving within the
+/// handshake timeout (a client sending a body slowly, or never, holds a
+/// connection no longer than one sending its headers slowly).
+async fn read_body(body: axum::body::Body, limits: &Limits) -> Result<Bytes, Response> {
+    let limit = limits.max_payload_bytes();
+    let timeout = limits.handshake_timeout();
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    match collected {
+        Err(_) => {
+            let mut response = refusal(
+                ErrorCode::BadFrame,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            );
+            *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+            Err(response)
+        }
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(refusal(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is over the payload limit of {limit} bytes"),
+        )),
+        Ok(Err(error)) => Err(refusal(
+            ErrorCode::BadFrame,
+            format!("the request body could not be read: {error}"),
+        )),
+        Ok(Ok(collected)) => {
+            let body = collected.to_bytes();
+            check_payload(body.len(), limits)
+                .map(|()| body)
+                .map_err(|why| refusal(ErrorCode::PayloadTooLarge, why))
+        }
+    }
+}
+
 async fn publish(
     State((shared, tls)): State<(Arc<Shared>, bool)>,
     Path((queue, event)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let identity = match authenticate(&shared.credentials.load(), &headers, None, tls) {
         Ok(identity) => identity,
@@ -57,9 +94,10 @@ async fn publish(
             format!("this client may not publish to {topic}"),
         );
     }
-    if let Err(why) = check_payload(body.len(), &shared.limits) {
-        return refusal(ErrorCode::PayloadTooLarge, why);
-    }
+    let body = match read_body(body, &shared.limits).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return refusal(ErrorCode::BadFrame, "the body is not UTF-8 JSON");
     };

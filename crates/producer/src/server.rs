@@ -204,12 +204,15 @@ pub async fn run_with_http(
             gate: shared.gate.clone(),
             header_timeout: shared.limits.handshake_timeout(),
             write_timeout: shared.limits.write_timeout(),
+            // A publish in progress gets its owner's answer, as on WebSocket.
+            drain: shared.limits.publish_timeout() + Duration::from_secs(1),
         };
-        link_tasks.spawn(shardq_net::http_api::serve(
+        // With the sessions: stopped first, waited for before the links go.
+        shared.tasks.spawn(shardq_net::http_api::serve(
             http,
             routes,
             options,
-            admin_stop.clone(),
+            shared.draining.clone(),
         ));
     }
     if let Ok(addr) = listener.local_addr() {

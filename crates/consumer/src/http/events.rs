@@ -86,7 +86,7 @@ impl EventStream {
             resume[0] = Some(parse_position(id).ok_or_else(|| bad("expected epoch:offset"))?);
             return Ok(resume);
         }
-        for part in id.split(',').filter(|part| !part.is_empty()) {
+        for part in id.split(',') {
             let (event, position) = part
                 .split_once('=')
                 .ok_or_else(|| bad("expected event=epoch:offset,…"))?;
@@ -95,6 +95,9 @@ impl EventStream {
                 .position(|topic| topic.event() == event)
                 // An event no longer declared starts nothing.
                 .ok_or_else(|| bad("it names an event the queue does not declare"))?;
+            if resume[index].is_some() {
+                return Err(bad("it names an event twice"));
+            }
             resume[index] =
                 Some(parse_position(position).ok_or_else(|| bad("expected event=epoch:offset,…"))?);
         }
@@ -226,7 +229,14 @@ impl EventStream {
                 }));
                 let id = self.id();
                 event(out, "subscribed", id.as_deref(), text);
-                if let (Some(after), Some(replay), Some(false)) = (since, replay, ack.recovered) {
+                // Resumed from beyond the topic's latest position: nothing
+                // that exists was missed, the position just moves back.
+                let beyond = |after: Position, replay: Position| {
+                    after.epoch == replay.epoch && after.offset >= replay.offset
+                };
+                if let (Some(after), Some(replay), Some(false)) = (since, replay, ack.recovered)
+                    && !beyond(after, replay)
+                {
                     // The messages after `since` up to `replay` are missing.
                     let gap = Frame::Gap(shardq_protocol::Gap {
                         topic,
@@ -275,12 +285,17 @@ fn message_head(text: &str) -> Option<(&str, Option<&str>, Position)> {
     ))
 }
 
-/// `epoch:offset`.
+/// `epoch:offset`, decimal digits only.
 fn parse_position(text: &str) -> Option<Position> {
     let (epoch, offset) = text.trim().split_once(':')?;
+    let number = |text: &str| {
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse().ok())
+            .flatten()
+    };
     Some(Position {
-        epoch: epoch.parse().ok()?,
-        offset: offset.parse().ok()?,
+        epoch: number(epoch)?,
+        offset: number(offset)?,
     })
 }
 
@@ -304,13 +319,26 @@ pub(crate) fn event(out: &mut Vec<u8>, name: &str, id: Option<&str>, data: &str)
         out.extend_from_slice(b"\n\n");
         return;
     }
-    for line in bytes
-        .split(|&b| b == b'\n' || b == b'\r')
-        .filter(|line| !line.is_empty())
-    {
+    // Every line, empty ones too, so that the client's join gives back the
+    // text with each line break (`\r\n`, `\r` or `\n`) as `\n`.
+    let mut rest = bytes;
+    loop {
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .unwrap_or(rest.len());
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line);
+        out.extend_from_slice(&rest[..end]);
         out.push(b'\n');
+        if end == rest.len() {
+            break;
+        }
+        let skip = if rest[end..].starts_with(b"\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + skip..];
     }
     out.push(b'\n');
 }

@@ -187,6 +187,10 @@ fn last_event_ids() {
         ("7:-1", &one[..], false),
         ("create:1:2", &two[..], true),
         ("update=1:2", &two[..], true),
+        ("+7:1", &one[..], false),
+        ("7: 1", &one[..], false),
+        ("create=1:2,", &two[..], true),
+        ("create=1:2,create=3:4", &two[..], true),
     ] {
         assert!(
             EventStream::resume_from(id, topics, wildcard).is_err(),
@@ -219,4 +223,26 @@ fn message_heads_are_read_without_decoding() {
     let out = run(&mut stream, &[plain, tenant.to_owned()]);
     assert_eq!(out.matches("event: message").count(), 1, "{out}");
     assert_eq!(stream.id().as_deref(), Some("1:2"));
+}
+
+#[test]
+fn empty_lines_survive_and_line_breaks_become_newlines() {
+    let mut out = Vec::new();
+    event(&mut out, "message", None, "[1,\n\n2,\r\r3,\r\n4]");
+    assert_eq!(
+        String::from_utf8(out).expect("UTF-8"),
+        "event: message\ndata: [1,\ndata: \ndata: 2,\ndata: \ndata: 3,\ndata: 4]\n\n"
+    );
+}
+
+#[test]
+fn a_resume_from_beyond_the_latest_position_is_no_gap() {
+    let topics = [topic("a/b")];
+    let mut stream = EventStream::new(&topics, false, &[Some(at(7, 50))]);
+    let out = run(
+        &mut stream,
+        &[ack(0, "a/b", at(7, 41), Some((false, at(7, 41))))],
+    );
+    assert!(!out.contains("event: gap"), "{out}");
+    assert_eq!(stream.id().as_deref(), Some("7:41"));
 }

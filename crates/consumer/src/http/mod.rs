@@ -69,6 +69,9 @@ async fn events(
     connection: Option<axum::Extension<ApiConnection>>,
     headers: HeaderMap,
 ) -> Response {
+    if shared.stop.is_cancelled() {
+        return refusal(ErrorCode::ShuttingDown, "the consumer is shutting down");
+    }
     let Ok(Query(query)) = query else {
         return refusal(ErrorCode::BadFrame, "the query string is not valid");
     };
@@ -105,9 +108,17 @@ async fn events(
             format!("a stream may hold at most {cap} subscriptions"),
         );
     }
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|value| value.to_str().ok())
+    let header_id = match headers.get("last-event-id").map(|value| value.to_str()) {
+        Some(Err(_)) => {
+            return refusal(
+                ErrorCode::BadFrame,
+                "Last-Event-ID is not a position of this stream: it is not ASCII",
+            );
+        }
+        Some(Ok(id)) => Some(id),
+        None => None,
+    };
+    let last_event_id = header_id
         .or(query.last_event_id.as_deref())
         .filter(|id| !id.trim().is_empty());
     let resume = match last_event_id {

@@ -107,7 +107,10 @@ impl TopicTable {
                     offset: state.last.offset - held,
                     ..state.last
                 };
-                let found = state.ring.replay(since, current);
+                // Half the subscriber's buffer at most, leaving room for
+                // live messages while it reads the replay.
+                let budget = subscriber.outbox.limit() / 2;
+                let found = state.ring.replay_within(since, current, budget);
                 if !found.complete {
                     self.metrics.resumes_not_recovered.inc();
                 }
