@@ -380,14 +380,10 @@ pub async fn run_with_http(
     if let Some(http) = http {
         let tls = config.tls.server.clone();
         let routes = crate::http::routes(shared.clone(), tls.is_some());
-        let options = shardq_net::http_api::ApiOptions {
-            tls,
-            gate: shared.gate.clone(),
-            header_timeout: shared.limits.handshake_timeout(),
-            write_timeout: shared.limits.write_timeout(),
-            // Event streams end on the node's stop by themselves.
-            drain: Duration::from_secs(2),
-        };
+        // Event streams end on the node's stop by themselves.
+        let drain = Duration::from_secs(2);
+        let options =
+            shardq_net::http_api::ApiOptions::new(tls, shared.gate.clone(), &shared.limits, drain);
         link_tasks.spawn(shardq_net::http_api::serve(
             http,
             routes,

@@ -55,6 +55,25 @@ pub struct ApiOptions {
     pub write_timeout: Duration,
 }
 
+impl ApiOptions {
+    /// The options `[limits]` gives: headers within the handshake timeout,
+    /// unread data dropped after the write timeout; `drain` at the stop.
+    pub fn new(
+        tls: Option<Arc<ServerTls>>,
+        gate: Arc<Gate>,
+        limits: &shardq_protocol::Limits,
+        drain: Duration,
+    ) -> ApiOptions {
+        ApiOptions {
+            tls,
+            gate,
+            header_timeout: limits.handshake_timeout(),
+            drain,
+            write_timeout: limits.write_timeout(),
+        }
+    }
+}
+
 /// A request's connection, in the request's extensions: who it comes
 /// from, and a handle a streaming answer (Server-Sent Events) uses to cut
 /// the connection when the client stopped reading, which hyper alone would

@@ -199,14 +199,10 @@ pub async fn run_with_http(
     if let Some(http) = http {
         let tls = config.tls.server.clone();
         let routes = crate::http::routes(shared.clone(), tls.is_some());
-        let options = shardq_net::http_api::ApiOptions {
-            tls,
-            gate: shared.gate.clone(),
-            header_timeout: shared.limits.handshake_timeout(),
-            write_timeout: shared.limits.write_timeout(),
-            // A publish in progress gets its owner's answer, as on WebSocket.
-            drain: shared.limits.publish_timeout() + Duration::from_secs(1),
-        };
+        // A publish in progress gets its owner's answer, as on WebSocket.
+        let drain = shared.limits.publish_timeout() + Duration::from_secs(1);
+        let options =
+            shardq_net::http_api::ApiOptions::new(tls, shared.gate.clone(), &shared.limits, drain);
         // With the sessions: stopped first, waited for before the links go.
         shared.tasks.spawn(shardq_net::http_api::serve(
             http,
