@@ -141,7 +141,8 @@ async fn http_publishes_are_acked_with_their_position() {
             "not_authorized",
         ),
         (
-            vec![api.clone()],
+            // The psk may publish anywhere: the queue's absence shows.
+            vec![basic("-", &String::from_utf8_lossy(cluster.psk.as_bytes()))],
             "/v1/topics/nosuch/create",
             "1",
             404,
@@ -387,5 +388,74 @@ async fn a_stopping_producer_answers_the_publishes_it_is_reading() {
         "a stop answered something other than the owner's ack: {:?}",
         statuses.iter().filter(|s| *s != "200").collect::<Vec<_>>()
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_or_unknown_requests_get_json_refusals() {
+    init_logging();
+    let cluster = Cluster::builder()
+        .producers(1)
+        .tokens(TokenKeys::new(&[SECRET.to_vec()], &[], true).unwrap())
+        .clients(vec![ClientEntry {
+            name: "files-only".into(),
+            tenant: "default".into(),
+            secrets: vec!["files-secret-0123456".into()],
+            publish: vec!["files/*".into()],
+            subscribe: vec![],
+        }])
+        .start()
+        .await;
+    let addr = http_addr(&cluster);
+    let psk = String::from_utf8(cluster.psk.as_bytes().to_vec()).unwrap();
+    let psk_auth = basic("-", &psk);
+    let files_only = basic("files-only", "files-secret-0123456");
+    let cases: [Case; 5] = [
+        (
+            vec![psk_auth.clone(), psk_auth.clone()],
+            "/v1/topics/database/create",
+            "1",
+            400,
+            "bad_frame",
+        ),
+        (
+            vec![
+                psk_auth.clone(),
+                ("Idempotency-Key", "a".into()),
+                ("Idempotency-Key", "b".into()),
+            ],
+            "/v1/topics/database/create",
+            "1",
+            400,
+            "bad_frame",
+        ),
+        // Permission before existence: nothing is learnt of other queues.
+        (
+            vec![files_only.clone()],
+            "/v1/topics/secret/create",
+            "1",
+            403,
+            "not_authorized",
+        ),
+        (
+            vec![files_only],
+            "/v1/topics/files/nope",
+            "1",
+            404,
+            "unknown_event",
+        ),
+        (vec![psk_auth], "/v1/nowhere", "1", 404, "not_found"),
+    ];
+    for (headers, path, body, status, code) in cases {
+        let (got, answer) = post(addr, path, &headers, body).await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {answer}"
+        );
+    }
+    let (status, body) = http_request(addr, "GET", "/v1/topics/database/create", &[], "").await;
+    assert_eq!(status, 405, "{body}");
+    assert!(body.contains(r#""code":"method_not_allowed""#), "{body}");
     cluster.shutdown().await;
 }

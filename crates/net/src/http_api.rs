@@ -238,6 +238,42 @@ pub fn refusal(code: ErrorCode, message: impl Into<String>) -> Response {
     response
 }
 
+/// The one value of header `name`: `Ok(None)` when absent, `Err` with why
+/// it is refused (`bad_frame`) when it is repeated (which one would count
+/// is ambiguous) or not text.
+pub fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, String> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(format!("more than one {name} header"));
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| format!("the {name} header is not ASCII"))
+}
+
+/// What an API port answers for a path it does not serve: 404 with
+/// `{"code","message"}` like every other refusal.
+pub async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let body = serde_json::json!({
+        "code": "not_found",
+        "message": format!("no route for {method} {}", uri.path()),
+    });
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+/// A method a path does not take: 405 with `{"code","message"}`.
+pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let body = serde_json::json!({
+        "code": "method_not_allowed",
+        "message": format!("{} does not take {method}", uri.path()),
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
 /// Why a request did not authenticate: the code and the message.
 pub type Unauthenticated = (ErrorCode, &'static str);
 
@@ -253,6 +289,9 @@ pub fn authenticate(
     tls: bool,
 ) -> Result<ClientIdentity, Unauthenticated> {
     let failed = || (ErrorCode::AuthFailed, "authentication failed");
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err((ErrorCode::BadFrame, "more than one Authorization header"));
+    }
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());

@@ -15,7 +15,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use shardq_net::http_api::{authenticate, openapi, preflight, refusal};
+use shardq_net::http_api::{
+    authenticate, no_route, openapi, preflight, refusal, single_header, wrong_method,
+};
 use shardq_net::link::{self, Answer, Batches, Body, Reply, Request};
 use shardq_protocol::frame::is_valid_key;
 use shardq_protocol::topic::TENANT_SEPARATOR;
@@ -32,6 +34,8 @@ pub(crate) fn routes(shared: Arc<Shared>, tls: bool) -> Router {
             post(publish).options(preflight),
         )
         .route("/v1/openapi.json", get(openapi))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state((shared, tls))
 }
 
@@ -85,14 +89,15 @@ async fn publish(
         Ok(topic) => topic,
         Err(error) => return refusal(error.code(), error.to_string()),
     };
-    if let Err(error) = shared.queues.load().check(&topic) {
-        return refusal(error.code(), error.to_string());
-    }
+    // Permission first: a client learns nothing of queues it may not use.
     if !identity.permissions.may_publish(&topic) {
         return refusal(
             ErrorCode::NotAuthorized,
             format!("this client may not publish to {topic}"),
         );
+    }
+    if let Err(error) = shared.queues.load().check(&topic) {
+        return refusal(error.code(), error.to_string());
     }
     let body = match read_body(body, &shared.limits).await {
         Ok(body) => body,
@@ -110,17 +115,16 @@ async fn publish(
             );
         }
     };
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => match value.to_str().ok().filter(|key| is_valid_key(key)) {
-            Some(key) => Some(key.to_owned()),
-            None => {
-                return refusal(
-                    ErrorCode::BadFrame,
-                    "Idempotency-Key must be 1-64 characters of A-Z a-z 0-9 . _ : -",
-                );
-            }
-        },
+    let key = match single_header(&headers, "idempotency-key") {
+        Err(why) => return refusal(ErrorCode::BadFrame, why),
+        Ok(None) => None,
+        Ok(Some(key)) if is_valid_key(key) => Some(key.to_owned()),
+        Ok(Some(_)) => {
+            return refusal(
+                ErrorCode::BadFrame,
+                "Idempotency-Key must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+            );
+        }
     };
     let key_text = match identity.tenant_key() {
         Some(tenant) => format!("{tenant}{TENANT_SEPARATOR}{}", topic.name()),

@@ -174,13 +174,15 @@ async fn serve(
                 continue;
             }
             let topic = body.topic();
-            if let Err(error) = shared.queues.load().check_text(topic) {
-                answers.push(refusal(shared, id, error.code(), &error.to_string()));
-                continue;
-            }
+            // Permission first: a client learns nothing of queues it may
+            // not use.
             if !permissions.may_publish_text(topic) {
                 let why = format!("this client may not publish to {topic}");
                 answers.push(refusal(shared, id, ErrorCode::NotAuthorized, &why));
+                continue;
+            }
+            if let Err(error) = shared.queues.load().check_text(topic) {
+                answers.push(refusal(shared, id, error.code(), &error.to_string()));
                 continue;
             }
             // Outside the default tenant the topic's key names the tenant.

@@ -26,7 +26,9 @@ use axum::routing::get;
 use bytes::Bytes;
 use serde::Deserialize;
 use shardq_net::codec::Role;
-use shardq_net::http_api::{ApiConnection, authenticate, openapi, preflight, refusal};
+use shardq_net::http_api::{
+    ApiConnection, authenticate, no_route, openapi, preflight, refusal, single_header, wrong_method,
+};
 use shardq_net::outbox::{Chunk, Drained, Outbox};
 use shardq_net::presence::{Joining, Present};
 use shardq_protocol::status::ClientRole;
@@ -50,6 +52,8 @@ pub(crate) fn routes(shared: Arc<Shared>, tls: bool) -> Router {
             get(events).options(preflight),
         )
         .route("/v1/openapi.json", get(openapi))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state((shared, tls))
 }
 
@@ -108,15 +112,9 @@ async fn events(
             format!("a stream may hold at most {cap} subscriptions"),
         );
     }
-    let header_id = match headers.get("last-event-id").map(|value| value.to_str()) {
-        Some(Err(_)) => {
-            return refusal(
-                ErrorCode::BadFrame,
-                "Last-Event-ID is not a position of this stream: it is not ASCII",
-            );
-        }
-        Some(Ok(id)) => Some(id),
-        None => None,
+    let header_id = match single_header(&headers, "last-event-id") {
+        Ok(id) => id,
+        Err(why) => return refusal(ErrorCode::BadFrame, why),
     };
     let last_event_id = header_id
         .or(query.last_event_id.as_deref())
