@@ -287,6 +287,7 @@ async fn resume_gets_exactly_the_missed_messages() {
             id: 1,
             topic: shardq_protocol::TopicFilter::parse("database/update").unwrap(),
             since: Some(positions[1]),
+            group: None,
         }))
         .await;
     let ack = expect_ack(subscriber.recv().await);

@@ -158,6 +158,7 @@ async fn a_tenants_history_and_the_client_library_stay_in_the_tenant() {
                 epoch: ack.epoch,
                 offset: 0,
             }),
+            group: None,
         }))
         .await;
         let answer = expect_ack(late.recv().await);

@@ -16,7 +16,6 @@
 //! handshakes, links to other consumers, admin HTTP, start-up) is
 //! `shardq-net`, shared with the producer.
 
-#[allow(dead_code)] // Wired to the topic table next (issue 15).
 mod groups;
 mod history;
 mod http;

@@ -27,12 +27,13 @@
 //! max_frame_bytes = 1048576
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::topic::{QueueConfig, TopicError};
+use crate::work::WorkConfig;
 
 use crate::auth::{ClientEntry, ClientEntryError, validate_clients};
 pub use crate::limits::{ENVELOPE_BYTES, Limits};
@@ -69,6 +70,15 @@ pub enum ConfigError {
         /// The value.
         value: String,
         /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A `[work.<queue>]` section names no queue, or a setting that
+    /// cannot work.
+    #[error("[work.{queue}]: {reason}")]
+    BadWork {
+        /// The section's queue.
+        queue: String,
+        /// What is wrong.
         reason: &'static str,
     },
     /// A queue or event name is not valid.
@@ -151,7 +161,7 @@ struct ClusterFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     admin_token_file: Option<String>,
     #[serde(default)]
-    queues: std::collections::BTreeMap<String, Vec<String>>,
+    queues: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     consumers: Vec<NodeEntry>,
     #[serde(default)]
@@ -164,6 +174,8 @@ struct ClusterFile {
     tokens: TokensConfig,
     #[serde(default, skip_serializing_if = "TlsConfig::is_unset")]
     tls: TlsConfig,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    work: BTreeMap<String, WorkConfig>,
 }
 
 /// The `[tls]` section: files beside the cluster file. A node whose `url`
@@ -239,6 +251,15 @@ pub struct ClusterConfig {
     pub tokens: TokensConfig,
     /// The `[tls]` section.
     pub tls: TlsConfig,
+    /// The `[work.<queue>]` sections (queue groups), by queue.
+    pub work: BTreeMap<String, WorkConfig>,
+}
+
+impl ClusterConfig {
+    /// The group settings of `queue`'s topics.
+    pub fn work_of(&self, queue: &str) -> WorkConfig {
+        self.work.get(queue).copied().unwrap_or_default()
+    }
 }
 
 impl ClusterConfig {
@@ -263,6 +284,7 @@ impl ClusterConfig {
             clients: Vec::new(),
             tokens: TokensConfig::default(),
             tls: TlsConfig::default(),
+            work: BTreeMap::new(),
         }
     }
 
@@ -286,6 +308,20 @@ impl ClusterConfig {
         }
         file.limits.validate()?;
         validate_clients(&file.clients)?;
+        for (queue, work) in &file.work {
+            if queues.queues().all(|(declared, _)| declared != queue) && !queues.open_topics() {
+                return Err(ConfigError::BadWork {
+                    queue: queue.clone(),
+                    reason: "names no declared queue",
+                });
+            }
+            if let Some(reason) = work.invalid() {
+                return Err(ConfigError::BadWork {
+                    queue: queue.clone(),
+                    reason,
+                });
+            }
+        }
         Ok(ClusterConfig {
             consumers: file.consumers,
             producers: file.producers,
@@ -299,6 +335,7 @@ impl ClusterConfig {
             clients: file.clients,
             tokens: file.tokens,
             tls: file.tls,
+            work: file.work,
         })
     }
 
@@ -314,6 +351,7 @@ impl ClusterConfig {
             clients: self.clients.clone(),
             tokens: self.tokens.clone(),
             tls: self.tls.clone(),
+            work: self.work.clone(),
             queues: self
                 .queues
                 .queues()

@@ -26,6 +26,7 @@ pub mod limits;
 pub mod routing;
 pub mod status;
 pub mod topic;
+pub mod work;
 
 pub use auth::{ClientIdentity, Credentials, Permissions};
 pub use cluster_file::ClusterFileError;

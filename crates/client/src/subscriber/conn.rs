@@ -178,6 +178,7 @@ impl Conn {
                 id,
                 topic: TopicFilter::Exact(topic),
                 since: Some(after),
+                group: None,
             });
             if socket.feed(WsMessage::text(frame.encode())).await.is_err() {
                 return Ok(());
@@ -195,7 +196,7 @@ impl Conn {
                     next_id += 1;
                     let (frame, wait) = match command {
                         Command::Subscribe { filter, sink, reply } => (
-                            Frame::Subscribe(Subscribe { id, topic: filter, since: None }),
+                            Frame::Subscribe(Subscribe { id, topic: filter, since: None, group: None }),
                             Waiting::Subscribe { sink, reply },
                         ),
                         Command::Unsubscribe { filter, reply } => {

@@ -215,6 +215,26 @@ impl Dispatch {
         }
     }
 
+    /// Whether `messages` more messages of `bytes` bytes in all would be
+    /// admitted (waiting messages count as room under `DropOldest`).
+    pub fn room(&self, messages: usize, bytes: usize) -> Result<(), Refused> {
+        let limits = &self.limits;
+        let (held, held_bytes) = match limits.overflow {
+            Overflow::Refuse => (self.waiting.len() + self.in_flight.len(), self.bytes),
+            Overflow::DropOldest => (
+                self.in_flight.len(),
+                self.in_flight.values().map(|f| f.held.bytes).sum(),
+            ),
+        };
+        if held + messages > limits.backlog_messages || held_bytes + bytes > limits.backlog_bytes {
+            return Err(Refused::Full {
+                messages: self.waiting.len() + self.in_flight.len(),
+                bytes: self.bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// A new message of the topic: admitted (and handed out if a member
     /// has room) or refused.
     pub fn offer(

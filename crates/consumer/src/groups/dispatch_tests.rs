@@ -374,3 +374,24 @@ fn every_message_is_handed_out_once_until_acked() {
     assert_eq!(delivered.len(), 500);
     assert_eq!(dispatch.counts(), (0, 0, 0));
 }
+
+#[test]
+fn room_answers_what_offer_would() {
+    let now = Instant::now();
+    let mut refuse = Dispatch::new(limits());
+    let mut drop = Dispatch::new(GroupLimits {
+        overflow: Overflow::DropOldest,
+        ..limits()
+    });
+    drop.join(1, now);
+    for seq in 1..=3 {
+        refuse.offer(seq, 0, 10, now).expect("room");
+        drop.offer(seq, 0, 10, now).expect("room");
+    }
+    assert!(refuse.room(1, 10).is_ok());
+    assert!(refuse.room(2, 10).is_err(), "4 messages at most");
+    assert!(refuse.room(1, 991).is_err(), "1000 bytes at most");
+    // Two of three are in flight to member 1: one waiting can be dropped.
+    assert!(drop.room(2, 10).is_ok());
+    assert!(drop.room(3, 10).is_err());
+}

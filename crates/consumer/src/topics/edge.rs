@@ -118,6 +118,7 @@ impl TopicTable {
             id,
             topic: TopicFilter::Exact(topic.clone()),
             since: Some(since),
+            group: None,
         });
         if !link.send_frame(&frame) {
             return false;

@@ -45,6 +45,11 @@ pub enum ErrorCode {
     NotOwner,
     /// The node is shutting down and did not process the request.
     ShuttingDown,
+    /// A queue group's backlog is full: the publish was not sequenced.
+    BacklogFull,
+    /// An `ack_message` for a message not in flight to this member (acked
+    /// already, or redelivered elsewhere after its ack timeout).
+    NotInFlight,
     /// A fault inside the node.
     Internal,
     /// A code this version does not know (kept verbatim).
@@ -53,7 +58,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code this version defines.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::BadTopic,
@@ -70,6 +75,8 @@ impl ErrorCode {
         ErrorCode::NotSubscribed,
         ErrorCode::NotOwner,
         ErrorCode::ShuttingDown,
+        ErrorCode::BacklogFull,
+        ErrorCode::NotInFlight,
         ErrorCode::Internal,
     ];
 
@@ -92,6 +99,8 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::NotOwner => "not_owner",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::BacklogFull => "backlog_full",
+            ErrorCode::NotInFlight => "not_in_flight",
             ErrorCode::Internal => "internal",
             ErrorCode::Other(code) => code,
         }

@@ -13,8 +13,8 @@ use super::Frame;
 use super::codes::ErrorCode;
 use super::fast::parse_publish;
 use super::types::{
-    Ack, Auth, ErrorFrame, Gap, Hello, Message, Moved, Position, Publish, Resumed, Stalled,
-    Subscribe, TopicPosition, Unsubscribe, Welcome, is_valid_key,
+    Ack, AckMessage, Auth, ErrorFrame, Gap, Hello, Message, Moved, Position, Publish, Resumed,
+    Stalled, Subscribe, TopicPosition, Unsubscribe, Welcome, is_valid_key,
 };
 use crate::topic::{Topic, TopicError, TopicFilter};
 
@@ -193,6 +193,7 @@ struct WireFrame<'a> {
     topics: Option<Vec<TopicPosition>>,
     code: Option<String>,
     message: Option<String>,
+    group: Option<String>,
 }
 
 /// Decodes one frame of at most `limit` bytes. Unknown fields are ignored, so
@@ -283,10 +284,29 @@ impl WireFrame<'_> {
                         id: Some(id),
                     });
                 }
+                if let Some(group) = &self.group {
+                    let reason = if !is_valid_key(group) {
+                        Some("group must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+                    } else if !matches!(topic, TopicFilter::Exact(_)) {
+                        Some("a group needs an exact topic, not queue/*")
+                    } else if self.since.is_some() {
+                        Some("a group member does not resume: no since")
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = reason {
+                        return Err(DecodeError::BadValue {
+                            kind: "subscribe",
+                            reason,
+                            id: Some(id),
+                        });
+                    }
+                }
                 Frame::Subscribe(Subscribe {
                     id,
                     topic,
                     since: self.since,
+                    group: self.group,
                 })
             }
             "unsubscribe" => Frame::Unsubscribe(Unsubscribe {
@@ -309,6 +329,24 @@ impl WireFrame<'_> {
                     key: self.key,
                     forwarded: self.forwarded.unwrap_or(false),
                     payload: need!("publish", payload),
+                })
+            }
+            "ack_message" => {
+                let id = need!("ack_message", id);
+                let group = need!("ack_message", group);
+                if !is_valid_key(&group) {
+                    return Err(DecodeError::BadValue {
+                        kind: "ack_message",
+                        reason: "group must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+                        id: Some(id),
+                    });
+                }
+                Frame::AckMessage(AckMessage {
+                    id,
+                    topic: exact_topic(&need!("ack_message", topic))?,
+                    group,
+                    epoch: need!("ack_message", epoch),
+                    offset: need!("ack_message", offset),
                 })
             }
             "ack" => Frame::Ack(Ack {

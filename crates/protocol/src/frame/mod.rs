@@ -27,8 +27,8 @@ pub use fast::{
     parse_publish, parse_publish_ack, parse_publish_parts,
 };
 pub use types::{
-    Ack, Auth, ErrorFrame, Gap, Hello, MAX_KEY_LEN, Message, Moved, Position, Publish, Resumed,
-    Stalled, Subscribe, TopicPosition, Unsubscribe, Welcome, is_valid_key,
+    Ack, AckMessage, Auth, ErrorFrame, Gap, Hello, MAX_KEY_LEN, Message, Moved, Position, Publish,
+    Resumed, Stalled, Subscribe, TopicPosition, Unsubscribe, Welcome, is_valid_key,
 };
 
 /// The protocol version a `hello` announces.
@@ -50,6 +50,8 @@ pub enum Frame {
     Unsubscribe(Unsubscribe),
     /// Client → server.
     Publish(Publish),
+    /// Client → server: a group member handled a message.
+    AckMessage(AckMessage),
     /// Server → client.
     Ack(Ack),
     /// Server → client.
@@ -114,6 +116,7 @@ impl Frame {
             Frame::Subscribe(_) => "subscribe",
             Frame::Unsubscribe(_) => "unsubscribe",
             Frame::Publish(_) => "publish",
+            Frame::AckMessage(_) => "ack_message",
             Frame::Ack(_) => "ack",
             Frame::Error(_) => "error",
             Frame::Message(_) => "message",
@@ -130,6 +133,7 @@ impl Frame {
             Frame::Subscribe(Subscribe { id, .. })
             | Frame::Unsubscribe(Unsubscribe { id, .. })
             | Frame::Publish(Publish { id, .. })
+            | Frame::AckMessage(AckMessage { id, .. })
             | Frame::Ack(Ack { id, .. }) => Some(*id),
             Frame::Error(error) => error.id,
             _ => None,
@@ -214,11 +218,13 @@ mod tests {
                     epoch: 77,
                     offset: 9,
                 }),
+                group: None,
             }),
             Frame::Subscribe(Subscribe {
                 id: 2,
                 topic: TopicFilter::AllEvents("files".into()),
                 since: None,
+                group: None,
             }),
             Frame::Unsubscribe(Unsubscribe {
                 id: 3,

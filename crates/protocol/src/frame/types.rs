@@ -103,6 +103,26 @@ pub struct Subscribe {
     /// Resume after this position (exact topics only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<Position>,
+    /// Join this queue group (exact topics only, no `since`): each message
+    /// of the topic goes to one member of the group, which acks it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// Client → server: a queue group's member handled a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AckMessage {
+    /// Client-chosen id, echoed by the answer.
+    pub id: u64,
+    /// The message's topic (and its tenant on the wire).
+    #[serde(flatten, serialize_with = "topic_fields")]
+    pub topic: Topic,
+    /// The group it was delivered in.
+    pub group: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its offset.
+    pub offset: u64,
 }
 
 /// Client → server: stop receiving a topic (or every event of a queue).

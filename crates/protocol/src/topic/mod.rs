@@ -242,6 +242,9 @@ impl Serialize for TopicFilter {
     }
 }
 
+/// What a dead-letter topic's event adds to its event's name.
+pub const DEAD_LETTER_SUFFIX: &str = ".dead";
+
 /// Which topics a cluster accepts: the declared queues with their events, and
 /// whether any other well-formed topic is accepted too (`open_topics`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -291,7 +294,8 @@ impl QueueConfig {
             .map(|(queue, events)| (queue.as_str(), events.iter().map(String::as_str)))
     }
 
-    /// Whether a topic may be published to or subscribed to.
+    /// Whether a topic may be published to or subscribed to: a declared
+    /// event, or a declared event's dead-letter topic (`event.dead`).
     pub fn check(&self, topic: &Topic) -> Result<(), TopicError> {
         self.check_text(topic.name())
     }
@@ -309,8 +313,16 @@ impl QueueConfig {
     /// [`Topic::validate`] requires.
     pub fn check_text(&self, topic: &str) -> Result<(), TopicError> {
         let (queue, event) = topic.split_once('/').unwrap_or((topic, ""));
+        // Every declared event has a dead-letter topic, `event.dead`, where
+        // its queue groups put the messages they gave up on.
+        let declared = |events: &std::collections::BTreeSet<String>| {
+            events.contains(event)
+                || event
+                    .strip_suffix(DEAD_LETTER_SUFFIX)
+                    .is_some_and(|base| events.contains(base))
+        };
         match self.queues.get(queue) {
-            Some(events) if events.contains(event) => Ok(()),
+            Some(events) if declared(events) => Ok(()),
             _ if self.open_topics => Ok(()),
             Some(_) => Err(TopicError::UnknownEvent {
                 queue: queue.to_owned(),
