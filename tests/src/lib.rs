@@ -157,6 +157,7 @@ pub struct ClusterBuilder {
     admin_token: Option<String>,
     tokens: TokenKeys,
     tls: bool,
+    work: std::collections::BTreeMap<String, shardq_protocol::work::WorkConfig>,
 }
 
 impl Default for ClusterBuilder {
@@ -172,6 +173,7 @@ impl Default for ClusterBuilder {
             admin_token: None,
             tokens: TokenKeys::default(),
             tls: false,
+            work: Default::default(),
         }
     }
 }
@@ -198,6 +200,12 @@ impl ClusterBuilder {
     /// Changes the limits.
     pub fn limits(mut self, change: impl FnOnce(&mut Limits)) -> Self {
         change(&mut self.limits);
+        self
+    }
+
+    /// A `[work.<queue>]` section (queue groups).
+    pub fn work(mut self, queue: &str, work: shardq_protocol::work::WorkConfig) -> Self {
+        self.work.insert(queue.to_owned(), work);
         self
     }
 
@@ -280,6 +288,7 @@ impl ClusterBuilder {
         let config = ClusterConfig {
             legacy: self.legacy,
             clients: self.clients,
+            work: self.work,
             ..ClusterConfig::new(entries, producer_entries, self.queues, self.limits)
         };
         // The file must survive its own round trip, as nodes would read it.

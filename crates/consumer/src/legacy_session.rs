@@ -244,6 +244,11 @@ fn publish(shared: &Shared, topic: &Topic, data: Box<RawValue>) {
     let owner = match shared.topics.publish(topic, &data) {
         Ok(_) => return,
         Err(NotSequenced::OwnedBy(owner)) => Some(owner),
+        Err(NotSequenced::BacklogFull(why)) => {
+            shared.metrics.legacy_dropped.inc();
+            LEGACY_DROPPED.note(&format!("legacy message dropped: {why}"));
+            return;
+        }
         Err(NotSequenced::NoOwner | NotSequenced::BadTopic) => None,
     };
     let Some(link) = owner.and_then(|owner| shared.peers.current().link(&owner).cloned()) else {

@@ -70,6 +70,13 @@ pub struct ConsumerMetrics {
     pub stalled_topics: Gauge,
     /// Server-Sent Events streams open (`GET /v1/topics/…/events`).
     pub event_streams: Gauge,
+    /// Messages queue groups gave up on, published to dead-letter topics.
+    pub dead_letters: Counter,
+    /// Dead letters that could not be published (their topic's owner
+    /// unreachable or full): lost.
+    pub dead_letters_lost: Counter,
+    /// Publishes refused because a queue group's backlog was full.
+    pub backlog_full: Counter,
 }
 
 impl ConsumerMetrics {
@@ -96,12 +103,30 @@ impl ConsumerMetrics {
             idempotency_keys: Gauge::default(),
             stalled_topics: Gauge::default(),
             event_streams: Gauge::default(),
+            dead_letters: Counter::default(),
+            dead_letters_lost: Counter::default(),
+            backlog_full: Counter::default(),
         };
         let mut registry = Registry::with_prefix("shardq_consumer");
         registry.register(
             "connections",
             "Open connections by endpoint",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages queue groups gave up on (published to event.dead topics)",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "dead_letters_lost",
+            "Dead letters that could not be published",
+            metrics.dead_letters_lost.clone(),
+        );
+        registry.register(
+            "backlog_full",
+            "Publishes refused because a queue group's backlog was full",
+            metrics.backlog_full.clone(),
         );
         registry.register(
             "event_streams",

@@ -33,6 +33,8 @@ use crate::{legacy_session, session};
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often idempotency keys past their window are looked for.
 const KEY_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often queue groups' ack timeouts are checked.
+const GROUP_SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// Everything a consumer needs to run.
 #[derive(Debug, Clone)]
@@ -321,6 +323,20 @@ pub async fn run_with_http(
                         topics.forget_keys(Instant::now());
                         metrics.stalled_topics.set(topics.counts().stalled as i64);
                     }
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+    {
+        // Queue groups' ack timeouts, to within a tenth of a second.
+        let topics = shared.topics.clone();
+        let stop = links_stop.clone();
+        link_tasks.spawn(async move {
+            let mut tick = tokio::time::interval(GROUP_SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => topics.expire_groups(std::time::Instant::now()),
                     () = stop.cancelled() => return,
                 }
             }

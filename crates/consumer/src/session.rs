@@ -1,5 +1,8 @@
 //! One shardq/1 connection on `/v1/subscribe` or `/v1/cluster`: the
-//! handshake, then subscribe / unsubscribe / publish frames, each answered.
+//! handshake, then subscribe / unsubscribe / publish frames, each answered
+//! (queue groups: `groups`).
+
+mod groups;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -153,6 +156,7 @@ async fn open(
         permissions,
         tenant,
         present,
+        memberships: Vec::new(),
     };
     Some((channel, session))
 }
@@ -170,6 +174,8 @@ struct Session {
     tenant: Option<Arc<str>>,
     /// Its place in `GET /v1/clients`.
     present: Present,
+    /// Its queue-group memberships: topic and group.
+    memberships: Vec<(Topic, String)>,
 }
 
 /// One frame of a burst, decoded.
@@ -280,6 +286,18 @@ impl Session {
             let answer = match other {
                 Ok(Frame::Subscribe(subscribe)) => self.subscribe(subscribe.clone()).await,
                 Ok(Frame::Unsubscribe(unsubscribe)) => self.unsubscribe(unsubscribe.clone()),
+                Ok(Frame::AckMessage(ack)) if !cluster => {
+                    // The ack's answer precedes what it frees for this
+                    // member, and follows the answers before it.
+                    let before = std::mem::replace(answers, FrameBuf::new(Role::Server, 64));
+                    if !before.is_empty() {
+                        let _ = self
+                            .subscriber
+                            .outbox
+                            .push_batch(&FrameBatch::new(vec![before.into_bytes()]));
+                    }
+                    self.ack_message(ack)
+                }
                 Ok(Frame::Publish(publish)) => Some(Frame::error(
                     Some(publish.id),
                     ErrorCode::NotAuthorized,
@@ -360,6 +378,13 @@ impl Session {
                     continue;
                 }
                 Err(NotSequenced::OwnedBy(owner)) => Some(owner),
+                Err(NotSequenced::BacklogFull(why)) => {
+                    for publish in group {
+                        let frame = Frame::error(Some(publish.id), ErrorCode::BacklogFull, &why);
+                        answers.push(frame.encode().as_bytes());
+                    }
+                    continue;
+                }
                 Err(NotSequenced::NoOwner | NotSequenced::BadTopic) => None,
             };
             let link = owner
@@ -428,6 +453,9 @@ impl Session {
     }
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Option<Frame> {
+        if let Some(group) = &subscribe.group {
+            return self.join_group(&subscribe, group);
+        }
         let id = subscribe.id;
         let (named, scoped) = self.scoped(&subscribe.topic);
         if !self.permissions.may_subscribe(&named) {
@@ -512,11 +540,12 @@ impl Session {
                 }
             },
         };
+        let left_groups = self.leave_groups(Some(&topics));
         let held: Vec<Topic> = topics
             .into_iter()
             .filter(|topic| self.subscriptions.contains(topic))
             .collect();
-        if held.is_empty() {
+        if held.is_empty() && left_groups == 0 {
             return Some(Frame::error(
                 Some(id),
                 ErrorCode::NotSubscribed,
@@ -535,6 +564,7 @@ impl Session {
     }
 
     fn unsubscribe_all(&mut self) {
+        self.leave_groups(None);
         for topic in std::mem::take(&mut self.subscriptions) {
             self.shared.topics.unsubscribe(&topic, self.subscriber.conn);
             if !self.subscriber.peer {

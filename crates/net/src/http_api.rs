@@ -219,7 +219,7 @@ pub fn status_of(code: &ErrorCode) -> StatusCode {
         ErrorCode::NotAuthorized => StatusCode::FORBIDDEN,
         ErrorCode::UnknownQueue | ErrorCode::UnknownEvent => StatusCode::NOT_FOUND,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::TooManySubscriptions => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManySubscriptions | ErrorCode::BacklogFull => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

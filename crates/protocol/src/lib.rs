@@ -32,7 +32,7 @@ pub use auth::{ClientIdentity, Credentials, Permissions};
 pub use cluster_file::ClusterFileError;
 pub use config::{ClusterConfig, ConfigError, ENVELOPE_BYTES, Limits, NodeEntry};
 pub use frame::{
-    Ack, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Gap, Message, Moved,
+    Ack, AckMessage, CloseCode, DecodeError, ErrorCode, ErrorFrame, Frame, Gap, Message, Moved,
     PROTOCOL_VERSION, Position, Publish, Resumed, Stalled, Subscribe, TopicPosition, Unsubscribe,
 };
 pub use handshake::{

@@ -15,27 +15,7 @@ pub type MemberId = u64;
 /// A message, by its offset in the topic's epoch.
 pub type Seq = u64;
 
-/// The order in which waiting messages are handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Discipline {
-    /// Oldest first (the topic's order).
-    #[default]
-    Fifo,
-    /// Newest first.
-    Lifo,
-    /// Highest `priority` (0–9) first; oldest first within a priority.
-    Priority,
-}
-
-/// What a full backlog does with a new message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Overflow {
-    /// Refuse it (the publisher is told `backlog_full`).
-    #[default]
-    Refuse,
-    /// Drop the oldest waiting messages to make room.
-    DropOldest,
-}
+pub use shardq_protocol::work::{Discipline, Overflow};
 
 /// A group's settings (per queue, from the cluster file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +34,20 @@ pub struct GroupLimits {
     pub backlog_bytes: usize,
     /// What a full backlog does.
     pub overflow: Overflow,
+}
+
+impl From<&shardq_protocol::work::WorkConfig> for GroupLimits {
+    fn from(work: &shardq_protocol::work::WorkConfig) -> GroupLimits {
+        GroupLimits {
+            discipline: work.discipline,
+            ack_timeout: Duration::from_millis(work.ack_timeout_ms),
+            max_deliveries: work.max_deliveries,
+            max_unacked_per_member: work.max_unacked_per_member,
+            backlog_messages: work.backlog_messages,
+            backlog_bytes: work.backlog_bytes,
+            overflow: work.overflow,
+        }
+    }
 }
 
 impl Default for GroupLimits {
@@ -193,13 +187,9 @@ impl Dispatch {
     }
 
     /// Messages waiting, messages in flight, bytes held.
+    #[cfg(test)]
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.waiting.len(), self.in_flight.len(), self.bytes)
-    }
-
-    /// Its members.
-    pub fn members(&self) -> usize {
-        self.members.len()
     }
 
     /// The earliest ack deadline, if a message is in flight.

@@ -231,7 +231,8 @@ impl Groups {
         }
     }
 
-    /// `member` of group `name` handled message `seq`.
+    /// `member` of group `name` handled message `seq`; `answered` runs
+    /// when the ack is taken, before what it frees is delivered.
     pub fn ack(
         &mut self,
         name: &str,
@@ -239,16 +240,29 @@ impl Groups {
         seq: Seq,
         now: Instant,
         dead: &mut Vec<DeadLetter>,
+        answered: impl FnOnce(),
     ) -> Result<(), AckError> {
         let group = self
             .groups
             .get_mut(name)
             .ok_or(AckError::NotInFlight { seq })?;
         let effects = group.dispatch.ack(member, seq, now)?;
+        answered();
         group.held.remove(&seq);
         group.apply(name, effects, dead);
         group.note_empty(now);
         Ok(())
+    }
+
+    /// Closes every member's connection (the topic moved to another
+    /// owner: members rejoin there).
+    pub fn disband(&mut self) {
+        for group in self.groups.values() {
+            for outbox in group.members.values() {
+                outbox.close(shardq_protocol::CloseCode::GoingAway);
+            }
+        }
+        self.groups.clear();
     }
 
     /// Ack timeouts past by `now`; groups empty for long are forgotten.
@@ -265,16 +279,6 @@ impl Groups {
                 .empty_since
                 .is_none_or(|since| now.duration_since(since) < FORGET_EMPTY_AFTER)
         });
-    }
-
-    /// Messages waiting and in flight, over every group.
-    pub fn backlog(&self) -> (usize, usize) {
-        self.groups
-            .values()
-            .fold((0, 0), |(waiting, flying), group| {
-                let (w, f, _) = group.dispatch.counts();
-                (waiting + w, flying + f)
-            })
     }
 }
 

@@ -103,6 +103,8 @@ pub(crate) struct TopicState {
     pub removed: bool,
     /// The view generation the mode was decided under.
     pub generation: u64,
+    /// Owner: the topic's queue groups, if any member ever joined.
+    pub groups: Option<Box<crate::groups::Groups>>,
 }
 
 impl TopicState {
@@ -118,6 +120,7 @@ impl TopicState {
     /// (as owner) no history and nothing held back.
     pub(super) fn is_idle(&self) -> bool {
         self.subscribers.is_empty()
+            && self.groups.is_none()
             && match &self.mode {
                 Mode::Owner(owner) => {
                     self.ring.is_empty() && owner.deferred.is_none() && self.keys.is_empty()
@@ -162,6 +165,7 @@ impl TopicCell {
                 keys: HashMap::new(),
                 removed: false,
                 generation,
+                groups: None,
             }),
         });
         let _ = cell.me.set(Arc::downgrade(&cell));

@@ -61,6 +61,11 @@ impl TopicTable {
             Mode::Edge(_) => None,
         };
         state.ring.seal(state.last);
+        if let Some(mut groups) = state.groups.take() {
+            // Groups live at the owner: their members rejoin at the new one.
+            // What they held here is not carried over (see PROTOCOL.md 15).
+            groups.disband();
+        }
         if let Some(owner) = &owner {
             let moved = Frame::Moved(Moved {
                 topic: cell.topic.clone(),

@@ -14,6 +14,7 @@
 //! - `dormant`: the positions of owned topics without state.
 //! - `keys`: idempotency keys, remembered for a window.
 //! - `persist`: owned topics to and from a snapshot (graceful restarts).
+//! - `groups`: queue groups (members join, ack; timeouts; dead letters).
 //!
 //! Each topic is a [`TopicCell`] behind a `std::sync::Mutex` that is never
 //! held across an `.await`: fan-out only pushes to outboxes and links send
@@ -27,6 +28,7 @@ mod cell;
 mod dormant;
 mod edge;
 mod edge_state;
+mod groups;
 mod handoff;
 mod keys;
 mod persist;
@@ -55,6 +57,7 @@ use cell::{Mode, Owner, TopicCell, TopicState, new_epoch};
 pub use cell::{Subscriber, TableLimits, View};
 pub use edge::PeerHandler;
 use edge_state::{Edge, Effect};
+pub use groups::JoinRefused;
 pub use publish::{NotSequenced, Publishing, Sequenced};
 
 const SHARDS: usize = 64;
@@ -112,6 +115,8 @@ pub struct TopicTable {
     dormant: Mutex<Dormant>,
     tasks: TaskTracker,
     me: OnceLock<Weak<TopicTable>>,
+    /// Topics with queue groups (their ack timeouts are swept).
+    group_topics: Mutex<std::collections::HashSet<Topic>>,
 }
 
 impl TopicTable {
@@ -136,6 +141,7 @@ impl TopicTable {
             dormant: Mutex::new(Dormant::new(DORMANT_KEPT)),
             tasks,
             me: OnceLock::new(),
+            group_topics: Mutex::new(std::collections::HashSet::new()),
         }
     }
 

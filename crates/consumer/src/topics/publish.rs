@@ -23,6 +23,8 @@ pub enum NotSequenced {
     NoOwner,
     /// Not a valid `queue/event` topic.
     BadTopic,
+    /// A queue group of the topic has no room: nothing was sequenced.
+    BacklogFull(String),
 }
 
 impl NotSequenced {
@@ -95,6 +97,18 @@ impl TopicTable {
                     return Err(NotSequenced::of(&self.view.load(), &cell.topic));
                 }
             };
+            // Every queue group must have room for the run, or nothing of
+            // it is sequenced.
+            if let Some(groups) = &state.groups {
+                let bytes = publishes.iter().map(|p| p.payload.get().len()).sum();
+                if let Err(full) = groups.room(publishes.len(), bytes) {
+                    self.metrics.backlog_full.inc_by(publishes.len() as u64);
+                    return Err(NotSequenced::BacklogFull(format!(
+                        "{}: {full}",
+                        cell.topic.name()
+                    )));
+                }
+            }
             // The new ones get the next offsets; remembered keys answer
             // with their first position.
             let mut fresh: Vec<(&RawValue, Position)> = Vec::with_capacity(publishes.len());
@@ -128,6 +142,12 @@ impl TopicTable {
                     encode::text_frame_with(|out| encode_message_into(out, topic, *at, payload))
                 })
                 .collect();
+            // The groups hold the frames too (shared, not copied).
+            let group_frames = if state.groups.is_some() {
+                frames.clone()
+            } else {
+                Vec::new()
+            };
             if deferred {
                 if let Mode::Owner(Owner {
                     deferred: Some(deferred),
@@ -148,7 +168,18 @@ impl TopicTable {
                     self.retain(&cell, &mut state, *at, frame);
                 }
             }
+            let mut dead = Vec::new();
+            if let Some(groups) = &mut state.groups {
+                let messages: Vec<_> = fresh
+                    .iter()
+                    .zip(&group_frames)
+                    .map(|((payload, at), frame)| (at.offset, frame.clone(), payload.get().len()))
+                    .collect();
+                Self::offer_to_groups(groups, &messages, &mut dead);
+            }
+            let epoch = state.last.epoch;
             drop(state);
+            self.dead_letters(&cell.topic, epoch, dead);
             if !remembered.is_empty() {
                 let now = tokio::time::Instant::now();
                 self.keys.added(remembered.into_iter().map(|key| KeyEntry {

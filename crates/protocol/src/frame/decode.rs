@@ -194,6 +194,7 @@ struct WireFrame<'a> {
     code: Option<String>,
     message: Option<String>,
     group: Option<String>,
+    redelivered: Option<u32>,
 }
 
 /// Decodes one frame of at most `limit` bytes. Unknown fields are ignored, so
@@ -364,6 +365,8 @@ impl WireFrame<'_> {
                 message: self.message.unwrap_or_default(),
             }),
             "message" => Frame::Message(Message {
+                group: self.group,
+                redelivered: self.redelivered,
                 topic: exact_topic(&need!("message", topic))?,
                 epoch: need!("message", epoch),
                 offset: need!("message", offset),
@@ -416,6 +419,37 @@ mod tests {
             decode_str("x".repeat(10).as_str(), 4),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn group_subscriptions_and_message_acks() {
+        let frame = decode(
+            br#"{"type":"subscribe","id":3,"topic":"a/b","group":"billing"}"#,
+            LIMIT,
+        )
+        .unwrap();
+        let Frame::Subscribe(subscribe) = frame else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(subscribe.group.as_deref(), Some("billing"));
+        let refused = [
+            r#"{"type":"subscribe","id":3,"topic":"a/*","group":"billing"}"#,
+            r#"{"type":"subscribe","id":3,"topic":"a/b","group":"billing","since":{"epoch":1,"offset":1}}"#,
+            r#"{"type":"subscribe","id":3,"topic":"a/b","group":"bill ing"}"#,
+            r#"{"type":"ack_message","id":3,"topic":"a/b","group":"","epoch":1,"offset":2}"#,
+            r#"{"type":"ack_message","id":3,"topic":"a/b","group":"g","epoch":1}"#,
+        ];
+        for text in refused {
+            let error = decode(text.as_bytes(), LIMIT).expect_err(text);
+            assert_eq!(error.to_frame().request_id(), Some(3), "{text}");
+        }
+        let ack = decode(
+            br#"{"type":"ack_message","id":4,"topic":"a/b","group":"g","epoch":1,"offset":2}"#,
+            LIMIT,
+        )
+        .unwrap();
+        assert_eq!(ack.kind(), "ack_message");
+        assert_eq!(ack.request_id(), Some(4));
     }
 
     #[test]

@@ -251,6 +251,8 @@ mod tests {
         let mut fast = Vec::new();
         encode_message_into(&mut fast, topic.as_str(), at, &payload);
         let slow = Frame::Message(Message {
+            group: None,
+            redelivered: None,
             topic,
             epoch: at.epoch,
             offset: at.offset,

@@ -302,6 +302,8 @@ mod tests {
             Frame::error(Some(5), ErrorCode::UnknownEvent, "no such event"),
             Frame::error(None, ErrorCode::AuthFailed, "authentication failed"),
             Frame::Message(Message {
+                group: None,
+                redelivered: None,
                 topic,
                 epoch: 77,
                 offset: 10,

@@ -264,6 +264,12 @@ pub struct Message {
     pub epoch: u64,
     /// Its offset in the epoch.
     pub offset: u64,
+    /// To a queue group's member: the group it was delivered in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// To a queue group's member: how many times it was delivered before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redelivered: Option<u32>,
     /// The published JSON value, byte for byte.
     pub payload: Box<RawValue>,
 }
@@ -284,6 +290,8 @@ impl PartialEq for Message {
     fn eq(&self, other: &Self) -> bool {
         self.topic == other.topic
             && self.position() == other.position()
+            && self.group == other.group
+            && self.redelivered == other.redelivered
             && self.payload.get() == other.payload.get()
     }
 }
