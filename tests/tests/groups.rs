@@ -237,3 +237,93 @@ async fn a_full_backlog_refuses_publishes_and_groups_live_at_the_owner() {
     assert_eq!(refused["id"], 5);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_backlog_is_served_highest_first_then_in_order() {
+    init_logging();
+    let cluster = Cluster::builder()
+        .producers(1)
+        .work(
+            "database",
+            WorkConfig {
+                discipline: Discipline::Priority,
+                max_unacked_per_member: 1,
+                ..quick()
+            },
+        )
+        .tokens(
+            shardq_protocol::auth::TokenKeys::new(
+                &[b"token-secret-of-at-least-32-bytes!!".to_vec()],
+                &[],
+                true,
+            )
+            .unwrap(),
+        )
+        .start()
+        .await;
+    let topic = "database/delete";
+    drop(member(&cluster, 0, topic, "urgent", 1).await);
+    let mut publisher = cluster.publisher(0).await;
+    for (n, priority) in [(1, 1), (2, 9), (3, 1), (4, 5)] {
+        publisher
+            .send_text(&format!(
+                r#"{{"type":"publish","id":{n},"topic":"{topic}","priority":{priority},"payload":{n}}}"#
+            ))
+            .await;
+        expect_ack(publisher.recv().await);
+    }
+    // Over HTTP too, with ?priority=.
+    let url = cluster.config.producers[0].http.as_deref().unwrap();
+    let addr: std::net::SocketAddr = shardq_protocol::config::host_port(url)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let psk = String::from_utf8(cluster.psk.as_bytes().to_vec()).unwrap();
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("-:{psk}"),
+    );
+    let auth = [("Authorization", format!("Basic {basic}"))];
+    let (status, body) = shardq_tests::http_request(
+        addr,
+        "POST",
+        &format!("/v1/topics/{topic}?priority=7"),
+        &auth,
+        "5",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = shardq_tests::http_request(
+        addr,
+        "POST",
+        &format!("/v1/topics/{topic}?priority=10"),
+        &auth,
+        "6",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // Out of range on WebSocket: bad_frame, with the id.
+    publisher
+        .send_text(&format!(
+            r#"{{"type":"publish","id":77,"topic":"{topic}","priority":12,"payload":0}}"#
+        ))
+        .await;
+    match publisher.recv().await {
+        Frame::Error(error) => {
+            assert_eq!((error.id, error.code.as_str()), (Some(77), "bad_frame"));
+        }
+        other => panic!("priority 12 was taken: {}", other.encode()),
+    }
+    let mut worker = member(&cluster, 0, topic, "urgent", 2).await;
+    let mut order = Vec::new();
+    for id in 10..15 {
+        let message = next_json(&mut worker).await;
+        order.push(message["payload"].as_u64().unwrap());
+        assert_eq!(
+            ack_message(&mut worker, id, &message, "urgent").await["type"],
+            "ack"
+        );
+    }
+    assert_eq!(order, [2, 5, 4, 1, 3]);
+    cluster.shutdown().await;
+}

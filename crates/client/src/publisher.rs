@@ -391,7 +391,7 @@ async fn serve(socket: &mut WsStream, inbox: &mut mpsc::Receiver<Request>) -> Re
                     let id = next_id;
                     next_id += 1;
                     frame.clear();
-                    encode_publish_into(&mut frame, id, request.topic.as_str(), Some(&request.key), false, request.payload.get());
+                    encode_publish_into(&mut frame, id, request.topic.as_str(), Some(&request.key), false, None, request.payload.get());
                     // Valid UTF-8: JSON text around a JSON payload.
                     let text = String::from_utf8(std::mem::take(&mut frame)).unwrap_or_default();
                     if socket.feed(Message::text(text)).await.is_err() {

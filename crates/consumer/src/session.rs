@@ -195,6 +195,7 @@ struct PublishRef<'a> {
     topic: &'a str,
     key: Option<&'a str>,
     forwarded: bool,
+    priority: Option<u8>,
     payload: &'a RawValue,
 }
 
@@ -207,6 +208,7 @@ impl Item<'_> {
                 topic: parts.topic,
                 key: parts.key,
                 forwarded: parts.forwarded,
+                priority: parts.priority,
                 payload: parts.payload,
             }),
             Item::OwnedPublish(publish) => Some(PublishRef {
@@ -214,6 +216,7 @@ impl Item<'_> {
                 topic: publish.topic.as_str(),
                 key: publish.key.as_deref(),
                 forwarded: publish.forwarded,
+                priority: publish.priority,
                 payload: &publish.payload,
             }),
             Item::Other(_) => None,
@@ -366,6 +369,7 @@ impl Session {
             run.extend(group.iter().map(|p| Publishing {
                 payload: p.payload,
                 key: p.key,
+                priority: p.priority.unwrap_or(0),
             }));
             sequenced.clear();
             let owner = match self.shared.topics.publish_many(topic, &run, &mut sequenced) {
@@ -430,7 +434,8 @@ impl Session {
                 batches.add(
                     link,
                     Request {
-                        body: Body::new(topic, publish.key, publish.payload),
+                        body: Body::new(topic, publish.key, publish.payload)
+                            .with_priority(publish.priority),
                         forwarded: true,
                         reply,
                         permit,

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -75,12 +76,24 @@ async fn read_body(body: axum::body::Body, limits: &Limits) -> Result<Bytes, Res
     }
 }
 
+/// The query string of a publish.
+#[derive(Debug, serde::Deserialize)]
+struct PublishQuery {
+    /// 0–9, for the topic's queue groups (PROTOCOL.md section 15).
+    priority: Option<u8>,
+}
+
 async fn publish(
     State((shared, tls)): State<(Arc<Shared>, bool)>,
     Path((queue, event)): Path<(String, String)>,
+    query: Result<Query<PublishQuery>, QueryRejection>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
+    let priority = match query {
+        Ok(Query(PublishQuery { priority })) if priority.is_none_or(|p| p <= 9) => priority,
+        _ => return refusal(ErrorCode::BadFrame, "priority must be 0-9"),
+    };
     let identity = match authenticate(&shared.credentials.load(), &headers, None, tls) {
         Ok(identity) => identity,
         Err((code, message)) => return refusal(code, message),
@@ -135,7 +148,7 @@ async fn publish(
     let Some(link) = links.owner(&key_text) else {
         return refusal(ErrorCode::Unavailable, "the node list names no consumer");
     };
-    let body = Body::new(&key_text, key.as_deref(), &payload);
+    let body = Body::new(&key_text, key.as_deref(), &payload).with_priority(priority);
     let permit = match link::permit(link, body.len()) {
         Ok(permit) => permit,
         Err(why) => return refusal(ErrorCode::Unavailable, why),

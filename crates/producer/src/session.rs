@@ -150,7 +150,8 @@ async fn serve(
                             publish.topic.name(),
                             publish.key.as_deref(),
                             &publish.payload,
-                        ),
+                        )
+                        .with_priority(publish.priority),
                     ),
                     Ok(other) => {
                         let refusal = Frame::error(

@@ -173,13 +173,14 @@ impl Groups {
     pub fn offer(
         &mut self,
         seq: Seq,
+        priority: u8,
         frame: &Bytes,
         bytes: usize,
         now: Instant,
         dead: &mut Vec<DeadLetter>,
     ) {
         for (name, group) in &mut self.groups {
-            match group.dispatch.offer(seq, 0, bytes, now) {
+            match group.dispatch.offer(seq, priority, bytes, now) {
                 Ok(effects) => {
                     group.held.insert(seq, frame.clone());
                     group.apply(name, effects, dead);

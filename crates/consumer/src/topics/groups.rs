@@ -151,14 +151,15 @@ impl TopicTable {
 
     /// Offers freshly sequenced messages to the topic's groups (under the
     /// cell's lock, from the sequencer).
+    /// Each message: its offset, priority, frame and payload bytes.
     pub(super) fn offer_to_groups(
         groups: &mut Groups,
-        messages: &[(u64, bytes::Bytes, usize)],
+        messages: &[(u64, u8, bytes::Bytes, usize)],
         dead: &mut Vec<DeadLetter>,
     ) {
         let now = Instant::now();
-        for (offset, frame, bytes) in messages {
-            groups.offer(*offset, frame, *bytes, now, dead);
+        for (offset, priority, frame, bytes) in messages {
+            groups.offer(*offset, *priority, frame, *bytes, now, dead);
         }
     }
 

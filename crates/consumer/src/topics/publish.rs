@@ -44,6 +44,8 @@ pub struct Publishing<'a> {
     pub payload: &'a RawValue,
     /// Its idempotency key, if it has one.
     pub key: Option<&'a str>,
+    /// Its priority (0–9) for the topic's queue groups.
+    pub priority: u8,
 }
 
 /// Where a publish was sequenced.
@@ -111,7 +113,7 @@ impl TopicTable {
             }
             // The new ones get the next offsets; remembered keys answer
             // with their first position.
-            let mut fresh: Vec<(&RawValue, Position)> = Vec::with_capacity(publishes.len());
+            let mut fresh: Vec<(&RawValue, Position, u8)> = Vec::with_capacity(publishes.len());
             let mut remembered = Vec::new();
             for publish in publishes {
                 if let Some(key) = publish.key
@@ -129,7 +131,7 @@ impl TopicTable {
                     state.keys.insert(key.into(), at);
                     remembered.push(key);
                 }
-                fresh.push((publish.payload, at));
+                fresh.push((publish.payload, at, publish.priority));
                 out.push(Sequenced {
                     at,
                     duplicate: false,
@@ -138,7 +140,7 @@ impl TopicTable {
             let duplicates = publishes.len() - fresh.len();
             let frames: Vec<Bytes> = fresh
                 .iter()
-                .map(|(payload, at)| {
+                .map(|(payload, at, _)| {
                     encode::text_frame_with(|out| encode_message_into(out, topic, *at, payload))
                 })
                 .collect();
@@ -153,18 +155,18 @@ impl TopicTable {
                     deferred: Some(deferred),
                 }) = &mut state.mode
                 {
-                    for (frame, (_, at)) in frames.into_iter().zip(&fresh) {
+                    for (frame, (_, at, _)) in frames.into_iter().zip(&fresh) {
                         deferred.held.push((*at, frame));
                     }
                 }
             } else {
                 if !state.subscribers.is_empty() && !frames.is_empty() {
                     let payloads: Vec<&RawValue> =
-                        fresh.iter().map(|(payload, _)| *payload).collect();
+                        fresh.iter().map(|(payload, _, _)| *payload).collect();
                     let batch = FrameBatch::new(frames.clone());
                     self.fan_out(&state.subscribers, &batch, &payloads);
                 }
-                for (frame, (_, at)) in frames.into_iter().zip(&fresh) {
+                for (frame, (_, at, _)) in frames.into_iter().zip(&fresh) {
                     self.retain(&cell, &mut state, *at, frame);
                 }
             }
@@ -173,7 +175,9 @@ impl TopicTable {
                 let messages: Vec<_> = fresh
                     .iter()
                     .zip(&group_frames)
-                    .map(|((payload, at), frame)| (at.offset, frame.clone(), payload.get().len()))
+                    .map(|((payload, at, priority), frame)| {
+                        (at.offset, *priority, frame.clone(), payload.get().len())
+                    })
                     .collect();
                 Self::offer_to_groups(groups, &messages, &mut dead);
             }
@@ -204,7 +208,11 @@ impl TopicTable {
         let mut out = Vec::with_capacity(1);
         self.publish_many(
             topic.as_str(),
-            &[Publishing { payload, key: None }],
+            &[Publishing {
+                payload,
+                key: None,
+                priority: 0,
+            }],
             &mut out,
         )?;
         Ok(out[0].at)

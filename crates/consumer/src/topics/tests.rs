@@ -262,6 +262,7 @@ async fn a_remembered_key_is_answered_with_its_first_position_once() {
     let keyed = |payload, key| Publishing {
         payload,
         key: Some(key),
+        priority: 0,
     };
     let mut out = Vec::new();
     // A retry inside one run, and one in a later run.
@@ -301,6 +302,7 @@ fn an_owned_topic_with_keys_but_no_history_keeps_them() {
     let publish = [Publishing {
         payload: &payload,
         key: Some("k"),
+        priority: 0,
     }];
     table
         .publish_many(topic.as_str(), &publish, &mut out)

@@ -321,6 +321,7 @@ impl ConsumerLink {
             body.topic(),
             body.key(),
             request.forwarded,
+            body.priority(),
             body.payload(),
         );
         id

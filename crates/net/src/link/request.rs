@@ -79,6 +79,8 @@ pub struct Body {
     /// Empty when the publish has no idempotency key.
     key: Range<usize>,
     payload: Range<usize>,
+    /// Its priority, if it carries one.
+    priority: Option<u8>,
 }
 
 impl Body {
@@ -90,6 +92,7 @@ impl Body {
             topic: parts.topic_at..parts.topic_at + parts.topic.len(),
             key: parts.key_at..parts.key_at + key_len,
             payload: parts.payload_at..parts.payload_at + payload_len,
+            priority: parts.priority,
             text,
         }
     }
@@ -111,13 +114,25 @@ impl Body {
             topic: 0..topic.len(),
             key: key_at..payload_at,
             payload: payload_at..payload_at + payload.len(),
+            priority: None,
         }
+    }
+
+    /// The same body with a priority (0–9).
+    pub fn with_priority(mut self, priority: Option<u8>) -> Body {
+        self.priority = priority;
+        self
+    }
+
+    /// Its priority, if it carries one.
+    pub fn priority(&self) -> Option<u8> {
+        self.priority
     }
 
     /// The same publish to the topic whose key is `topic` (a tenant's):
     /// one copy.
     pub fn with_topic(&self, topic: &str) -> Body {
-        Body::owned(topic, self.key(), self.payload())
+        Body::owned(topic, self.key(), self.payload()).with_priority(self.priority)
     }
 
     /// The topic's key (valid, see [`Topic::as_str`](shardq_protocol::Topic::as_str)).

@@ -195,6 +195,7 @@ struct WireFrame<'a> {
     message: Option<String>,
     group: Option<String>,
     redelivered: Option<u32>,
+    priority: Option<u8>,
 }
 
 /// Decodes one frame of at most `limit` bytes. Unknown fields are ignored, so
@@ -324,11 +325,19 @@ impl WireFrame<'_> {
                         id: Some(id),
                     });
                 }
+                if self.priority.is_some_and(|priority| priority > 9) {
+                    return Err(DecodeError::BadValue {
+                        kind: "publish",
+                        reason: "priority must be 0-9",
+                        id: Some(id),
+                    });
+                }
                 Frame::Publish(Publish {
                     id,
                     topic,
                     key: self.key,
                     forwarded: self.forwarded.unwrap_or(false),
+                    priority: self.priority,
                     payload: need!("publish", payload),
                 })
             }

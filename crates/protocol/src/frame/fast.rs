@@ -43,12 +43,14 @@ pub fn encode_message_into(out: &mut Vec<u8>, topic: &str, at: Position, payload
 /// escaping either.
 ///
 /// [`is_valid_key`]: super::is_valid_key
+#[allow(clippy::too_many_arguments)] // One argument per field of the frame.
 pub fn encode_publish_into(
     out: &mut Vec<u8>,
     id: u64,
     topic: &str,
     key: Option<&str>,
     forwarded: bool,
+    priority: Option<u8>,
     payload: &str,
 ) {
     out.extend_from_slice(b"{\"type\":\"publish\",\"id\":");
@@ -62,6 +64,10 @@ pub fn encode_publish_into(
     }
     if forwarded {
         out.extend_from_slice(b",\"forwarded\":true");
+    }
+    if let Some(priority) = priority {
+        out.extend_from_slice(b",\"priority\":");
+        push_number(out, u64::from(priority));
     }
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(payload.as_bytes());
@@ -134,6 +140,7 @@ pub fn parse_publish(text: &str) -> Option<Publish> {
         topic: Topic::parse(parts.topic).ok()?,
         key: parts.key.map(str::to_owned),
         forwarded: parts.forwarded,
+        priority: parts.priority,
         payload: parts.payload.to_owned(),
     })
 }
@@ -154,6 +161,8 @@ pub struct PublishParts<'a> {
     pub key_at: usize,
     /// Set when a consumer forwarded it.
     pub forwarded: bool,
+    /// Its priority (0–9), if it carries one.
+    pub priority: Option<u8>,
     /// The payload, valid JSON.
     pub payload: &'a RawValue,
     /// Where the payload starts in the text (`payload.get()` is
@@ -184,6 +193,13 @@ pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
         Some(rest) => (true, rest),
         None => (false, rest),
     };
+    let (priority, rest) = match rest.strip_prefix(",\"priority\":") {
+        Some(rest) => {
+            let (priority, rest) = leading_number(rest)?;
+            (Some(u8::try_from(priority).ok().filter(|p| *p <= 9)?), rest)
+        }
+        None => (None, rest),
+    };
     let rest = rest.strip_prefix(",\"payload\":")?;
     let payload = rest.strip_suffix('}')?;
     // The raw value leaves out the whitespace around it.
@@ -198,6 +214,7 @@ pub fn parse_publish_parts(text: &str) -> Option<PublishParts<'_>> {
         key,
         key_at,
         forwarded,
+        priority,
         payload,
         payload_at,
     })
@@ -266,26 +283,38 @@ mod tests {
     fn fast_publish_and_ack_encodings_match_serde() {
         let topic = Topic::parse("files/save").unwrap();
         let payload = raw(r#"{"a": [1, 2]}"#);
-        for (key, forwarded) in [
-            (None, false),
-            (None, true),
-            (Some("a.B_9:-"), false),
-            (Some("k"), true),
+        for (key, forwarded, priority) in [
+            (None, false, None),
+            (None, true, Some(9)),
+            (Some("a.B_9:-"), false, Some(0)),
+            (Some("k"), true, None),
         ] {
             let mut fast = Vec::new();
-            encode_publish_into(&mut fast, 42, topic.as_str(), key, forwarded, payload.get());
+            encode_publish_into(
+                &mut fast,
+                42,
+                topic.as_str(),
+                key,
+                forwarded,
+                priority,
+                payload.get(),
+            );
             let slow = Frame::Publish(Publish {
                 id: 42,
                 topic: topic.clone(),
                 key: key.map(str::to_owned),
                 forwarded,
+                priority,
                 payload: payload.clone(),
             })
             .encode();
             let fast = String::from_utf8(fast).unwrap();
             assert_eq!(fast, slow);
             let parsed = parse_publish(&fast).unwrap();
-            assert_eq!((parsed.forwarded, parsed.key.as_deref()), (forwarded, key));
+            assert_eq!(
+                (parsed.forwarded, parsed.key.as_deref(), parsed.priority),
+                (forwarded, key, priority)
+            );
             let parts = parse_publish_parts(&fast).unwrap();
             if let Some(key) = key {
                 assert_eq!(&fast[parts.key_at..parts.key_at + key.len()], key);

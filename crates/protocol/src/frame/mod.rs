@@ -235,6 +235,7 @@ mod tests {
                 topic: topic.clone(),
                 key: None,
                 forwarded: false,
+                priority: None,
                 payload: raw(r#"{"id":99,"name":"John"}"#),
             }),
             Frame::Publish(Publish {
@@ -242,6 +243,7 @@ mod tests {
                 topic: topic.clone(),
                 key: Some("k-1:retry_2.x".into()),
                 forwarded: true,
+                priority: None,
                 payload: raw("[]"),
             }),
             Frame::Moved(Moved {
@@ -323,6 +325,7 @@ mod tests {
             topic: Topic::parse("files/save").unwrap(),
             key: None,
             forwarded: false,
+            priority: None,
             payload: raw(r#"{"path" : "/tmp/x", "n":[1, 2.50]}"#),
         });
         assert_eq!(

@@ -165,6 +165,10 @@ pub struct Publish {
     /// a consumer that does not own the topic; it is never forwarded again.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub forwarded: bool,
+    /// 0–9, for queue groups of a `priority` queue: higher is handed out
+    /// first (PROTOCOL.md section 15). Absent: 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
     /// Any JSON value, kept as raw text.
     pub payload: Box<RawValue>,
 }
@@ -280,6 +284,7 @@ impl PartialEq for Publish {
             && self.topic == other.topic
             && self.key == other.key
             && self.forwarded == other.forwarded
+            && self.priority == other.priority
             && self.payload.get() == other.payload.get()
     }
 }
