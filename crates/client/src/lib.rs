@@ -22,8 +22,9 @@
 //!
 //! - [`publisher`]: [`Publisher`] and its [`Ack`].
 //! - [`subscriber`]: [`Subscriber`], [`Subscription`] streams, [`Event`]s
-//!   (a [`Message`] or a [`Gap`] a resume could not fill).
-//! - [`error`]: [`PublishError`], [`SubscribeError`].
+//!   (a [`Message`] or a [`Gap`] a resume could not fill); queue groups:
+//!   [`Subscriber::join`], the [`Work`] stream of [`Job`]s to ack.
+//! - [`error`]: [`PublishError`], [`SubscribeError`], [`AckError`].
 //! - [`cluster_file`]: read a cluster file and its psk.
 //! - [`tls`]: [`Tls`], the CA `wss://` nodes are checked against.
 //! - [`connection`]: [`authenticate`] (check a node and hang up) and
@@ -37,10 +38,10 @@ pub mod subscriber;
 pub mod tls;
 
 pub use connection::{ConnectError, authenticate, authenticate_tls};
-pub use error::{PublishError, SubscribeError};
+pub use error::{AckError, PublishError, SubscribeError};
 pub use publisher::{Ack, Publisher, PublisherConfig};
 pub use shardq_protocol as protocol;
 pub use subscriber::{
-    ConsumerAddress, Event, Gap, Message, Subscriber, SubscriberConfig, Subscription,
+    ConsumerAddress, Event, Gap, Job, Message, Subscriber, SubscriberConfig, Subscription, Work,
 };
 pub use tls::Tls;

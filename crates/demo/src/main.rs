@@ -1,6 +1,7 @@
 //! `shardq-demo`: the embedded local cluster, the end-to-end check against a
-//! deployed cluster, publish/subscribe at a terminal, health checks, tokens
-//! and the app dashboard for browsers, and load generators.
+//! deployed cluster, publish/subscribe and queue-group workers at a
+//! terminal, health checks, tokens and the app dashboard for browsers, and
+//! load generators.
 
 mod bench;
 mod bench_consumer;
@@ -19,6 +20,7 @@ mod procstat;
 mod pubsub;
 mod soak;
 mod token;
+mod work;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -96,6 +98,8 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Join a queue group as a worker: print each job and ack it (Ctrl-C stops).
+    Work(work::WorkArgs),
 }
 
 fn block_on<T>(future: impl Future<Output = Result<T, String>>) -> Result<T, String> {
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
         Command::BenchHttp { args, json } => {
             bench_http::run(args).map(|report| print_report(&report, json))
         }
+        Command::Work(args) => block_on(work::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

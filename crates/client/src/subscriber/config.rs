@@ -43,7 +43,8 @@ pub struct SubscriberConfig {
     pub name: Option<String>,
     /// Time allowed to connect and authenticate. Default 5 s.
     pub connect_timeout: Duration,
-    /// Time a subscribe waits for its answer. Default 10 s.
+    /// Time a subscribe, a queue-group join or a job's ack waits for its
+    /// answer. Default 10 s.
     pub answer_timeout: Duration,
     /// Messages buffered per subscription. Default 1,024.
     pub buffer: usize,

@@ -27,7 +27,7 @@ pub(super) struct ConnHandle {
 }
 
 /// Aborts the connection task when dropped.
-struct TaskGuard(tokio::task::JoinHandle<()>);
+pub(super) struct TaskGuard(pub(super) tokio::task::JoinHandle<()>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {

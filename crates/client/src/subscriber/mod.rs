@@ -9,22 +9,31 @@
 //! application that stops reading slows its connection (and may be cut as
 //! a slow consumer, then resumes from the consumer's history).
 //!
+//! Queue-group memberships ([`Subscriber::join`]) are not subscriptions:
+//! each has a connection of its own to the topic's owner (`member`).
+//!
 //! - `config`: [`SubscriberConfig`], [`ConsumerAddress`].
 //! - `events`: [`Message`], [`Gap`], [`Event`], the [`Subscription`] stream.
 //! - `conn`: the per-consumer connection task, its reconnect and resume.
+//! - `work`: [`Work`], the stream of a membership's [`Job`]s, and their acks.
+//! - `member`: a membership's connection task, its join and rejoin.
 
 mod config;
 mod conn;
 mod events;
+mod member;
+mod work;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use shardq_protocol::frame::is_valid_key;
 use shardq_protocol::{Router, Topic, TopicFilter};
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::config::{ConsumerAddress, SubscriberConfig};
 pub use self::events::{Event, Gap, Message, Subscription};
+pub use self::work::{Job, Work};
 
 use self::conn::{Command, ConnHandle, Sink};
 use crate::connection::{self, ConnectError};
@@ -202,7 +211,76 @@ impl Subscriber {
         Ok(())
     }
 
-    /// The topics subscribed and live now.
+    /// Joins queue group `group` of `queue/event` (section 15 of
+    /// docs/PROTOCOL.md): the topic's owner hands each of its messages to
+    /// one member of the group, which [`ack`](Job::ack)s it. The
+    /// membership is live when this returns: it gets its share of every
+    /// message sequenced from then on, and of the group's backlog.
+    ///
+    /// The join goes to the topic's owner on a connection of its own (so a
+    /// process may hold several members of a group, and a plain
+    /// subscription of the same topic); a consumer that is not the owner
+    /// answers `not_owner`, and the next one is tried. After a disconnect
+    /// the member rejoins by itself; what happens to the jobs of the lost
+    /// connection is told at [`Work`]. Drop the [`Work`] to leave.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn example(subscriber: shardq::Subscriber) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut work = subscriber.join("database", "create", "billing").await?;
+    /// while let Some(job) = work.next().await {
+    ///     println!("bill {} (delivered {} times before)", job.payload, job.redelivered);
+    ///     job.ack().await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn join(
+        &self,
+        queue: &str,
+        event: &str,
+        group: &str,
+    ) -> Result<Work, SubscribeError> {
+        let (topic, urls) = self.membership_plan(queue, event, group)?;
+        let spec = member::Spec {
+            topic,
+            group: group.to_owned(),
+            urls,
+            config: self.inner.config.clone(),
+        };
+        member::join(spec).await
+    }
+
+    /// Checks a join's topic and group; the consumers to join at, the
+    /// topic's owner first.
+    fn membership_plan(
+        &self,
+        queue: &str,
+        event: &str,
+        group: &str,
+    ) -> Result<(Topic, Vec<String>), SubscribeError> {
+        let topic = match TopicFilter::parse(&format!("{queue}/{event}"))? {
+            TopicFilter::Exact(topic) => topic,
+            TopicFilter::AllEvents(_) => {
+                return Err(SubscribeError::GroupNeedsExactTopic(format!(
+                    "{queue}/{event}"
+                )));
+            }
+        };
+        if !is_valid_key(group) {
+            return Err(SubscribeError::InvalidGroup(group.to_owned()));
+        }
+        let consumers = &self.inner.config.consumers;
+        let owner = self.owner(&topic);
+        let urls = (0..consumers.len())
+            .map(|offset| consumers[(owner + offset) % consumers.len()].url.clone())
+            .collect();
+        Ok((topic, urls))
+    }
+
+    /// The topics subscribed and live now (queue-group memberships are
+    /// not subscriptions: see [`Work`]).
     pub fn subscriptions(&self) -> Vec<Topic> {
         lock(&self.inner.live).keys().cloned().collect()
     }
@@ -250,4 +328,80 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use shardq_protocol::Psk;
+
+    /// A subscriber that has connected to nothing, over `ids`.
+    fn offline(ids: &[&str]) -> Subscriber {
+        let psk = Psk::new("0123456789abcdef0123").unwrap();
+        let consumers = ids
+            .iter()
+            .map(|id| ConsumerAddress {
+                id: (*id).to_owned(),
+                url: format!("ws://{id}/v1/subscribe"),
+            })
+            .collect();
+        let config = SubscriberConfig {
+            consumers,
+            ..SubscriberConfig::new(String::new(), psk)
+        };
+        Subscriber {
+            inner: Arc::new(Inner {
+                conns: Mutex::new(vec![None; ids.len()]),
+                router: Router::new(ids),
+                config,
+                live: Arc::new(Mutex::new(BTreeMap::new())),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_join_goes_to_the_owner_first_then_every_other_consumer() {
+        let ids = ["consumer-0", "consumer-1", "consumer-2"];
+        let subscriber = offline(&ids);
+        let topic = Topic::new("database", "create").unwrap();
+        let owner = Router::new(&ids).owner_id(&topic).unwrap().to_owned();
+        let (planned, urls) = subscriber
+            .membership_plan("database", "create", "billing")
+            .unwrap();
+        assert_eq!(planned, topic);
+        assert_eq!(urls.len(), 3);
+        assert_eq!(urls[0], format!("ws://{owner}/v1/subscribe"));
+        let mut sorted = urls.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 3, "{urls:?}");
+    }
+
+    #[test]
+    fn a_join_needs_an_exact_topic_and_a_valid_group() {
+        let subscriber = offline(&["c"]);
+        let wildcard = subscriber
+            .membership_plan("database", "*", "billing")
+            .unwrap_err();
+        assert!(
+            matches!(wildcard, SubscribeError::GroupNeedsExactTopic(ref t) if t == "database/*"),
+            "{wildcard}"
+        );
+        for group in ["", "bill ing", &"g".repeat(65)] {
+            let error = subscriber
+                .membership_plan("database", "create", group)
+                .unwrap_err();
+            assert!(matches!(error, SubscribeError::InvalidGroup(_)), "{error}");
+            assert!(error.to_string().contains("1-64 characters"), "{error}");
+        }
+        assert!(matches!(
+            subscriber.membership_plan("data base", "create", "g"),
+            Err(SubscribeError::InvalidTopic(_))
+        ));
+        subscriber
+            .membership_plan("database", "create", "billing.v2:eu-1_x")
+            .unwrap();
+    }
 }
