@@ -218,7 +218,8 @@ async fn a_full_backlog_refuses_publishes_and_groups_live_at_the_owner() {
         .await;
     let topic = "database/update";
     let owner = cluster.owner(topic);
-    drop(member(&cluster, owner, topic, "idle", 1).await);
+    // A member that takes messages but never acks them.
+    let _stuck = member(&cluster, owner, topic, "idle", 1).await;
     expect_ack(publish(&cluster, 1, topic, "1").await);
     expect_ack(publish(&cluster, 2, topic, "2").await);
     match publish(&cluster, 3, topic, "3").await {

@@ -205,11 +205,22 @@ impl Dispatch {
         }
     }
 
+    /// What a full backlog does now: the queue's choice while the group has
+    /// members; without any, the oldest waiting messages go, so that a
+    /// group nobody serves never refuses the topic's publishes.
+    fn overflow(&self) -> Overflow {
+        if self.members.is_empty() {
+            Overflow::DropOldest
+        } else {
+            self.limits.overflow
+        }
+    }
+
     /// Whether `messages` more messages of `bytes` bytes in all would be
     /// admitted (waiting messages count as room under `DropOldest`).
     pub fn room(&self, messages: usize, bytes: usize) -> Result<(), Refused> {
         let limits = &self.limits;
-        let (held, held_bytes) = match limits.overflow {
+        let (held, held_bytes) = match self.overflow() {
             Overflow::Refuse => (self.waiting.len() + self.in_flight.len(), self.bytes),
             Overflow::DropOldest => (
                 self.in_flight.len(),
@@ -248,7 +259,7 @@ impl Dispatch {
         };
         while full(self) {
             let oldest = self.waiting.values().map(|held| held.seq).min();
-            match (limits.overflow, oldest) {
+            match (self.overflow(), oldest) {
                 (Overflow::DropOldest, Some(oldest)) => {
                     self.remove_waiting(oldest);
                     effects.push(Effect::Dropped { seq: oldest });

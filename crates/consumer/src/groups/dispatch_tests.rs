@@ -246,9 +246,11 @@ fn scripts() {
 
 #[test]
 fn a_full_backlog_refuses_by_count_and_by_bytes() {
+    // (A member is there: a group without any drops its oldest instead.)
     let got = run(
         limits(),
         &[
+            Join(1),
             Offer(1, 0, 1),
             Offer(2, 0, 1),
             Offer(3, 0, 1),
@@ -257,7 +259,7 @@ fn a_full_backlog_refuses_by_count_and_by_bytes() {
         ],
     );
     assert_eq!(
-        got[4],
+        got[5],
         Err(Refused::Full {
             messages: 4,
             bytes: 4
@@ -266,10 +268,15 @@ fn a_full_backlog_refuses_by_count_and_by_bytes() {
     );
     let got = run(
         limits(),
-        &[Offer(1, 0, 600), Offer(2, 0, 600), Offer(3, 0, 2000)],
+        &[
+            Join(1),
+            Offer(1, 0, 600),
+            Offer(2, 0, 600),
+            Offer(3, 0, 2000),
+        ],
     );
     assert_eq!(
-        got[1],
+        got[2],
         Err(Refused::Full {
             messages: 1,
             bytes: 600
@@ -277,7 +284,7 @@ fn a_full_backlog_refuses_by_count_and_by_bytes() {
         .to_string())
     );
     assert_eq!(
-        got[2],
+        got[3],
         Err(Refused::TooLarge {
             bytes: 2000,
             limit: 1000
@@ -378,7 +385,11 @@ fn every_message_is_handed_out_once_until_acked() {
 #[test]
 fn room_answers_what_offer_would() {
     let now = Instant::now();
-    let mut refuse = Dispatch::new(limits());
+    let mut refuse = Dispatch::new(GroupLimits {
+        max_unacked_per_member: 1,
+        ..limits()
+    });
+    refuse.join(1, now);
     let mut drop = Dispatch::new(GroupLimits {
         overflow: Overflow::DropOldest,
         ..limits()
@@ -394,4 +405,21 @@ fn room_answers_what_offer_would() {
     // Two of three are in flight to member 1: one waiting can be dropped.
     assert!(drop.room(2, 10).is_ok());
     assert!(drop.room(3, 10).is_err());
+}
+
+#[test]
+fn a_group_without_members_drops_its_oldest_rather_than_refuse() {
+    let got = run(
+        limits(),
+        &[
+            Offer(1, 0, 1),
+            Offer(2, 0, 1),
+            Offer(3, 0, 1),
+            Offer(4, 0, 1),
+            Offer(5, 0, 1),
+            Join(1),
+        ],
+    );
+    assert_eq!(got[4], Ok(vec![Dropped { seq: 1 }]));
+    assert_eq!(got[5], Ok(vec![deliver(1, 2, 1), deliver(1, 3, 1)]));
 }

@@ -24,8 +24,8 @@ use shardq_net::outbox::Outbox;
 
 use dispatch::{AckError, DeadReason, Dispatch, Effect, GroupLimits, MemberId, Refused, Seq};
 
-/// How long a group with neither members nor messages is kept.
-const FORGET_EMPTY_AFTER: Duration = Duration::from_secs(60);
+/// How long a group without members is kept, with what it holds.
+pub const FORGET_MEMBERLESS_AFTER: Duration = Duration::from_secs(300);
 
 /// A message a group gave up on, to publish to the dead-letter topic.
 #[derive(Debug, Clone)]
@@ -94,8 +94,8 @@ struct Group {
     members: HashMap<MemberId, Arc<Outbox>>,
     /// The frames of the messages it holds (waiting or in flight).
     held: HashMap<Seq, Bytes>,
-    /// Since when it has had neither members nor messages.
-    empty_since: Option<Instant>,
+    /// Since when it has had no member.
+    memberless_since: Option<Instant>,
 }
 
 impl Group {
@@ -140,8 +140,7 @@ impl Group {
     }
 
     fn note_empty(&mut self, now: Instant) {
-        let empty = self.members.is_empty() && self.held.is_empty();
-        self.empty_since = match (empty, self.empty_since) {
+        self.memberless_since = match (self.members.is_empty(), self.memberless_since) {
             (false, _) => None,
             (true, Some(since)) => Some(since),
             (true, None) => Some(now),
@@ -208,7 +207,7 @@ impl Groups {
             dispatch: Dispatch::new(limits),
             members: HashMap::new(),
             held: HashMap::new(),
-            empty_since: None,
+            memberless_since: None,
         });
         group.members.insert(member, outbox);
         let effects = group.dispatch.join(member, now);
@@ -266,7 +265,8 @@ impl Groups {
         self.groups.clear();
     }
 
-    /// Ack timeouts past by `now`; groups empty for long are forgotten.
+    /// Ack timeouts past by `now`; groups without members for
+    /// [`FORGET_MEMBERLESS_AFTER`] are forgotten, with what they held.
     pub fn expire(&mut self, now: Instant, dead: &mut Vec<DeadLetter>) {
         for (name, group) in &mut self.groups {
             if group.dispatch.next_deadline().is_some_and(|due| due <= now) {
@@ -275,10 +275,14 @@ impl Groups {
                 group.note_empty(now);
             }
         }
-        self.groups.retain(|_, group| {
-            group
-                .empty_since
-                .is_none_or(|since| now.duration_since(since) < FORGET_EMPTY_AFTER)
+        self.groups.retain(|name, group| {
+            let keep = group
+                .memberless_since
+                .is_none_or(|since| now.duration_since(since) < FORGET_MEMBERLESS_AFTER);
+            if !keep && !group.held.is_empty() {
+                tracing::info!(group = %name, messages = group.held.len(), "a queue group without members for 5 minutes is forgotten with what it held");
+            }
+            keep
         });
     }
 }
