@@ -168,6 +168,8 @@ pub struct Dispatch {
     limits: GroupLimits,
     members: BTreeMap<MemberId, Member>,
     waiting: BTreeMap<WaitKey, Held>,
+    /// The waiting messages' keys by offset: the oldest in O(log n).
+    waiting_keys: BTreeMap<Seq, WaitKey>,
     in_flight: HashMap<Seq, InFlight>,
     bytes: usize,
     turns: u64,
@@ -180,6 +182,7 @@ impl Dispatch {
             limits,
             members: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            waiting_keys: BTreeMap::new(),
             in_flight: HashMap::new(),
             bytes: 0,
             turns: 0,
@@ -189,6 +192,7 @@ impl Dispatch {
     /// Messages waiting, messages in flight, bytes held.
     #[cfg(test)]
     pub fn counts(&self) -> (usize, usize, usize) {
+        assert_eq!(self.waiting.len(), self.waiting_keys.len());
         (self.waiting.len(), self.in_flight.len(), self.bytes)
     }
 
@@ -258,7 +262,7 @@ impl Dispatch {
                 || d.bytes + bytes > limits.backlog_bytes
         };
         while full(self) {
-            let oldest = self.waiting.values().map(|held| held.seq).min();
+            let oldest = self.waiting_keys.keys().next().copied();
             match (self.overflow(), oldest) {
                 (Overflow::DropOldest, Some(oldest)) => {
                     self.remove_waiting(oldest);
@@ -279,20 +283,23 @@ impl Dispatch {
             deliveries: 0,
         };
         self.bytes += bytes;
-        self.waiting.insert(self.key(&held), held);
+        self.wait(held);
         self.pump(now, &mut effects);
         Ok(effects)
     }
 
     fn remove_waiting(&mut self, seq: Seq) {
-        let key = self
-            .waiting
-            .iter()
-            .find(|(_, held)| held.seq == seq)
-            .map(|(key, _)| *key);
+        let key = self.waiting_keys.remove(&seq);
         if let Some(held) = key.and_then(|key| self.waiting.remove(&key)) {
             self.bytes -= held.bytes;
         }
+    }
+
+    /// Puts a message in the waiting order.
+    fn wait(&mut self, held: Held) {
+        let key = self.key(&held);
+        self.waiting_keys.insert(held.seq, key);
+        self.waiting.insert(key, held);
     }
 
     /// A member joined: it gets waiting messages at once.
@@ -381,7 +388,7 @@ impl Dispatch {
                 reason,
             });
         } else {
-            self.waiting.insert(self.key(&held), held);
+            self.wait(held);
         }
     }
 
@@ -400,6 +407,7 @@ impl Dispatch {
             let Some((_, mut held)) = self.waiting.pop_first() else {
                 return;
             };
+            self.waiting_keys.remove(&held.seq);
             held.deliveries += 1;
             self.turns += 1;
             if let Some(state) = self.members.get_mut(&member) {
