@@ -66,12 +66,39 @@ pub const SEED_TOPICS: [&str; 7] = [
     "files/error",
 ];
 
-/// Binds the HTTP API port a node's entry names (found free when the file
-/// was written, or released by the node's previous run).
-fn bind_http(addr: &str) -> TcpListener {
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    TcpListener::from_std(listener).unwrap()
+/// Listeners bound when the cluster file was written, by the address its
+/// entries name, until the node they are for first starts (held, so that
+/// no other test can take the port meanwhile).
+#[derive(Default)]
+struct HeldListeners(std::sync::Mutex<std::collections::HashMap<String, std::net::TcpListener>>);
+
+impl HeldListeners {
+    /// Binds a free port and holds it; its address.
+    fn bind(&self) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        self.lock().insert(addr.to_string(), listener);
+        addr
+    }
+
+    /// The listener for `addr`: the one held since the file was written,
+    /// else (a restart) the address bound again.
+    fn take(&self, addr: &str) -> TcpListener {
+        let listener = self
+            .lock()
+            .remove(addr)
+            .unwrap_or_else(|| std::net::TcpListener::bind(addr).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        TcpListener::from_std(listener).unwrap()
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::net::TcpListener>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A node running in this process.
@@ -136,6 +163,8 @@ pub struct Cluster {
     /// Where consumer `id` keeps its state across graceful restarts
     /// (`<data>/<id>`), when the builder asked for it.
     pub data: Option<std::path::PathBuf>,
+    /// The HTTP API ports, held until their nodes start.
+    http: HeldListeners,
 }
 
 /// A consumer named in a cluster file but not started yet.
@@ -254,18 +283,18 @@ impl ClusterBuilder {
         let pki = self.tls.then(pki::TestPki::new);
         let mut listeners = Vec::new();
         let mut entries = Vec::new();
+        let held = HeldListeners::default();
         let http_scheme = if self.tls { "https" } else { "http" };
         for i in 0..self.consumers {
             let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            // The HTTP API's port: free now, bound again by the consumer.
-            let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let http = held.bind();
             entries.push(NodeEntry {
                 id: format!("consumer-{i}"),
                 url: format!("{scheme}://{}", ws.local_addr().unwrap()),
                 admin: Some(format!("http://{}", admin.local_addr().unwrap())),
                 listen: None,
-                http: Some(format!("{http_scheme}://{}", http.local_addr().unwrap())),
+                http: Some(format!("{http_scheme}://{http}")),
             });
             listeners.push((ws, admin));
         }
@@ -274,14 +303,13 @@ impl ClusterBuilder {
         for i in 0..self.producers {
             let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            // The HTTP API's port: free now, bound again by the producer.
-            let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let http = held.bind();
             producer_entries.push(NodeEntry {
                 id: format!("producer-{i}"),
                 url: format!("{scheme}://{}", ws.local_addr().unwrap()),
                 admin: Some(format!("http://{}", admin.local_addr().unwrap())),
                 listen: None,
-                http: Some(format!("{http_scheme}://{}", http.local_addr().unwrap())),
+                http: Some(format!("{http_scheme}://{http}")),
             });
             producer_listeners.push((ws, admin));
         }
@@ -310,6 +338,7 @@ impl ClusterBuilder {
             consumers: Vec::new(),
             producers: Vec::new(),
             data,
+            http: held,
         };
         for (i, (ws, admin)) in listeners.into_iter().enumerate() {
             let node = cluster.spawn_consumer(i, ws, admin);
@@ -358,7 +387,7 @@ impl Cluster {
             .consumer(&id)
             .and_then(|entry| entry.http.as_deref())
             .and_then(shardq_protocol::config::host_port)
-            .map(|addr| bind_http(&addr));
+            .map(|addr| self.http.take(&addr));
         spawn_node(
             id.clone(),
             cluster,
@@ -443,7 +472,7 @@ impl Cluster {
             .http
             .as_deref()
             .and_then(shardq_protocol::config::host_port)
-            .map(|addr| bind_http(&addr));
+            .map(|addr| self.http.take(&addr));
         spawn_node(
             id.clone(),
             &self.config,

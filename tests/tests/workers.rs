@@ -156,12 +156,18 @@ async fn a_worker_dropped_with_unacked_jobs_has_them_redelivered_to_the_others()
     // The owner hands the orphans to the others, counting the first delivery.
     let mut offsets = Vec::new();
     let [first, second] = &mut stayers;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while offsets.len() < 2 {
-        let job = tokio::select! {
-            job = first.next() => job.unwrap(),
-            job = second.next() => job.unwrap(),
-            _ = tokio::time::sleep(PATIENCE) => panic!("the orphans were not redelivered in time"),
+        let next = async {
+            tokio::select! {
+                job = first.next() => job,
+                job = second.next() => job,
+            }
         };
+        let job = tokio::time::timeout_at(deadline, next)
+            .await
+            .expect("the orphans were not redelivered in time")
+            .unwrap();
         assert!(job.redelivered >= 1, "{job:?}");
         job.ack().await.unwrap();
         offsets.push(job.offset);

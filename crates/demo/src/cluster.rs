@@ -31,6 +31,19 @@ impl ClusterArgs {
     pub fn tls(&self, config: &ClusterConfig) -> Result<Option<shardq::Tls>, String> {
         shardq::cluster_file::load_tls(config, &self.config).map_err(|e| e.to_string())
     }
+
+    /// A subscriber connected to the cluster the file names (its psk and
+    /// TLS).
+    pub async fn subscriber(&self) -> Result<shardq::Subscriber, String> {
+        let (cluster, psk) = self.load()?;
+        let tls = self.tls(&cluster)?;
+        shardq::Subscriber::connect(shardq::SubscriberConfig {
+            tls,
+            ..shardq::SubscriberConfig::from_cluster(&cluster, psk)
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// The seeds' queues: `database` {create, read, update, delete, error} and

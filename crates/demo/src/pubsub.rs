@@ -3,7 +3,7 @@
 use std::io::BufRead as _;
 use std::time::Duration;
 
-use shardq::{Event, PublishError, Publisher, PublisherConfig, Subscriber, SubscriberConfig};
+use shardq::{Event, PublishError, Publisher, PublisherConfig};
 use shardq_protocol::{RawValue, Router, Topic};
 
 use crate::cluster::ClusterArgs;
@@ -133,14 +133,7 @@ pub async fn publish(args: PubArgs) -> Result<(), String> {
 
 /// `shardq-demo sub`: prints each message as a JSON line.
 pub async fn subscribe(args: SubArgs) -> Result<(), String> {
-    let (cluster, psk) = args.cluster.load()?;
-    let tls = args.cluster.tls(&cluster)?;
-    let subscriber = Subscriber::connect(SubscriberConfig {
-        tls,
-        ..SubscriberConfig::from_cluster(&cluster, psk)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let subscriber = args.cluster.subscriber().await?;
     let (events, mut inbox) = tokio::sync::mpsc::channel(1024);
     for event in &args.events {
         let mut subscription = subscriber

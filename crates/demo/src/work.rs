@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use shardq::{Job, Subscriber, SubscriberConfig};
+use shardq::Job;
 
 use crate::cluster::ClusterArgs;
 
@@ -32,14 +32,7 @@ pub struct WorkArgs {
 
 /// `shardq-demo work`: one JSON line per job, acked after `--ack-delay-ms`.
 pub async fn run(args: WorkArgs) -> Result<(), String> {
-    let (cluster, psk) = args.cluster.load()?;
-    let tls = args.cluster.tls(&cluster)?;
-    let subscriber = Subscriber::connect(SubscriberConfig {
-        tls,
-        ..SubscriberConfig::from_cluster(&cluster, psk)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let subscriber = args.cluster.subscriber().await?;
     let topic = format!("{}/{}", args.queue, args.event);
     let mut work = subscriber
         .join(&args.queue, &args.event, &args.group)

@@ -97,7 +97,7 @@ impl Session {
                 format!("not a member of group {} of {}", ack.group, topic.name()),
             ));
         }
-        let answer = encode::text_frame(Frame::Ack(Ack::unsubscribed(ack.id)).encode().as_bytes());
+        let answer = encode::text_frame(Frame::Ack(Ack::bare(ack.id)).encode().as_bytes());
         match self.shared.topics.ack_group(
             &topic,
             &ack.group,

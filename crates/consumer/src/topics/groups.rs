@@ -177,7 +177,17 @@ impl TopicTable {
             self.metrics.dead_letters_lost.inc_by(letters.len() as u64);
             return;
         };
-        let owner = self.view.load().owner(&dead).map(str::to_owned);
+        let view = self.view.load();
+        let here = view.owns(&dead);
+        let link = (!here)
+            .then(|| view.owner(&dead))
+            .flatten()
+            .and_then(|owner| {
+                self.peers
+                    .get()
+                    .and_then(|peers| peers.current().link(owner).cloned())
+            });
+        drop(view);
         let mut batches = Batches::default();
         for letter in letters {
             let text = letter.payload(topic.name(), epoch);
@@ -186,29 +196,24 @@ impl TopicTable {
                 continue;
             };
             self.metrics.dead_letters.inc();
-            if self.view.load().owns(&dead) {
+            if here {
                 if self.publish(&dead, &payload).is_err() {
                     self.metrics.dead_letters_lost.inc();
                 }
                 continue;
             }
-            let link = owner.as_deref().and_then(|owner| {
-                self.peers
-                    .get()
-                    .and_then(|peers| peers.current().link(owner).cloned())
-            });
-            let Some(link) = link else {
+            let Some(link) = &link else {
                 self.metrics.dead_letters_lost.inc();
                 continue;
             };
             let body = Body::new(dead.as_str(), None, &payload);
-            let Ok(permit) = link::permit(&link, body.len()) else {
+            let Ok(permit) = link::permit(link, body.len()) else {
                 self.metrics.dead_letters_lost.inc();
                 continue;
             };
             let (answer, answered) = tokio::sync::oneshot::channel();
             batches.add(
-                &link,
+                link,
                 Request {
                     body,
                     forwarded: true,

@@ -229,12 +229,18 @@ impl Ack {
         }
     }
 
-    /// The ack of an `unsubscribe`.
-    pub fn unsubscribed(id: u64) -> Ack {
+    /// An ack carrying only the request's id: the answer to an
+    /// `unsubscribe` or an `ack_message`.
+    pub fn bare(id: u64) -> Ack {
         Ack {
             id,
             ..Ack::default()
         }
+    }
+
+    /// The ack of an `unsubscribe`.
+    pub fn unsubscribed(id: u64) -> Ack {
+        Ack::bare(id)
     }
 
     /// The position of an acked publish, when both fields are present.
